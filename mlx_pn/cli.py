@@ -1,0 +1,56 @@
+"""Command-line front end shared by every recipe: ``--config FILE`` plus one flag per config key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+
+from mlx_pn.config import Config, ConfigError, _base_type, leaf_keys, load_config
+
+
+def build_parser(description: str, cls=Config, extra: typing.Callable | None = None) -> argparse.ArgumentParser:
+    """An argparse parser whose --help lists every config key with its default and meaning."""
+    p = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+        epilog="Precedence: command line > --config file > defaults. Keys are dotted: --pretrain.lr 3e-4.",
+    )
+    p.add_argument("--config", help="YAML or JSON config file (see recipes/configs/)", default=None)
+    if extra:
+        extra(p)
+    defaults = cls()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key, (tp, f) in leaf_keys(cls).items():
+        section = key.split(".")[0] if "." in key else "experiment"
+        g = groups.setdefault(section, p.add_argument_group(f"{section} options"))
+        obj = defaults
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        base = _base_type(tp)
+        meta = {bool: "BOOL", int: "INT", float: "FLOAT"}.get(base, "NAME=SRC,..." if base is dict else "STR")
+        # Values stay strings here; config.parse_value converts them with the field's type.
+        g.add_argument(f"--{key}", dest=f"ov:{key}", default=None, metavar=meta,
+                       help=f"{f.metadata.get('help', '')} (default: {obj!r})")
+    return p
+
+
+def parse(parser: argparse.ArgumentParser, argv=None, cls=Config):
+    """-> (config, namespace). Exits with a clear message on any config error."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = unknown[0]
+        key = flag.lstrip("-").split("=")[0]
+        import difflib
+
+        close = difflib.get_close_matches(key, list(leaf_keys(cls)), n=1, cutoff=0.5)
+        hint = f"; did you mean '--{close[0]}'?" if close else "; see --help for the valid options"
+        parser.error(f"unknown option '{flag}'{hint}")
+    overrides = {k[3:]: v for k, v in vars(args).items() if k.startswith("ov:") and v is not None}
+    try:
+        cfg = load_config(args.config, overrides, cls)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    return cfg, args

@@ -1,0 +1,281 @@
+"""Dataclass configs: defaults declared once here, then YAML/JSON, then ``--section.key value``.
+
+Precedence: command line > config file > dataclass defaults. Unknown keys are errors that name the
+file (or flag) and suggest the closest valid key, so a typo never silently trains the wrong thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A config file or flag is wrong; the message says where and how to fix it."""
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    generic: str = _f("bundled:generic",
+                      "generic (pretraining) text: comma-separated sources, each 'bundled:NAME' (ships with "
+                      "mlx_pn), a .txt/.jsonl/.jsonl.gz/.parquet file, a folder of them, or 'hf:DATASET[/CONFIG]"
+                      "[:SPLIT]' (Hugging Face, needs internet; a user option, never used by tests)")
+    domains: dict = _f({"drama": "bundled:drama", "legal": "bundled:legal", "medical": "bundled:medical"},
+                       "specialization domains: NAME=SOURCES pairs (same source syntax as data.generic); "
+                       "on the command line 'drama=bundled:drama,code=/path/to/py'")
+    dir: str = _f("", "where the tokenizer and token shards are written; empty = OUT/data")
+    vocab_size: int = _f(4096, "SentencePiece vocabulary size (the paper uses 32000)")
+    tokenizer_sample_mb: float = _f(32.0, "at most this many MB of generic training text train the tokenizer")
+    valid_fraction: float = _f(0.05, "share of each corpus's documents held out for validation (by document)")
+    test_fraction: float = _f(0.05, "share of each corpus's documents held out for the final test (by document)")
+    max_docs: int = _f(0, "use at most this many documents per corpus (0 = all); handy for smoke runs")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = _f("cpu", "architecture preset: tiny | cpu | cpu-large | slm (paper, 126M) | llm (paper, 771M)")
+    hidden_size: Optional[int] = _f(None, "override the preset's hidden size d")
+    num_hidden_layers: Optional[int] = _f(None, "override the number of layers")
+    intermediate_size: Optional[int] = _f(None, "override the SwiGLU inner size")
+    num_attention_heads: Optional[int] = _f(None, "override the number of query heads")
+    num_key_value_heads: Optional[int] = _f(None, "key/value heads (GQA); default = query heads")
+    tie_word_embeddings: bool = _f(True, "share the input embedding and the output head")
+    rope_theta: float = _f(10000.0, "RoPE base")
+    max_position_embeddings: Optional[int] = _f(None, "longest context the model is meant for")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(300, "optimizer steps (upper bound when early stopping is on)")
+    batch_size: int = _f(16, "sequences per micro-batch")
+    seq_len: int = _f(256, "tokens per training sequence (packed, no padding)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step (effective batch = batch_size * grad_accum)")
+    lr: float = _f(3e-3, "peak learning rate (AdamW)")
+    min_lr: float = _f(3e-4, "learning rate at the end of the cosine decay")
+    warmup: int = _f(30, "linear warm-up steps from 0 to lr")
+    weight_decay: float = _f(0.1, "decoupled AdamW weight decay on matrices (never on norms/embeddings)")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2")
+    eps: float = _f(1e-8, "AdamW epsilon")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    eval_every: int = _f(100, "evaluate validation perplexity every N steps (and at the end)")
+    eval_batches: int = _f(16, "validation batches per evaluation (0 = the whole split)")
+    log_every: int = _f(10, "write a metrics line every N steps")
+    save_every: int = _f(100, "write a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = _f(2, "how many recent checkpoints to keep")
+    patience: int = _f(0, "early stopping: stop after N evaluations without improvement and keep the best "
+                          "weights (0 = off)")
+    seed: int = _f(0, "seed for initialisation and data order")
+    compile: bool = _f(True, "compile the training step with mx.compile")
+
+
+def _finetune_defaults() -> TrainConfig:
+    # Fine-tuning: lower lr (the paper divides by 3 for 1M tokens), early stopping on valid loss.
+    return TrainConfig(steps=200, lr=1e-3, min_lr=1e-4, warmup=10, eval_every=25, save_every=25, patience=3)
+
+
+@dataclass
+class Config:
+    out: str = _f("runs/default", "output folder of this experiment (data, checkpoints, exports, results)")
+    domain: str = _f("drama", "the domain that `specialize`/`export` work on (a key of data.domains)")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=_finetune_defaults)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.dir) if self.data.dir else Path(self.out) / "data"
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic machinery: dict <-> nested dataclasses, overrides, suggestions.
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _base_type(tp):
+    """Optional[int] -> int."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return tp
+
+
+def leaf_keys(cls, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
+    """Every settable dotted key -> (type, field)."""
+    out = {}
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            out.update(leaf_keys(tp, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = (tp, f)
+    return out
+
+
+def _suggest(key: str, valid) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def parse_value(text: str, tp, key: str, where: str):
+    """Turn a command-line string into the field's type."""
+    base = _base_type(tp)
+    if text.lower() in ("none", "null") and base is not tp:
+        return None
+    try:
+        if base is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if base is int:
+            return int(float(text)) if "e" in text.lower() else int(text)
+        if base is float:
+            return float(text)
+        if base is dict or typing.get_origin(base) is dict:
+            if text.strip().startswith("{"):
+                return json.loads(text)
+            pairs = [p for p in text.split(";" if ";" in text else ",") if p.strip()]
+            out = {}
+            for p in pairs:
+                name, sep, val = p.partition("=")
+                if not sep:
+                    raise ValueError(p)
+                out[name.strip()] = val.strip()
+            return out
+        return str(text)
+    except (ValueError, json.JSONDecodeError):
+        raise ConfigError(f"{where}: '{key}' expects {getattr(base, '__name__', base)}, got {text!r}") from None
+
+
+def _check_type(value, tp, key: str, where: str):
+    base = _base_type(tp)
+    if value is None:
+        if base is tp:
+            raise ConfigError(f"{where}: '{key}' may not be null")
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is float and isinstance(value, str):
+        return parse_value(value, tp, key, where)  # YAML reads 3e-4 as a string
+    if base is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    expected = dict if (base is dict or typing.get_origin(base) is dict) else base
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{where}: '{key}' expects {getattr(expected, '__name__', expected)}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    return value
+
+
+def from_dict(cls, d: dict, where: str = "config", prefix: str = ""):
+    """Build a nested dataclass from a dict; unknown keys raise ConfigError with a suggestion."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {d!r}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            valid = [f"{prefix}{n}" for n in names]
+            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, valid)}")
+        tp = hints[k]
+        kwargs[k] = from_dict(tp, v, where, f"{key}.") if _is_dataclass_type(tp) else _check_type(v, tp, key, where)
+    return cls(**kwargs)
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def set_key(cfg, key: str, value) -> None:
+    *path, last = key.split(".")
+    target = cfg
+    for p in path:
+        target = getattr(target, p)
+    setattr(target, last, value)
+
+
+def load_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; pass --config with a file from recipes/configs/")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            d = json.loads(text)
+        else:
+            import yaml
+
+            d = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - any parse error becomes a ConfigError naming the file
+        raise ConfigError(f"{path}: cannot parse ({e})") from None
+    return d or {}
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None, cls=Config):
+    """Defaults <- file <- overrides ({'pretrain.lr': '3e-4'}) -> validated config."""
+    d = load_file(path) if path else {}
+    cfg = from_dict(cls, d, where=str(path) if path else "defaults")
+    keys = leaf_keys(cls)
+    for key, text in (overrides or {}).items():
+        if key not in keys:
+            raise ConfigError(f"command line: unknown option '--{key}'{_suggest(key, keys)}")
+        set_key(cfg, key, parse_value(text, keys[key][0], key, f"--{key}"))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks with actionable messages."""
+    from mlx_pn.models.transformer import PRESETS
+
+    if not isinstance(cfg, Config):
+        return
+    if cfg.model.preset not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset '{cfg.model.preset}'{_suggest(cfg.model.preset, PRESETS)}")
+    for name in ("pretrain", "finetune"):
+        t: TrainConfig = getattr(cfg, name)
+        for k in ("steps", "batch_size", "seq_len", "grad_accum"):
+            if getattr(t, k) < 1:
+                raise ConfigError(f"{name}.{k} must be >= 1, got {getattr(t, k)}")
+        if t.lr <= 0:
+            raise ConfigError(f"{name}.lr must be > 0, got {t.lr}")
+    if not 0 <= cfg.data.valid_fraction < 0.5 or not 0 <= cfg.data.test_fraction < 0.5:
+        raise ConfigError("data.valid_fraction and data.test_fraction must be in [0, 0.5)")
+    if cfg.data.vocab_size < 260:
+        raise ConfigError(f"data.vocab_size={cfg.data.vocab_size} is too small: byte fallback alone needs 259 ids")
+
+
+def model_args(cfg: Config, vocab_size: int):
+    """The preset with the config's overrides applied, sized for the tokenizer's vocabulary."""
+    from mlx_pn.models.transformer import PRESETS, ModelArgs
+
+    d = dict(PRESETS[cfg.model.preset])
+    for k, v in to_dict(cfg.model).items():
+        if k != "preset" and v is not None:
+            d[k] = v
+    return ModelArgs(**d, vocab_size=vocab_size)

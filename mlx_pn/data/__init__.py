@@ -1,0 +1,1 @@
+"""Data flow: sources -> tokenizer -> token shards -> packed batches (each arrow a file on disk)."""

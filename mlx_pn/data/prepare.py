@@ -1,0 +1,77 @@
+"""The data stage: documents -> tokenizer -> shards, cached and resumable.
+
+Each corpus is rebuilt only when its manifest is missing or was made from another source spec,
+split or tokenizer; an interrupted run leaves no half-written shard (temp folder + rename).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlx_pn.config import Config
+from mlx_pn.data.shards import Corpus, build_shards, read_manifest
+from mlx_pn.data.sources import DataError, load_documents, split_documents
+from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
+
+GENERIC = "generic"
+
+
+@dataclass
+class PreparedData:
+    tokenizer: Tokenizer
+    corpora: dict[str, Corpus]  # "generic" and every domain
+
+    def domain_names(self) -> list[str]:
+        return [n for n in self.corpora if n != GENERIC]
+
+
+def _sources(cfg: Config) -> dict[str, tuple[str, str]]:
+    """corpus name -> (source spec, config key for error messages)."""
+    out = {GENERIC: (cfg.data.generic, "data.generic")}
+    for name, spec in cfg.data.domains.items():
+        if name == GENERIC:
+            raise DataError("data.domains: 'generic' is reserved for data.generic; rename that domain")
+        out[name] = (spec, f"data.domains.{name}")
+    return out
+
+
+def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> PreparedData:
+    """Build (or reuse) the tokenizer and the shards of the generic corpus and of each domain."""
+    root = cfg.data_dir
+    sources = _sources(cfg)
+    wanted = [GENERIC] + [n for n in sources if n != GENERIC and (only is None or n in only)]
+    tok_dir = root / "tokenizer"
+    split_key = {"valid_fraction": cfg.data.valid_fraction, "test_fraction": cfg.data.test_fraction,
+                 "max_docs": cfg.data.max_docs}
+
+    if (tok_dir / "spm.model").exists() and (tok_dir / "hf" / "tokenizer.json").exists():
+        tok = Tokenizer(tok_dir)
+        if tok.vocab_size != cfg.data.vocab_size:
+            raise DataError(
+                f"{tok_dir}: tokenizer has {tok.vocab_size} ids but data.vocab_size={cfg.data.vocab_size}; "
+                f"delete {tok_dir} (and the shards) to retrain it, or set data.vocab_size={tok.vocab_size}")
+        generic_docs = None
+    else:
+        generic_docs = load_documents(cfg.data.generic, "data.generic", cfg.data.max_docs)
+        splits = split_documents(generic_docs, cfg.data.valid_fraction, cfg.data.test_fraction)
+        log(f"[data] training a {cfg.data.vocab_size}-piece SentencePiece tokenizer on generic text")
+        tok = train_tokenizer((d.text for d in splits["train"]), cfg.data.vocab_size, tok_dir,
+                              cfg.data.tokenizer_sample_mb)
+
+    corpora = {}
+    for name in wanted:
+        spec, field = sources[name]
+        folder = root / "shards" / name
+        m = read_manifest(folder)
+        fresh = (m is not None and m.get("source") == spec and m.get("tokenizer_sha256") == tok.sha256
+                 and m.get("split") == split_key)
+        if not fresh:
+            docs = generic_docs if (name == GENERIC and generic_docs is not None) else \
+                load_documents(spec, field, cfg.data.max_docs)
+            splits = split_documents(docs, cfg.data.valid_fraction, cfg.data.test_fraction)
+            m = build_shards(name, splits, tok, root / "shards", spec, extra={"split": split_key})
+            sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
+            log(f"[data] {name}: {sizes}")
+        corpora[name] = Corpus(folder, tok)
+    return PreparedData(tok, corpora)

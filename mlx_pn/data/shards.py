@@ -1,0 +1,118 @@
+"""Token shards: one flat ``{split}.bin`` per split of a corpus, memory-mapped, with a manifest.
+
+Layout: ``DATA/shards/NAME/{train,valid,test}.bin`` + ``manifest.json`` holding sizes, sha256
+hashes, the tokenizer's hash and the source spec. Each document is stored as ``ids + [eos]``; the
+stream is then cut into fixed-length windows by :mod:`mlx_pn.data.batches`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mlx_pn.data.sources import DataError, Document
+from mlx_pn.data.tokenizer import Tokenizer, file_sha256
+
+MANIFEST = "manifest.json"
+
+
+def _dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, folder: Path,
+                 source: str, extra: dict | None = None, batch_docs: int = 256) -> dict:
+    """Tokenize every split into ``folder/name`` (written to a temp folder, then renamed)."""
+    dest = folder / name
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder))
+    dtype = _dtype(tok.vocab_size)
+    manifest = {"name": name, "source": source, "tokenizer_sha256": tok.sha256, "vocab_size": tok.vocab_size,
+                "dtype": dtype.name, "eos_id": tok.eos_id, **(extra or {}), "splits": {}}
+    try:
+        total = sum(len(d) for d in splits.values())
+        with tqdm(total=total, desc=f"tokenize {name}", unit="doc", leave=False) as bar:
+            for split, docs in splits.items():
+                n_tokens = 0
+                with open(tmp / f"{split}.bin", "wb") as f:
+                    for i in range(0, len(docs), batch_docs):
+                        chunk = docs[i:i + batch_docs]
+                        for ids in tok.encode_batch([d.text for d in chunk]):
+                            arr = np.asarray(ids + [tok.eos_id], dtype=dtype)
+                            f.write(arr.tobytes())
+                            n_tokens += arr.size
+                        bar.update(len(chunk))
+                    f.flush()
+                    os.fsync(f.fileno())
+                manifest["splits"][split] = {
+                    "documents": len(docs), "tokens": n_tokens,
+                    "bytes_utf8": sum(len(d.text.encode()) for d in docs),
+                    "sha256": file_sha256(tmp / f"{split}.bin"),
+                }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a damaged manifest means: rebuild
+
+
+class Corpus:
+    """Memory-mapped token splits of one corpus, checked against the tokenizer in use."""
+
+    def __init__(self, folder: str | Path, tok: Tokenizer | None = None, verify_hashes: bool = False):
+        self.folder = Path(folder)
+        m = read_manifest(self.folder)
+        if m is None:
+            raise DataError(f"{self.folder}/{MANIFEST} is missing or damaged; rerun the data stage to rebuild it")
+        self.manifest = m
+        self.name = m["name"]
+        if tok is not None and m["tokenizer_sha256"] != tok.sha256:
+            raise DataError(
+                f"{self.folder}: shards were tokenized with a different tokenizer ({m['tokenizer_sha256'][:12]}) "
+                f"than {tok.folder}/spm.model ({tok.sha256[:12]}); delete {self.folder} to re-tokenize")
+        for split, info in m["splits"].items():
+            path = self.folder / f"{split}.bin"
+            expected = info["tokens"] * np.dtype(m["dtype"]).itemsize
+            if not path.exists() or path.stat().st_size != expected:
+                raise DataError(f"{path}: missing or truncated (expected {expected} bytes); rerun the data stage")
+            if verify_hashes and file_sha256(path) != info["sha256"]:
+                raise DataError(f"{path}: sha256 differs from {MANIFEST}; the file is corrupted, rerun the data stage")
+
+    def tokens(self, split: str) -> np.ndarray:
+        if split not in self.manifest["splits"]:
+            raise DataError(f"{self.folder}: no split '{split}' (have {sorted(self.manifest['splits'])})")
+        if self.manifest["splits"][split]["tokens"] == 0:
+            return np.zeros(0, dtype=self.manifest["dtype"])
+        return np.memmap(self.folder / f"{split}.bin", dtype=self.manifest["dtype"], mode="r")
+
+    def bytes_utf8(self, split: str) -> int:
+        return self.manifest["splits"][split]["bytes_utf8"]

@@ -1,0 +1,156 @@
+"""Text sources -> documents.
+
+A *source spec* is one of:
+- ``bundled:NAME``: a real-text sample shipped in ``mlx_pn/data/bundled/NAME.jsonl.gz``;
+- a path: ``.txt``/``.md``/``.rst``/``.py`` (one document per file), ``.jsonl``/``.jsonl.gz``
+  (one document per line, field ``text``), ``.parquet`` (column ``text``, read through
+  ``datasets``), or a folder holding any of these (read recursively, in sorted order);
+- ``hf:DATASET[/CONFIG][:SPLIT]``: a Hugging Face dataset (needs internet; a user option only).
+
+Several specs are joined with commas. Documents are whitespace-stripped at both ends (so that
+SentencePiece and the exported ``tokenizer.json`` agree on the first token) and empty ones dropped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text")
+FILE_SUFFIXES = TEXT_SUFFIXES + (".jsonl", ".jsonl.gz", ".json.gz", ".parquet")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file/field and the fix."""
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+
+
+def bundled_names() -> list[str]:
+    return sorted(p.name[: -len(".jsonl.gz")] for p in BUNDLED_DIR.glob("*.jsonl.gz"))
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{where}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); re-encode it, e.g. "
+            f"`iconv -f latin1 -t utf-8 IN > OUT`, or remove the file from the source list"
+        ) from None
+
+
+def _jsonl(path: Path, field: str = "text") -> Iterator[Document]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                obj = json.loads(_decode(raw, where))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+            if not isinstance(obj, dict) or field not in obj or not isinstance(obj[field], str):
+                raise DataError(f"{where}: expected an object with a string field '{field}'")
+            yield Document(str(obj.get("id", f"{path.name}:{n}")), obj[field])
+
+
+def _parquet(path: Path) -> Iterator[Document]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet needs the 'datasets' package: pip install datasets") from None
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    if "text" not in ds.column_names:
+        raise DataError(f"{path}: no 'text' column (columns: {ds.column_names}); rename the text column to 'text'")
+    for i, row in enumerate(ds):
+        yield Document(str(row.get("id", f"{path.name}:{i}")), row["text"])
+
+
+def _hub(spec: str) -> Iterator[Document]:
+    """hf:DATASET[/CONFIG][:SPLIT], streamed. Needs internet; never used by tests."""
+    import datasets
+
+    name, _, split = spec[3:].partition(":")
+    name, _, conf = name.partition("/") if name.count("/") >= 2 else (name, "", "")
+    ds = datasets.load_dataset(name, conf or None, split=split or "train", streaming=True)
+    for i, row in enumerate(ds):
+        yield Document(f"{name}:{i}", row["text"])
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(FILE_SUFFIXES))
+
+
+def _path(path: Path, field: str) -> Iterator[Document]:
+    if path.is_dir():
+        files = _files(path)
+        if not files:
+            raise DataError(f"{field}: folder {path} holds no {'/'.join(FILE_SUFFIXES)} files")
+        for f in files:
+            yield from _path(f, field)
+    elif path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+        yield from _jsonl(path)
+    elif path.suffix == ".parquet":
+        yield from _parquet(path)
+    else:
+        yield Document(str(path), _decode(path.read_bytes(), str(path)))
+
+
+def read_source(spec: str, field: str = "data") -> Iterator[Document]:
+    """Documents of one spec, stripped, empty ones skipped; `field` names the config key in errors."""
+    for part in [s.strip() for s in spec.split(",") if s.strip()]:
+        if part.startswith("bundled:"):
+            name = part[len("bundled:"):]
+            path = BUNDLED_DIR / f"{name}.jsonl.gz"
+            if not path.exists():
+                raise DataError(f"{field}: no bundled corpus '{name}'; available: {', '.join(bundled_names())}")
+            docs = _jsonl(path)
+        elif part.startswith("hf:"):
+            docs = _hub(part)
+        else:
+            path = Path(part).expanduser()
+            if not path.exists():
+                raise DataError(f"{field}: '{path}' does not exist; fix the path or use a bundled corpus "
+                                f"({', '.join('bundled:' + n for n in bundled_names())})")
+            docs = _path(path, field)
+        for d in docs:
+            text = d.text.strip()
+            if text:
+                yield Document(d.id, text)
+
+
+def load_documents(spec: str, field: str = "data", max_docs: int = 0) -> list[Document]:
+    docs = []
+    for d in read_source(spec, field):
+        docs.append(d)
+        if max_docs and len(docs) >= max_docs:
+            break
+    if not docs:
+        raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
+    return docs
+
+
+def split_documents(docs: list[Document], valid_fraction: float, test_fraction: float
+                    ) -> dict[str, list[Document]]:
+    """Deterministic split by a hash of each document's id and text (stable across runs/machines)."""
+    splits: dict[str, list[Document]] = {"train": [], "valid": [], "test": []}
+    for d in docs:
+        h = int.from_bytes(hashlib.sha1(f"{d.id}\0{d.text[:256]}".encode()).digest()[:8], "big") / 2**64
+        name = "valid" if h < valid_fraction else "test" if h < valid_fraction + test_fraction else "train"
+        splits[name].append(d)
+    # A tiny corpus can miss a held-out split by chance: move the last train documents there.
+    for name, frac in (("valid", valid_fraction), ("test", test_fraction)):
+        if frac > 0 and not splits[name] and len(splits["train"]) > 2:
+            splits[name].append(splits["train"].pop())
+    return splits

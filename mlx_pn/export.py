@@ -1,0 +1,95 @@
+"""Export a trained Transformer to an mlx-lm model folder, and prove it by loading it back.
+
+The folder holds ``config.json`` (llama, with ``tie_word_embeddings`` always written: mlx-lm
+defaults it to True and would silently drop an untied head), ``model.safetensors``,
+``tokenizer.json``/``tokenizer_config.json`` (converted from SentencePiece) and a
+``generation_config.json`` with the eos id. Optional 4/8-bit quantization goes through mlx-lm.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from mlx_pn.data.tokenizer import BOS_ID, EOS_ID
+from mlx_pn.train.checkpoint import atomic_folder
+from mlx_pn.models.transformer import Transformer
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def mlx_lm_config(model: Transformer, dtype: str = "float32") -> dict:
+    cfg = model.args.to_dict()
+    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"], eos_token_id=EOS_ID,
+               bos_token_id=BOS_ID, torch_dtype=dtype, rope_traditional=False,
+               tie_word_embeddings=bool(model.args.tie_word_embeddings))
+    return cfg
+
+
+def export_mlx_lm(model: Transformer, tokenizer_hf_dir: str | Path, out: str | Path, *, quantize: int | None = None,
+                  group_size: int = 64, dtype: str = "float32", force: bool = False,
+                  verify: bool = True) -> dict:
+    """Write `out` atomically; returns a report with the verification result."""
+    from mlx_lm.utils import quantize_model
+
+    out = Path(out)
+    tok_dir = Path(tokenizer_hf_dir)
+    if out.exists() and not force:
+        raise ExportError(f"export directory {out} already exists; pass --force to overwrite it or choose another")
+    if not (tok_dir / "tokenizer.json").exists():
+        raise ExportError(f"{tok_dir}/tokenizer.json is missing; rebuild the tokenizer (data stage)")
+    vocab = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    if len(vocab) != model.args.vocab_size:
+        raise ExportError(f"tokenizer {tok_dir} has {len(vocab)} ids but the model's vocab_size is "
+                          f"{model.args.vocab_size}; export with the tokenizer the model was trained with")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ExportError(f"--dtype must be float32, float16 or bfloat16, got {dtype}")
+
+    export_model = Transformer(model.args)
+    export_model.update(model.parameters())
+    export_model.set_dtype(getattr(mx, dtype))
+    cfg = mlx_lm_config(export_model, dtype)
+    if quantize:
+        if quantize not in (2, 3, 4, 5, 6, 8):
+            raise ExportError(f"--quantize must be one of 2,3,4,5,6,8 bits, got {quantize}")
+        export_model, cfg = quantize_model(export_model, cfg, group_size=group_size, bits=quantize)
+
+    def write(tmp: Path):
+        weights = dict(tree_flatten(export_model.parameters()))
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        (tmp / "config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=4))
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (tok_dir / f).exists():
+                shutil.copy(tok_dir / f, tmp / f)
+        (tmp / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID}, indent=2))
+
+    atomic_folder(out, write)
+    report = {"path": str(out), "quantize": quantize, "dtype": dtype,
+              "params": int(sum(v.size for _, v in tree_flatten(model.parameters())))}
+    if verify:
+        report.update(verify_export(model, out, exact=not quantize and dtype == "float32"))
+    return report
+
+
+def verify_export(model: Transformer, out: Path, exact: bool = True, n_tokens: int = 32) -> dict:
+    """Load `out` with mlx-lm and compare its logits with the source model's on a fixed input."""
+    from mlx_lm import load
+
+    lm, _ = load(str(out))
+    rng = np.random.default_rng(0)
+    x = mx.array(rng.integers(3, model.args.vocab_size, size=(1, n_tokens)).astype(np.int32))
+    ref, got = model(x).astype(mx.float32), lm(x).astype(mx.float32)
+    max_diff = mx.abs(ref - got).max().item()
+    agree = (mx.argmax(ref, -1) == mx.argmax(got, -1)).mean().item()
+    tol = 1e-4 if exact else None
+    if exact and max_diff > tol:
+        raise ExportError(f"{out}: mlx-lm logits differ from the source model by {max_diff:.3g} (> {tol})")
+    return {"max_abs_logit_diff": max_diff, "argmax_agreement": agree}

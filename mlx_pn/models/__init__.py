@@ -1,0 +1,1 @@
+"""Model families. Every deployable model is :class:`mlx_pn.models.transformer.Transformer`."""

@@ -1,0 +1,228 @@
+"""The llama-compatible decoder-only LM used as SLM and LLM.
+
+Attribute nesting mirrors mlx-lm's ``models/llama.py`` (``model.layers.N.self_attn.q_proj`` ...),
+so ``dict(tree_flatten(model.parameters()))`` *is* an mlx-lm llama checkpoint: export is a save.
+
+Shapes: B batch, L sequence length, D hidden size, H query heads, Hkv key/value heads,
+Dh head dim, F MLP inner size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+@dataclass
+class ModelArgs:
+    """Architecture, with mlx-lm llama ``config.json`` field names (``asdict`` -> config.json)."""
+
+    model_type: str = "llama"
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    intermediate_size: int = 1024
+    num_attention_heads: int = 4
+    num_key_value_heads: Optional[int] = None  # None: = num_attention_heads (no GQA)
+    vocab_size: int = 4096
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 1024
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by "
+                f"model.num_attention_heads={self.num_attention_heads}; pick heads that divide it"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"model.num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"model.num_key_value_heads={self.num_key_value_heads} (GQA groups must be equal)"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelArgs":
+        """Like mlx-lm: keys that are not fields (eos ids, quantization, ...) are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Sizes from the paper (Table 6) plus small presets for CPUs. The vocabulary comes from the
+# tokenizer (32k for the paper sizes); presets fix only the shape of the network.
+PRESETS: dict[str, dict[str, Any]] = {
+    # A few seconds per hundred steps on a laptop CPU: unit tests and smoke runs.
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=256, num_attention_heads=4,
+                 max_position_embeddings=256),
+    # The quickstart / CPU preset: ~3.6M non-embedding parameters.
+    "cpu": dict(hidden_size=256, num_hidden_layers=4, intermediate_size=1024, num_attention_heads=4,
+                max_position_embeddings=512),
+    # A larger CPU model for the CPU comparison grid (an hour-scale run on 2 cores).
+    "cpu-large": dict(hidden_size=512, num_hidden_layers=4, intermediate_size=2048,
+                      num_attention_heads=8, max_position_embeddings=512),
+    # The paper's SLM: 7 layers, d=1024, MLP 4096, 8 heads, ctx 1024 (~126M with a 32k tied vocab).
+    "slm": dict(hidden_size=1024, num_hidden_layers=7, intermediate_size=4096, num_attention_heads=8,
+                max_position_embeddings=1024),
+    # The paper's LLM: 7 layers, d=2816, MLP 11264, 22 heads (~771M with a 32k tied vocab).
+    "llm": dict(hidden_size=2816, num_hidden_layers=7, intermediate_size=11264,
+                num_attention_heads=22, max_position_embeddings=1024),
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        D, H, Hkv, Dh = args.hidden_size, args.num_attention_heads, args.num_key_value_heads, args.head_dim
+        self.n_heads, self.n_kv_heads, self.scale = H, Hkv, Dh**-0.5
+        self.q_proj = nn.Linear(D, H * Dh, bias=False)
+        self.k_proj = nn.Linear(D, Hkv * Dh, bias=False)
+        self.v_proj = nn.Linear(D, Hkv * Dh, bias=False)
+        self.o_proj = nn.Linear(H * Dh, D, bias=False)
+        # traditional=False: the rotate-half (Hugging Face) layout that mlx-lm's llama uses.
+        self.rope = nn.RoPE(Dh, traditional=False, base=args.rope_theta)
+
+    def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
+        B, L, D = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, H, L, Dh)
+        k = k.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)  # (B, Hkv, L, Dh)
+        v = v.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        if cache is not None:
+            q, k = self.rope(q, offset=cache.offset), self.rope(k, offset=cache.offset)
+            k, v = cache.update_and_fetch(k, v)
+        else:
+            q, k = self.rope(q), self.rope(k)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))  # (B, L, D)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), D -> F -> D."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        D, F = args.hidden_size, args.intermediate_size
+        self.gate_proj = nn.Linear(D, F, bias=False)
+        self.up_proj = nn.Linear(D, F, bias=False)
+        self.down_proj = nn.Linear(F, D, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.self_attn = Attention(args)
+        self.mlp = MLP(args)
+        self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
+        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+        h = self.embed_tokens(inputs)  # (B, L, D)
+        L = h.shape[1]
+        offset = cache[0].offset if cache is not None and cache[0] is not None else 0
+        # A causal mask only matters when several new positions attend among themselves.
+        mask = "causal" if (L > 1 and offset == 0) else _prefill_mask(L, offset) if L > 1 else None
+        cache = cache if cache is not None else [None] * len(self.layers)
+        for layer, c in zip(self.layers, cache):
+            h = layer(h, mask, c)
+        return self.norm(h)
+
+
+def _prefill_mask(L: int, offset: int) -> mx.array:
+    """Boolean (L, offset + L) mask: new position i sees cached keys and new keys <= i."""
+    rows = mx.arange(offset, offset + L)[:, None]
+    cols = mx.arange(offset + L)[None, :]
+    return cols <= rows
+
+
+class Transformer(nn.Module):
+    """The SLM/LLM: tokens (B, L) int -> logits (B, L, V)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model = LlamaModel(args)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.init_weights()
+
+    def init_weights(self, std: float = 0.02) -> None:
+        """GPT-2 style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers).
+
+        MLX's default Linear init (uniform +-1/sqrt(in)) gives logits far too large with a tied
+        embedding of unit variance; this keeps the initial loss near log(V).
+        """
+        resid_std = std / (2 * self.args.num_hidden_layers) ** 0.5
+        new = {}
+        for name, p in _flat(self.parameters()):
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                continue
+            s = resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+            new[name] = mx.random.normal(p.shape, dtype=p.dtype) * s
+        self.load_weights(list(new.items()), strict=False)
+
+    def hidden(self, inputs: mx.array, cache=None) -> mx.array:
+        """Final-norm hidden states (B, L, D): what the LM head reads (used by chunked losses)."""
+        return self.model(inputs, cache)
+
+    def head(self, h: mx.array) -> mx.array:
+        """(..., D) -> (..., V)."""
+        if self.args.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(h)
+        return self.lm_head(h)
+
+    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+        return self.head(self.hidden(inputs, cache))
+
+    @property
+    def layers(self):
+        # mlx-lm's cache helpers (make_prompt_cache) look for `model.layers`.
+        return self.model.layers
+
+    def num_params(self, embeddings: bool = True) -> int:
+        n = sum(p.size for _, p in _flat(self.parameters()))
+        if not embeddings:
+            n -= self.model.embed_tokens.weight.size
+            if not self.args.tie_word_embeddings:
+                n -= self.lm_head.weight.size
+        return n
+
+
+def _flat(tree):
+    from mlx.utils import tree_flatten
+
+    return tree_flatten(tree)
+
+
+def build_model(args: ModelArgs, seed: int = 0) -> Transformer:
+    """A freshly initialised model; the same seed gives the same weights."""
+    mx.random.seed(seed)
+    model = Transformer(args)
+    mx.eval(model.parameters())
+    return model

@@ -1,0 +1,1 @@
+"""The one training loop (loop.py) and what it needs: losses, optimizer, checkpoints."""

@@ -1,0 +1,147 @@
+"""Checkpoints you can trust: written to a temp folder, fsynced, renamed; hashes checked on load.
+
+A checkpoint folder ``step_0000100/`` holds ``model.safetensors``, ``optimizer.safetensors`` (with
+the MLX RNG state) and ``state.json`` (step, trainer state, sha256 of both files). A damaged or
+truncated checkpoint is reported and the previous good one is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mlx_pn.data.tokenizer import file_sha256
+from mlx_pn.models.transformer import ModelArgs, Transformer
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_folder(dest: Path, write) -> Path:
+    """Run write(tmp_folder), then replace `dest` by it in one rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+# --- plain model folders (config.json + model.safetensors) --------------------------------------
+
+
+def write_model(folder: Path, model: Transformer, extra_config: dict | None = None) -> None:
+    weights = dict(tree_flatten(model.parameters()))
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    cfg = {**model.args.to_dict(), **(extra_config or {})}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def save_model(folder: str | Path, model: Transformer, extra_config: dict | None = None) -> Path:
+    return atomic_folder(Path(folder), lambda tmp: write_model(tmp, model, extra_config))
+
+
+def load_model(folder: str | Path) -> Transformer:
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{folder}: no config.json; is this a model folder written by mlx_pn?")
+    args = ModelArgs.from_dict(json.loads(cfg_path.read_text()))
+    model = Transformer(args)
+    try:
+        model.load_weights(str(folder / "model.safetensors"), strict=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{folder}/model.safetensors: cannot load ({e})") from None
+    mx.eval(model.parameters())
+    return model
+
+
+# --- training checkpoints ------------------------------------------------------------------------
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 2) -> Path:
+    def write(tmp: Path):
+        mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
+        opt = dict(tree_flatten(optimizer.state))
+        opt["__rng__"] = mx.random.state[0]
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
+        state = {"step": step, "trainer": trainer_state,
+                 "sha256": {f: file_sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")}}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+
+    path = atomic_folder(root / f"step_{step:07d}", write)
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.exists():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """-> state.json contents; raises CheckpointError when a file is missing or its hash differs."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}/state.json unreadable ({e})") from None
+    for name, digest in state.get("sha256", {}).items():
+        if not (path / name).exists() or file_sha256(path / name) != digest:
+            raise CheckpointError(f"{path}/{name} is missing or corrupted (sha256 mismatch)")
+    return state
+
+
+def latest_good_checkpoint(root: Path) -> tuple[Path, dict] | None:
+    """Newest checkpoint whose hashes check out; damaged ones are reported and skipped."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            return path, verify_checkpoint(path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping damaged checkpoint: {e}", RuntimeWarning, stacklevel=2)
+    return None
+
+
+def restore_checkpoint(path: Path, model, optimizer) -> None:
+    model.load_weights(str(path / "model.safetensors"), strict=True)
+    opt = mx.load(str(path / "optimizer.safetensors"))
+    rng = opt.pop("__rng__")
+    optimizer.state = tree_unflatten(list(opt.items()))
+    mx.random.state[0] = rng
+    mx.eval(model.parameters(), optimizer.state, mx.random.state)

@@ -1,0 +1,21 @@
+"""Loss functions with the signature the loop expects: ``loss_fn(model, x, y) -> scalar``.
+
+x, y: (B, L) int32 inputs and next-token targets.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+def cross_entropy(model, x: mx.array, y: mx.array) -> mx.array:
+    """Mean next-token negative log-likelihood (nats/token); logits kept in fp32 for the loss."""
+    logits = model(x).astype(mx.float32)  # (B, L, V)
+    return nn.losses.cross_entropy(logits, y, reduction="mean")
+
+
+def token_nll_sum(model, x: mx.array, y: mx.array) -> mx.array:
+    """Summed NLL over all tokens of the batch (for exact perplexity over unequal batches)."""
+    logits = model(x).astype(mx.float32)
+    return nn.losses.cross_entropy(logits, y, reduction="sum")
