@@ -70,7 +70,7 @@ def setup_blas() -> str:
         return _state["blas"]
     if "mlx.core" in sys.modules:
         # Too late: libmlx already bound its BLAS symbols to the bundled reference library.
-        _state["blas"] = "reference"
+        _state["blas"], _state["late"] = "reference", True
         return _state["blas"]
     path = _find_openblas()
     if path:
@@ -93,11 +93,12 @@ def warn_if_slow_blas() -> None:
     if mx.default_device() != mx.cpu:
         return  # CUDA build with a GPU: matmuls do not go through the CPU BLAS
     _state["warned"] = True
-    reason = (
-        "mlx.core was imported before mlx_pn"
-        if "mlx.core" in sys.modules and os.environ.get("MLX_PN_BLAS") != "reference"
-        else "no OpenBLAS found"
-    )
+    if os.environ.get("MLX_PN_BLAS") == "reference":
+        reason = "MLX_PN_BLAS=reference"
+    elif _state.get("late"):
+        reason = "mlx.core was imported before mlx_pn"
+    else:
+        reason = "no OpenBLAS found"
     warnings.warn(
         f"mlx_pn: running on MLX's bundled reference BLAS ({reason}); fp32 CPU matmuls will be "
         "~30x slower. Fix: `apt-get install libopenblas0-pthread` (tools/setup.sh does it) and "

@@ -74,16 +74,22 @@ class Prefetcher:
         self._stop = threading.Event()
 
         def work():
-            for i in range(start, stop):
-                if self._stop.is_set():
-                    return
-                self._q.put((i, make_batch(i)))
+            try:
+                for i in range(start, stop):
+                    if self._stop.is_set():
+                        return
+                    self._q.put((i, make_batch(i)))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+                self._q.put((None, e))
 
         self._t = threading.Thread(target=work, daemon=True)
         self._t.start()
 
     def get(self):
-        return self._q.get()
+        i, item = self._q.get()
+        if i is None:
+            raise item
+        return i, item
 
     def close(self):
         self._stop.set()

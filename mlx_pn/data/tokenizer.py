@@ -86,6 +86,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | Path, m
                 train_extremely_large_corpus=False,
             )
         except RuntimeError as e:
+            if "smaller than required_chars" in str(e):
+                raise DataError(f"data.vocab_size={vocab_size} is too small: this text has more distinct "
+                                f"characters than that; raise it") from None
             if "Vocabulary size is too high" in str(e) or "vocab_size" in str(e):
                 raise DataError(f"data.vocab_size={vocab_size} is too large for this text ({e}); lower it") from None
             raise

@@ -1,7 +1,7 @@
 """Checkpoints you can trust: written to a temp folder, fsynced, renamed; hashes checked on load.
 
-A checkpoint folder ``step_0000100/`` holds ``model.safetensors``, ``optimizer.safetensors`` (with
-the MLX RNG state) and ``state.json`` (step, trainer state, sha256 of both files). A damaged or
+A checkpoint folder ``step_0000100/`` holds ``model.safetensors``, ``optimizer.safetensors`` and
+``state.json`` (step, trainer state, sha256 of both files). A damaged or
 truncated checkpoint is reported and the previous good one is used.
 """
 
@@ -98,7 +98,6 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
     def write(tmp: Path):
         mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
         opt = dict(tree_flatten(optimizer.state))
-        opt["__rng__"] = mx.random.state[0]
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
         state = {"step": step, "trainer": trainer_state,
                  "sha256": {f: file_sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")}}
@@ -141,7 +140,5 @@ def latest_good_checkpoint(root: Path) -> tuple[Path, dict] | None:
 def restore_checkpoint(path: Path, model, optimizer) -> None:
     model.load_weights(str(path / "model.safetensors"), strict=True)
     opt = mx.load(str(path / "optimizer.safetensors"))
-    rng = opt.pop("__rng__")
     optimizer.state = tree_unflatten(list(opt.items()))
-    mx.random.state[0] = rng
-    mx.eval(model.parameters(), optimizer.state, mx.random.state)
+    mx.eval(model.parameters(), optimizer.state)

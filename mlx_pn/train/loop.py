@@ -116,6 +116,9 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
         restore_checkpoint(path, model, optimizer)
         start, trainer = state["step"], state["trainer"]
         log(f"[{desc}] resuming from {path} (step {start})")
+    # MLX 0.32 cannot restore an arbitrary RNG state, so the generator is re-seeded from (seed, step):
+    # any randomness in a loss (none in the built-in ones) is then a function of where training is.
+    mx.random.seed(cfg.seed * 1_000_003 + start)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     metrics = MetricsLog(out / "metrics.jsonl", start if found else None)

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlx_pn.cli import build_parser, parse
+from mlx_pn.config import Config, ConfigError, leaf_keys, load_config, model_args
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+
+
+def test_precedence_cli_over_file_over_defaults(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("pretrain:\n  lr: 1.0e-4\n  steps: 7\n")
+    cfg = load_config(f, {"pretrain.steps": "9"})
+    assert cfg.pretrain.lr == 1e-4 and cfg.pretrain.steps == 9 and cfg.pretrain.batch_size == Config().pretrain.batch_size
+
+
+def test_typo_in_file_names_file_key_and_suggestion(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("pretrain:\n  setps: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'pretrain.setps'; did you mean 'pretrain.steps'"):
+        load_config(f)
+
+
+def test_typo_on_command_line_suggests(capsys):
+    with pytest.raises(SystemExit):
+        parse(build_parser("x"), ["--pretrain.lrr", "3e-4"])
+    assert "did you mean '--pretrain.lr'" in capsys.readouterr().err
+
+
+def test_wrong_type_is_clear(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("pretrain:\n  steps: many\n")
+    with pytest.raises(ConfigError, match="'pretrain.steps' expects int"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="expects float"):
+        load_config(None, {"pretrain.lr": "fast"})
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'tiny'"):
+        load_config(None, {"model.preset": "tinyy"})
+
+
+def test_missing_config_file_is_clear():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("nope/missing.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_preset_yaml_parses_and_builds(path):
+    cfg = load_config(path)
+    args = model_args(cfg, vocab_size=cfg.data.vocab_size)
+    assert args.vocab_size == cfg.data.vocab_size and args.hidden_size % args.num_attention_heads == 0
+    assert path.read_text().startswith("#"), "each preset opens with a comment saying what it runs and how"
+
+
+def test_help_lists_every_key():
+    text = build_parser("x").format_help()
+    for key in leaf_keys(Config):
+        assert f"--{key}" in text
+
+
+def test_domains_from_command_line():
+    cfg = load_config(None, {"data.domains": "a=bundled:legal,b=/x/y"})
+    assert cfg.data.domains == {"a": "bundled:legal", "b": "/x/y"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(leaf_keys(Config))), st.text(max_size=12), max_size=4))
+def test_fuzzed_overrides_either_load_or_raise_config_error(overrides):
+    """Any string for any key: a valid config or a ConfigError, never another exception."""
+    try:
+        load_config(None, overrides)
+    except ConfigError:
+        pass

@@ -1,0 +1,141 @@
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from mlx_pn.data.batches import PackedBatches, eval_windows
+from mlx_pn.data.shards import Corpus
+from mlx_pn.data.sources import DataError, Document, bundled_names, load_documents, split_documents
+from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
+
+
+def test_bundled_corpora_are_real_and_present():
+    assert {"generic", "drama", "legal", "medical"} <= set(bundled_names())
+    docs = load_documents("bundled:drama", max_docs=50)
+    assert len(docs) == 50 and all(d.text == d.text.strip() and d.text for d in docs)
+
+
+def test_missing_file_names_field_and_fix(tmp_path):
+    with pytest.raises(DataError, match=r"data.domains.x: '.*nope.txt' does not exist; fix the path"):
+        load_documents(str(tmp_path / "nope.txt"), "data.domains.x")
+
+
+def test_unknown_bundled_name_lists_available():
+    with pytest.raises(DataError, match="available: drama"):
+        load_documents("bundled:poetry")
+
+
+def test_non_utf8_names_file_and_fix(tmp_path):
+    f = tmp_path / "latin.txt"
+    f.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.txt: not valid UTF-8 .*iconv"):
+        load_documents(str(f))
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    (tmp_path / "a.txt").write_text("   \n\n")
+    with pytest.raises(DataError, match="no non-empty documents"):
+        load_documents(str(tmp_path), "data.generic")
+
+
+def test_bad_jsonl_line(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"text": "ok"}\n{"txt": "no"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: expected an object with a string field 'text'"):
+        load_documents(str(f))
+
+
+def test_folder_and_jsonl_gz_sources(tmp_path):
+    (tmp_path / "b.txt").write_text("second")
+    (tmp_path / "a.md").write_text("first")
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"id": "x", "text": " third "}) + "\n")
+    docs = load_documents(str(tmp_path))
+    assert [d.text for d in docs] == ["first", "second", "third"]
+
+
+def test_split_is_deterministic_and_disjoint():
+    docs = [Document(f"d{i}", f"text {i}") for i in range(500)]
+    a, b = split_documents(docs, 0.1, 0.1), split_documents(list(reversed(docs)), 0.1, 0.1)
+    assert {s: {d.id for d in v} for s, v in a.items()} == {s: {d.id for d in v} for s, v in b.items()}
+    ids = [d.id for v in a.values() for d in v]
+    assert len(ids) == len(set(ids)) == 500 and 20 < len(a["valid"]) < 90
+
+
+def test_sentencepiece_ids_equal_exported_tokenizer_json(tiny_run):
+    """Real text from every corpus: spm ids == the HF tokenizer.json ids mlx-lm will use."""
+    from transformers import AutoTokenizer
+
+    cfg, data = tiny_run
+    hf = AutoTokenizer.from_pretrained(str(data.tokenizer.hf_dir))
+    n = 0
+    for name in ("generic", "drama", "legal", "medical"):
+        for d in load_documents(f"bundled:{name}", max_docs=25):
+            text = d.text[:2000].strip()  # documents are stored stripped: spm's dummy prefix == Metaspace "first"
+            assert data.tokenizer.encode(text) == hf.encode(text, add_special_tokens=False), d.id
+            n += 1
+    assert n == 100
+    assert hf.decode(hf.encode("To be, or not\nto be", add_special_tokens=False)) == "To be, or not\nto be"
+
+
+def test_shards_match_manifest_and_tokenizer(tiny_run):
+    cfg, data = tiny_run
+    c = data.corpora["legal"]
+    m = c.manifest
+    toks = c.tokens("train")
+    assert len(toks) == m["splits"]["train"]["tokens"] and toks.max() < data.tokenizer.vocab_size
+    assert (toks == data.tokenizer.eos_id).sum() == m["splits"]["train"]["documents"]
+    Corpus(c.folder, data.tokenizer, verify_hashes=True)
+
+
+def test_tokenizer_mismatch_is_detected(tiny_run, tmp_path):
+    cfg, data = tiny_run
+    other = train_tokenizer((d.text for d in load_documents("bundled:medical", max_docs=100)), 600, tmp_path / "tok")
+    with pytest.raises(DataError, match="different tokenizer"):
+        Corpus(data.corpora["legal"].folder, other)
+
+
+def test_truncated_shard_is_detected(tiny_run, tmp_path):
+    import shutil
+
+    cfg, data = tiny_run
+    copy = tmp_path / "legal"
+    shutil.copytree(data.corpora["legal"].folder, copy)
+    with open(copy / "train.bin", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(DataError, match="truncated"):
+        Corpus(copy)
+
+
+def test_packed_batches_deterministic_and_cover_epoch():
+    tokens = np.arange(1001, dtype=np.uint16)
+    b = PackedBatches(tokens, seq_len=10, batch_size=4, seed=3)
+    assert b.n_windows == 100
+    np.testing.assert_array_equal(b.batch(7), PackedBatches(tokens, 10, 4, seed=3).batch(7))
+    first_epoch = np.concatenate([b.batch(i)[0, :, 0] for i in range(25)])
+    assert sorted(first_epoch.tolist()) == list(range(0, 1000, 10))  # every window exactly once
+    x = b.batch(0)[0]
+    np.testing.assert_array_equal(x[:, 1:], x[:, :-1] + 1)  # contiguous windows, target = next token
+    assert not np.array_equal(b.batch(0), PackedBatches(tokens, 10, 4, seed=4).batch(0))
+
+
+def test_domain_smaller_than_one_batch_is_clear():
+    with pytest.raises(DataError, match="fewer than one batch of 16; add data or lower batch_size"):
+        PackedBatches(np.zeros(300, np.uint16), seq_len=64, batch_size=16, name="data.domains.x")
+
+
+def test_eval_windows_shapes():
+    assert eval_windows(np.arange(105), 10).shape == (10, 11)
+    assert eval_windows(np.arange(5), 10).shape == (1, 5)
+    assert eval_windows(np.arange(105), 10, max_windows=3).shape == (3, 11)
+
+
+def test_vocab_too_large_for_text(tmp_path):
+    with pytest.raises(DataError, match="vocab_size=5000 is too large"):
+        train_tokenizer(["a tiny text"] * 3, 5000, tmp_path / "t")
+
+
+def test_tokenizer_folder_missing(tmp_path):
+    with pytest.raises(DataError, match="spm.model is missing"):
+        Tokenizer(tmp_path)
