@@ -139,3 +139,26 @@ def test_vocab_too_large_for_text(tmp_path):
 def test_tokenizer_folder_missing(tmp_path):
     with pytest.raises(DataError, match="spm.model is missing"):
         Tokenizer(tmp_path)
+
+
+def test_changed_text_rebuilds_shards_and_guards_tokenizer(tmp_path):
+    from conftest import tiny_config
+
+    from mlx_pn.data.prepare import prepare_data
+
+    gen, dom = tmp_path / "gen", tmp_path / "dom"
+    gen.mkdir(), dom.mkdir()
+    for i, d in enumerate(load_documents("bundled:generic", max_docs=60)):
+        (gen / f"{i:03d}.txt").write_text(d.text)
+    (dom / "a.txt").write_text(" ".join(d.text for d in load_documents("bundled:legal", max_docs=30)))
+    cfg = tiny_config(tmp_path / "run", **{"data.generic": gen, "data.domains": f"law={dom}", "data.vocab_size": 400})
+    quiet = dict(log=lambda *a: None)
+    first = prepare_data(cfg, **quiet).corpora["law"].manifest
+    assert prepare_data(cfg, **quiet).corpora["law"].manifest == first  # cached
+    (dom / "b.txt").write_text("A new licence text. " * 50)
+    rebuilt = prepare_data(cfg, **quiet).corpora["law"].manifest
+    assert rebuilt["fingerprint"] != first["fingerprint"]
+    assert sum(s["documents"] for s in rebuilt["splits"].values()) == 2
+    (gen / "000.txt").write_text("changed generic text")
+    with pytest.raises(DataError, match="trained on other generic text"):
+        prepare_data(cfg, **quiet)

@@ -6,12 +6,14 @@ split or tokenizer; an interrupted run leaves no half-written shard (temp folder
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_pn.config import Config
 from mlx_pn.data.shards import Corpus, build_shards, read_manifest
-from mlx_pn.data.sources import DataError, load_documents, split_documents
+from mlx_pn.data.shards import write_json_atomic
+from mlx_pn.data.sources import DataError, fingerprint, load_documents, split_documents
 from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
 
 GENERIC = "generic"
@@ -44,6 +46,10 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
     tok_dir = root / "tokenizer"
     split_key = {"valid_fraction": cfg.data.valid_fraction, "test_fraction": cfg.data.test_fraction,
                  "max_docs": cfg.data.max_docs}
+    prints = {name: fingerprint(spec) for name, (spec, _) in sources.items() if name in wanted}
+    tok_key = {"generic": prints[GENERIC], "vocab_size": cfg.data.vocab_size, **split_key,
+               "sample_mb": cfg.data.tokenizer_sample_mb}
+    meta = tok_dir / "source.json"
 
     if (tok_dir / "spm.model").exists() and (tok_dir / "hf" / "tokenizer.json").exists():
         tok = Tokenizer(tok_dir)
@@ -51,6 +57,11 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
             raise DataError(
                 f"{tok_dir}: tokenizer has {tok.vocab_size} ids but data.vocab_size={cfg.data.vocab_size}; "
                 f"delete {tok_dir} (and the shards) to retrain it, or set data.vocab_size={tok.vocab_size}")
+        if meta.exists() and json.loads(meta.read_text()) != tok_key:
+            raise DataError(
+                f"{tok_dir} was trained on other generic text or settings than data.generic={cfg.data.generic!r} "
+                f"now gives; delete {tok_dir} to retrain it (models trained with the old one need it), or use "
+                f"another data.dir")
         generic_docs = None
     else:
         generic_docs = load_documents(cfg.data.generic, "data.generic", cfg.data.max_docs)
@@ -58,6 +69,7 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         log(f"[data] training a {cfg.data.vocab_size}-piece SentencePiece tokenizer on generic text")
         tok = train_tokenizer((d.text for d in splits["train"]), cfg.data.vocab_size, tok_dir,
                               cfg.data.tokenizer_sample_mb)
+        write_json_atomic(meta, tok_key)
 
     corpora = {}
     for name in wanted:
@@ -65,12 +77,12 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         folder = root / "shards" / name
         m = read_manifest(folder)
         fresh = (m is not None and m.get("source") == spec and m.get("tokenizer_sha256") == tok.sha256
-                 and m.get("split") == split_key)
+                 and m.get("split") == split_key and m.get("fingerprint") == prints[name])
         if not fresh:
             docs = generic_docs if (name == GENERIC and generic_docs is not None) else \
                 load_documents(spec, field, cfg.data.max_docs)
             splits = split_documents(docs, cfg.data.valid_fraction, cfg.data.test_fraction)
-            m = build_shards(name, splits, tok, root / "shards", spec, extra={"split": split_key})
+            m = build_shards(name, splits, tok, root / "shards", spec, extra={"split": split_key, "fingerprint": prints[name]})
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
             log(f"[data] {name}: {sizes}")
         corpora[name] = Corpus(folder, tok)

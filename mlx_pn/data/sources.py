@@ -130,6 +130,29 @@ def read_source(spec: str, field: str = "data") -> Iterator[Document]:
                 yield Document(d.id, text)
 
 
+def source_files(spec: str) -> list[Path] | None:
+    """The files a spec reads, in order; None when it is not local (a hub dataset)."""
+    files: list[Path] = []
+    for part in [s.strip() for s in spec.split(",") if s.strip()]:
+        if part.startswith("hf:"):
+            return None
+        path = BUNDLED_DIR / f"{part[len('bundled:'):]}.jsonl.gz" if part.startswith("bundled:") else Path(part)
+        files.extend(_files(path) if path.is_dir() else [path] if path.exists() else [])
+    return files
+
+
+def fingerprint(spec: str) -> str:
+    """sha256 over the spec and the content of every file it reads: cached shards are rebuilt when the
+    text changes, not only when the spec does."""
+    h = hashlib.sha256(spec.encode())
+    for f in source_files(spec) or []:
+        h.update(str(f).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def load_documents(spec: str, field: str = "data", max_docs: int = 0) -> list[Document]:
     docs = []
     for d in read_source(spec, field):
