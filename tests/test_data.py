@@ -162,3 +162,15 @@ def test_changed_text_rebuilds_shards_and_guards_tokenizer(tmp_path):
     (gen / "000.txt").write_text("changed generic text")
     with pytest.raises(DataError, match="trained on other generic text"):
         prepare_data(cfg, **quiet)
+
+
+def test_parquet_source_through_datasets(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["  first doc ", "second doc", ""], "id": ["a", "b", "c"]}), tmp_path / "d.parquet")
+    docs = load_documents(str(tmp_path / "d.parquet"))
+    assert [(d.id, d.text) for d in docs] == [("a", "first doc"), ("b", "second doc")]
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="no 'text' column"):
+        load_documents(str(tmp_path / "bad.parquet"))

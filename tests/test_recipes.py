@@ -78,3 +78,11 @@ def test_every_recipe_has_help():
         p = subprocess.run([sys.executable, "-m", f"recipes.{name}", "--help"], capture_output=True, text=True,
                            cwd=REPO, timeout=120)
         assert p.returncode == 0 and "--pretrain.lr" in p.stdout and "--config" in p.stdout, name
+
+
+def test_training_curves_png(run_dir, tmp_path):
+    from mlx_pn.plots import plot_training_curves
+
+    png = plot_training_curves({"pretrain": run_dir / "pretrain" / "metrics.jsonl",
+                                "legal": run_dir / "specialize" / "legal" / "metrics.jsonl"}, tmp_path / "c.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
