@@ -17,7 +17,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_pn.data.tokenizer import BOS_ID, EOS_ID
-from mlx_pn.train.checkpoint import atomic_folder
+from mlx_pn.io import atomic_folder
 from mlx_pn.models.transformer import Transformer
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from mlx_pn.config import Config, ConfigError, model_args, to_dict
 from mlx_pn.data.batches import PackedBatches
 from mlx_pn.data.prepare import GENERIC, PreparedData
-from mlx_pn.data.shards import write_json_atomic
+from mlx_pn.io import write_json_atomic
 from mlx_pn.evaluate import bits_per_byte, nll
 from mlx_pn.models.transformer import Transformer, build_model
 from mlx_pn.train.checkpoint import load_model

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlx_pn.config import Config
 from mlx_pn.data.shards import Corpus, build_shards, read_manifest
-from mlx_pn.data.shards import write_json_atomic
+from mlx_pn.io import write_json_atomic
 from mlx_pn.data.sources import DataError, fingerprint, load_documents, split_documents
 from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
 

@@ -8,16 +8,14 @@ stream is then cut into fixed-length windows by :mod:`mlx_pn.data.batches`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from mlx_pn.data.sources import DataError, Document
-from mlx_pn.data.tokenizer import Tokenizer, file_sha256
+from mlx_pn.data.tokenizer import Tokenizer
+from mlx_pn.io import atomic_folder, file_sha256, write_json_atomic  # noqa: F401 (re-exported)
 
 MANIFEST = "manifest.json"
 
@@ -26,26 +24,14 @@ def _dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, folder: Path,
                  source: str, extra: dict | None = None, batch_docs: int = 256) -> dict:
     """Tokenize every split into ``folder/name`` (written to a temp folder, then renamed)."""
-    dest = folder / name
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder))
     dtype = _dtype(tok.vocab_size)
     manifest = {"name": name, "source": source, "tokenizer_sha256": tok.sha256, "vocab_size": tok.vocab_size,
                 "dtype": dtype.name, "eos_id": tok.eos_id, **(extra or {}), "splits": {}}
-    try:
+
+    def write(tmp: Path):
         total = sum(len(d) for d in splits.values())
         with tqdm(total=total, desc=f"tokenize {name}", unit="doc", leave=False) as bar:
             for split, docs in splits.items():
@@ -58,20 +44,14 @@ def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, f
                             f.write(arr.tobytes())
                             n_tokens += arr.size
                         bar.update(len(chunk))
-                    f.flush()
-                    os.fsync(f.fileno())
                 manifest["splits"][split] = {
                     "documents": len(docs), "tokens": n_tokens,
                     "bytes_utf8": sum(len(d.text.encode()) for d in docs),
                     "sha256": file_sha256(tmp / f"{split}.bin"),
                 }
         write_json_atomic(tmp / MANIFEST, manifest)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_folder(folder / name, write)
     return manifest
 
 

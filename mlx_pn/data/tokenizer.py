@@ -8,7 +8,6 @@ Special ids: 0 <unk>, 1 <s> (bos), 2 </s> (eos). Documents are encoded as ``ids 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -18,16 +17,9 @@ from pathlib import Path
 from typing import Iterable
 
 from mlx_pn.data.sources import DataError
+from mlx_pn.io import atomic_folder, file_sha256  # noqa: F401 (file_sha256 re-exported)
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Tokenizer:
@@ -73,8 +65,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | Path, m
             break
     if not sample:
         raise DataError("tokenizer: no training text (data.generic is empty)")
-    tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=folder.parent if folder.parent.exists() else None))
-    try:
+    def write(tmp: Path):
         proto = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -82,8 +73,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | Path, m
                 normalization_rule_name="identity", remove_extra_whitespaces=False, byte_fallback=True,
                 split_digits=True, allow_whitespace_only_pieces=True, character_coverage=0.9995,
                 max_sentence_length=1 << 24, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1,
-                num_threads=os.cpu_count() or 1, minloglevel=2,
-                train_extremely_large_corpus=False,
+                num_threads=os.cpu_count() or 1, minloglevel=2, train_extremely_large_corpus=False,
             )
         except RuntimeError as e:
             if "smaller than required_chars" in str(e):
@@ -94,13 +84,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | Path, m
             raise
         (tmp / "spm.model").write_bytes(proto.getvalue())
         write_hf_tokenizer(tmp / "spm.model", tmp / "hf")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_folder(folder, write)
     return Tokenizer(folder)
 
 

@@ -8,58 +8,19 @@ truncated checkpoint is reported and the previous good one is used.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_pn.data.tokenizer import file_sha256
+from mlx_pn.io import atomic_folder, file_sha256
 from mlx_pn.models.transformer import ModelArgs, Transformer
 
 
 class CheckpointError(RuntimeError):
     pass
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_folder(dest: Path, write) -> Path:
-    """Run write(tmp_folder), then replace `dest` by it in one rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            _fsync_file(f)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 # --- plain model folders (config.json + model.safetensors) --------------------------------------
