@@ -80,6 +80,20 @@ class TrainConfig:
     compile: bool = _f(True, "compile the training step with mx.compile")
 
 
+@dataclass
+class ClusterConfig:
+    embedder: str = _f("static", "document embedder: 'minilm' (all-MiniLM-L6-v2 in MLX; slow on a CPU, ~10 windows/s) "
+                                 "or 'static' (MiniLM's word-piece embeddings averaged; fast on any CPU)")
+    k: int = _f(16, "clusters for mixtures / projected networks (the paper: 16-32)")
+    k_importance: int = _f(1024, "clusters for importance sampling (the paper: 1024); lowered with a warning "
+                                 "when the corpus has too few windows for it")
+    window: int = _f(0, "tokens per embedded window; 0 = pretrain.seq_len, so every training window has a cluster")
+    fit_windows: int = _f(50000, "k-means is fitted on at most this many generic windows (a seeded sample)")
+    iters: int = _f(50, "at most this many Lloyd iterations")
+    batch_size: int = _f(64, "windows per embedding batch")
+    seed: int = _f(0, "seed for the k-means initialisation and sampling")
+
+
 def _finetune_defaults() -> TrainConfig:
     # Fine-tuning: lower lr (the paper divides by 3 for 1M tokens), early stopping on valid loss.
     return TrainConfig(steps=200, lr=1e-3, min_lr=1e-4, warmup=10, eval_every=25, save_every=25, patience=3)
@@ -93,6 +107,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     finetune: TrainConfig = field(default_factory=_finetune_defaults)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -266,6 +281,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name}.lr must be > 0, got {t.lr}")
     if not 0 <= cfg.data.valid_fraction < 0.5 or not 0 <= cfg.data.test_fraction < 0.5:
         raise ConfigError("data.valid_fraction and data.test_fraction must be in [0, 0.5)")
+    if cfg.cluster.embedder not in ("minilm", "static"):
+        raise ConfigError(f"cluster.embedder must be 'minilm' or 'static', got {cfg.cluster.embedder!r}")
+    if cfg.cluster.k < 1 or cfg.cluster.k_importance < 1:
+        raise ConfigError("cluster.k and cluster.k_importance must be >= 1")
     if cfg.data.vocab_size < 260:
         raise ConfigError(f"data.vocab_size={cfg.data.vocab_size} is too small: byte fallback alone needs 259 ids")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class KMeansResult:
     history[i] is the inertia after i updates (history[0]: right after k-means++); it never increases
     beyond float rounding. n_reseeded counts empty clusters re-seeded during the run; n_empty counts
     clusters still empty at the end (only when the data has fewer distinct points than k).
+    init_seconds / seconds: wall time of k-means++ and of the whole fit (all n_init runs).
     """
 
     centroids: np.ndarray
@@ -50,19 +52,22 @@ class KMeansResult:
     n_reseeded: int = 0
     n_empty: int = 0
     seed: int = 0
+    init_seconds: float = 0.0
+    seconds: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def warn_if_k_too_large(n_points: int, k: int, min_per_cluster: int = MIN_WINDOWS_PER_CLUSTER) -> bool:
+def warn_if_k_too_large(n_points: int, k: int, min_per_cluster: int = MIN_WINDOWS_PER_CLUSTER,
+                        stacklevel: int = 2) -> bool:
     """Warn (and return True) when there are fewer than ``min_per_cluster`` windows per cluster."""
     if k > 0 and n_points / k < min_per_cluster:
         warnings.warn(
             f"k={k} clusters for N={n_points} windows is {n_points / k:.1f} windows per cluster (< {min_per_cluster}): "
             f"cluster histograms will be noisy and importance resampling will repeat windows; lower k to at most "
             f"{max(1, n_points // min_per_cluster)} or embed more windows (paper: k=1024 for slm-is, 16-32 for "
-            f"slm-mix/slm-pn, on millions of windows)", stacklevel=2)
+            f"slm-mix/slm-pn, on millions of windows)", stacklevel=stacklevel)
         return True
     return False
 
@@ -105,7 +110,34 @@ def _chunk_rows(batch_size: int, k: int) -> int:
 # ------------------------------------------------------------------------------------------ distances
 
 
-def _pass(X: mx.array, x2: mx.array, c: np.ndarray, rows: int, sums: bool):
+def _nearest(score: mx.array, x2: np.ndarray | None):
+    """argmin and min of a (B, k) score ||c||^2 - 2 x.c, plus ||x||^2 -> labels (B,) int32, sq. distances.
+
+    On the CPU the reduction runs in numpy on MLX's buffer (zero copy): MLX's CPU argmin is
+    single-threaded scalar code, 3-5x slower than numpy's at k >= 256. On a GPU it stays in MLX.
+    """
+    if mx.default_device() == mx.cpu:
+        mx.eval(score)
+        s = np.asarray(score)
+        lb = s.argmin(axis=1).astype(np.int32)
+        d = s[np.arange(len(lb)), lb] if x2 is not None else None
+    else:
+        lbm = mx.argmin(score, axis=1)
+        dm = mx.take_along_axis(score, lbm[:, None], axis=1)[:, 0] if x2 is not None else None
+        mx.eval(lbm, *([dm] if dm is not None else []))
+        lb = np.asarray(lbm).astype(np.int32)
+        d = np.asarray(dm) if dm is not None else None
+    if x2 is not None:
+        d = np.maximum(d + x2, 0.0).astype(np.float32)
+    return lb, d
+
+
+# Per-cluster sums as a one-hot matmul up to this k (BLAS, 2 B k D flops); MLX's scatter-add (B D
+# scalar updates) above it: on 2 CPU cores the two cost the same near k = 150.
+_ONEHOT_MAX_K = 128
+
+
+def _pass(X: mx.array, x2: np.ndarray, c: np.ndarray, rows: int, sums: bool):
     """Nearest centroid of every row of X (N, D) -> labels (N,) int32, squared distances (N,) float32,
     and, if ``sums``, per-cluster sums of rows (k, D) float64 (accumulated on the host per chunk)."""
     N, D = X.shape
@@ -115,19 +147,21 @@ def _pass(X: mx.array, x2: mx.array, c: np.ndarray, rows: int, sums: bool):
     labels = np.empty(N, dtype=np.int32)
     dist = np.empty(N, dtype=np.float32)
     total = np.zeros((k, D), dtype=np.float64) if sums else None
+    ids = mx.arange(k)[None, :]
     for s in range(0, N, rows):
         xb = X[s:s + rows]
-        score = mx.addmm(c2, xb, cT, alpha=-2.0, beta=1.0)  # (B, k): ||c||^2 - 2 x.c, argmin needs no ||x||^2
-        lb = mx.argmin(score, axis=1)
-        db = mx.maximum(mx.take_along_axis(score, lb[:, None], axis=1)[:, 0] + x2[s:s + rows], 0.0)
-        out = [lb, db]
+        score = mx.addmm(c2, xb, cT, alpha=-2.0, beta=1.0)  # (B, k): ||c||^2 - 2 x.c; argmin needs no ||x||^2
+        lb, db = _nearest(score, x2[s:s + rows])
+        del score
+        labels[s:s + rows], dist[s:s + rows] = lb, db
         if sums:
-            out.append(mx.zeros((k, D), dtype=mx.float32).at[lb].add(xb))  # scatter-add: O(B D), not O(B k D)
-        mx.eval(*out)
-        labels[s:s + rows] = np.asarray(out[0])
-        dist[s:s + rows] = np.asarray(out[1])
-        if sums:
-            total += np.asarray(out[2])
+            lbm = mx.array(lb)
+            if k <= _ONEHOT_MAX_K:
+                part = (lbm[:, None] == ids).astype(mx.float32).T @ xb  # (k, B) @ (B, D)
+            else:
+                part = mx.zeros((k, D), dtype=mx.float32).at[lbm].add(xb)
+            mx.eval(part)
+            total += np.asarray(part)
     return labels, dist, total
 
 
@@ -153,8 +187,8 @@ def assign(x, centroids, batch_size: int = 65536) -> np.ndarray:
         xb = np.asarray(x[s:s + rows], dtype=np.float32)
         if not np.isfinite(xb).all():
             raise ValueError(f"x has NaN/inf in rows {s}..{s + len(xb) - 1}; drop or re-embed those windows")
-        lb = mx.argmin(mx.addmm(c2, mx.array(xb - mean.astype(np.float32)), cT, alpha=-2.0, beta=1.0), axis=1)
-        labels[s:s + rows] = np.asarray(lb)
+        score = mx.addmm(c2, mx.array(xb - mean.astype(np.float32)), cT, alpha=-2.0, beta=1.0)
+        labels[s:s + rows] = _nearest(score, None)[0]
     return labels
 
 
@@ -238,7 +272,10 @@ def _update(X: mx.array, labels: np.ndarray, dist: np.ndarray, sums: np.ndarray,
 
 
 def _fit_once(X, x2, k, iters, tol, rng, rows, spherical, progress, desc):
+    t0 = time.perf_counter()
     c = _kmeans_pp(X, x2, k, rng)
+    init_s = time.perf_counter() - t0
+    x2 = np.asarray(x2)  # the Lloyd passes add ||x||^2 on the host
     if spherical:
         c = _normalise(c.astype(np.float64), np.eye(k, c.shape[1], dtype=np.float64)).astype(np.float32)
     labels, dist, sums = _pass(X, x2, c, rows, sums=True)
@@ -265,7 +302,7 @@ def _fit_once(X, x2, k, iters, tol, rng, rows, spherical, progress, desc):
             break
     if bar is not None:
         bar.close()
-    return c, labels, history, n_iter, converged, reseeded
+    return c, labels, history, n_iter, converged, reseeded, init_s
 
 
 def kmeans(x, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0, batch_size: int = 65536,
@@ -279,12 +316,13 @@ def kmeans(x, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0, batc
     is then highest cosine, and the centroid is the normalised mean direction. Distances are
     computed ``batch_size`` rows at a time.
     """
+    t0 = time.perf_counter()
     x = _check_points(x)
     N, D = x.shape
     k = _check_k(k, N)
     if iters < 0 or n_init < 1 or tol < 0:
         raise ValueError(f"iters={iters} (>= 0), n_init={n_init} (>= 1) and tol={tol} (>= 0) out of range")
-    warn_if_k_too_large(N, k)
+    warn_if_k_too_large(N, k, stacklevel=3)
     # Centre the data (not in spherical mode: normalisation is relative to the origin) so that
     # float32 ||x||^2 - 2 x.c + ||c||^2 does not cancel away small distances.
     mean = np.zeros(D, dtype=np.float64) if spherical else x.mean(axis=0, dtype=np.float64)
@@ -294,13 +332,14 @@ def kmeans(x, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0, batc
     x2 = (X * X).sum(axis=1)
     mx.eval(X, x2)
     rows = _chunk_rows(batch_size, k)
-    best = None
+    best, init_s = None, 0.0
     for i in range(n_init):
         run_seed = seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         rng = np.random.default_rng(run_seed)
         desc = f"k-means k={k}" + (f" init {i + 1}/{n_init}" if n_init > 1 else "")
-        c, labels, history, n_iter, converged, reseeded = _fit_once(
+        c, labels, history, n_iter, converged, reseeded, t_init = _fit_once(
             X, x2, k, iters, tol, rng, rows, spherical, progress, desc)
+        init_s += t_init
         if best is None or history[-1] < best[2][-1]:
             best = (c, labels, history, n_iter, converged, reseeded, run_seed)
     c, labels, history, n_iter, converged, reseeded, run_seed = best
@@ -310,7 +349,7 @@ def kmeans(x, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0, batc
                       f"points than k (duplicated windows?); lower k or deduplicate", stacklevel=2)
     return KMeansResult(centroids=(c + mean).astype(np.float32), labels=labels, inertia=history[-1],
                         n_iter=n_iter, history=history, converged=converged, n_reseeded=reseeded,
-                        n_empty=n_empty, seed=run_seed)
+                        n_empty=n_empty, seed=run_seed, init_seconds=init_s, seconds=time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------- histograms
@@ -341,7 +380,7 @@ def histogram(labels, k: int, smoothing: float = 0.0) -> np.ndarray:
 
 def _entropy(p: np.ndarray) -> float:
     p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
+    return max(0.0, float(-(p * np.log(p)).sum()))  # never -0.0
 
 
 def nmi(labels_a, labels_b) -> float:
@@ -452,8 +491,7 @@ def cluster_report(labels, texts, k: int, domain_labels: dict[str, np.ndarray] |
         out.append(f"### Cluster {c} ({counts[c]} windows, {share[c]:.1%})")
         out.append("")
         for i in _spread(members[c], examples):
-            snippet = _snippet(texts[i]).replace("|", r"\|")
-            out.append(f"- `{int(i)}`: {snippet}")
+            out.append(f"- `{int(i)}`: {_snippet(texts[i])}")
         out.append("")
     if domain_labels:
         out += ["## Domains", "",

@@ -165,9 +165,9 @@ class MiniLMEmbedder:
             qkv = mx.addmm(L["qkv"][1], x, L["qkv"][0])                             # (B, T, 3H)
             qkv = qkv.reshape(B, T, 3, nh, hd).transpose(2, 0, 3, 1, 4)             # (3, B, nh, T, hd)
             q, k, v = qkv[0], qkv[1], qkv[2]                                        # (B, nh, T, hd) each
-            scores = (q * scale) @ k.transpose(0, 1, 3, 2) + bias                   # (B, nh, T, T)
-            probs = mx.softmax(scores, axis=-1, precise=True)
-            ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(B, T, H)                # (B, T, H)
+            # softmax(q k^T * scale + bias) v; on CPU this is the same unfused math, slightly faster.
+            ctx = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)  # (B, nh, T, hd)
+            ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, H)                        # (B, T, H)
             a = mx.addmm(L["attn_out"][1], ctx, L["attn_out"][0])                   # (B, T, H)
             x = mx.fast.layer_norm(a + x, *L["attn_ln"], self.eps)                  # post-LN
             h = mx.addmm(L["ffn_in"][1], x, L["ffn_in"][0])                         # (B, T, F)
@@ -215,3 +215,99 @@ class MiniLMEmbedder:
         if bar is not None:
             bar.close()
         return out
+
+
+class StaticEmbedder:
+    """Fast bag-of-word-pieces embedder built from MiniLM's own input embeddings (no extra download).
+
+    A text's vector is the SIF-weighted sum (Arora et al. 2017, "A simple but tough-to-beat baseline
+    for sentence embeddings") of its word pieces' rows of MiniLM's input embedding matrix, after the
+    matrix is centred and its top ``n_components`` principal directions are removed ("all-but-the-top":
+    those directions hold frequency, not meaning), then L2-normalised:
+
+        v(text) = normalise( sum_t  a / (a + p(t)) * P (E[t] - mean(E)) ),   P = I - U_k U_k^T
+
+    p(t) is the word-piece frequency in ``background`` (the bundled generic mix, ~3 MB: Wikipedia,
+    State of the Union, Moby-Dick, Jargon File, WordNet glosses), counted once per process. [CLS]/[SEP]
+    are left out (they are in every text). Texts are truncated to ``max_tokens`` like MiniLM's windows,
+    so both embed the same word pieces. The choice of variant (raw / centred / top-PC removal, IDF /
+    SIF weights, and MiniLM-distilled token vectors, which did no better) was made by agreement with
+    MiniLM on bundled text windows: tools/bench_embed.py reports it.
+    """
+
+    name = "static"
+    dim = DIM
+
+    def __init__(self, model_dir: str | Path | None = None, max_tokens: int = 256,
+                 background: str = "bundled:generic", sif_a: float = 1e-3, n_components: int = 2):
+        import mlx.core as mx
+
+        self.model_dir = Path(model_dir) if model_dir is not None else find_minilm_dir()
+        _check_dir(self.model_dir)
+        cfg = json.loads((self.model_dir / "config.json").read_text())
+        self.max_tokens = _check_max_tokens(max_tokens, int(cfg["max_position_embeddings"]))
+        self.tokenizer = _load_tokenizer(self.model_dir, self.max_tokens)
+        self.special_ids = {self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")} - {None}
+        w = mx.load(str(self.model_dir / "model.safetensors"))
+        key = next(k for k in w if k.endswith("embeddings.word_embeddings.weight"))
+        emb = np.array(w.pop(key), dtype=np.float64)                                # (V, H)
+        del w
+        emb -= emb.mean(axis=0)
+        if n_components > 0:
+            # MLX's eigh (LAPACK via the BLAS mlx_pn loaded): numpy's first eigh call costs ~1 s here.
+            _, vecs = mx.linalg.eigh(mx.array((emb.T @ emb).astype(np.float32)), stream=mx.cpu)  # (H, H)
+            top = np.array(vecs, dtype=np.float64)[:, -n_components:]              # (H, k), top eigvecs
+            emb -= (emb @ top) @ top.T
+        counts = _background_counts(self.model_dir, background, emb.shape[0])      # (V,)
+        p = counts / max(counts.sum(), 1.0)
+        self.weights = (sif_a / (sif_a + p)).astype(np.float32)                    # (V,)
+        # Fold the weights into the table: a text's vector is then a plain sum of rows.
+        self.table = (emb * self.weights[:, None]).astype(np.float32)              # (V, H)
+
+    def embed(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """(N,) texts -> (N, 384) float32 unit vectors. ``batch_size`` texts are tokenized per step
+        (no padding here, so order and batching cannot change a result)."""
+        texts = list(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = np.zeros((len(texts), self.table.shape[1]), dtype=np.float32)        # (N, H)
+        step = max(batch_size, 256)  # tokenizing in bigger groups is faster and changes nothing
+        bar = _progress(len(texts), progress, "static")
+        for start in range(0, len(texts), step):
+            seqs = _encode(self.tokenizer, texts[start: start + step])
+            for i, s in enumerate(seqs):
+                body = [t for t in s if t not in self.special_ids] or s  # empty text: [CLS][SEP]
+                out[start + i] = self.table[body].sum(axis=0)                      # (H,)
+            if bar is not None:
+                bar.update(len(seqs))
+        if bar is not None:
+            bar.close()
+        return _l2_normalize(out)
+
+
+_COUNTS: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _background_counts(model_dir: Path, spec: str, vocab: int) -> np.ndarray:
+    """(V,) word-piece counts over the documents of ``spec`` (no special tokens); cached per process."""
+    key = (str(model_dir), spec)
+    if key not in _COUNTS:
+        from mlx_pn.data.sources import load_documents
+
+        tok = _load_tokenizer(model_dir, 512)
+        tok.no_truncation()
+        docs = [d.text for d in load_documents(spec)]
+        ids = np.concatenate([np.asarray(e.ids, dtype=np.int64)
+                              for e in tok.encode_batch(docs, add_special_tokens=False)])
+        _COUNTS[key] = np.bincount(ids, minlength=vocab).astype(np.float64)[:vocab]
+    return _COUNTS[key]
+
+
+EMBEDDERS = {"minilm": MiniLMEmbedder, "static": StaticEmbedder}
+
+
+def get_embedder(name: str, **kwargs):
+    """An embedder by name: "minilm" (MiniLM in MLX) or "static" (fast, CPU); kwargs go to its constructor."""
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown embedder {name!r}; valid names: {', '.join(EMBEDDERS)}")
+    return EMBEDDERS[name](**kwargs)
