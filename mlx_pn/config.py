@@ -88,7 +88,7 @@ class ClusterConfig:
     k_importance: int = _f(1024, "clusters for importance sampling (the paper: 1024); lowered with a warning "
                                  "when the corpus has too few windows for it")
     window: int = _f(0, "tokens per embedded window; 0 = pretrain.seq_len, so every training window has a cluster")
-    fit_windows: int = _f(50000, "k-means is fitted on at most this many generic windows (a seeded sample)")
+    fit_windows: int = _f(100000, "k-means is fitted on at most this many generic windows (a seeded sample)")
     iters: int = _f(50, "at most this many Lloyd iterations")
     batch_size: int = _f(64, "windows per embedding batch")
     seed: int = _f(0, "seed for the k-means initialisation and sampling")

@@ -106,8 +106,8 @@ def main(argv=None):
     run_sklearn(cases[0][1][:2000], 8, 3, 0.0, 0)
 
     print(f"k-means, k-means++ init, n_init=1, max_iter={args.iters}; {os.cpu_count()} CPU cores; "
-          f"threads {args.threads or 'default'}; mlx_pn BLAS {mlx_pn.BLAS}; scikit-learn {sklearn.__version__}; seeds {args.seeds}, "
-          f"best of {args.repeats} timing(s) per seed; times are means over seeds")
+          f"threads {args.threads or 'default'}; mlx_pn BLAS {mlx_pn.BLAS}; scikit-learn {sklearn.__version__}; "
+          f"seeds {args.seeds}, best of {args.repeats} timing(s) per seed; times are means over seeds")
     print("total = whole fit; init = k-means++ alone; ms/it = (total - init) / Lloyd iterations; "
           "inertia recomputed in float64 from each library's centroids")
     head = (f"{'data':18s} {'N':>6s} {'k':>4s} {'mode':5s} | {'mlx total':>9s} {'init':>6s} {'it':>4s} {'ms/it':>6s} | "
@@ -130,9 +130,11 @@ def main(argv=None):
                         res[lib].append((total, init, it, (total - init) / max(it, 1) * 1e3,
                                          inertia64(x, np.asarray(c))))
                 m, s = np.array(res["mlx"]).mean(0), np.array(res["sk"]).mean(0)
-                print(f"{name[:18]:18s} {len(x):6d} {k:4d} {mode:5s} | {m[0]:9.2f} {m[1]:6.2f} {m[2]:4.0f} {m[3]:6.1f} | "
-                      f"{s[0]:8.2f} {s[1]:6.2f} {s[2]:4.0f} {s[3]:6.1f} | {m[0] / s[0]:12.2f} {m[1] / s[1]:6.2f} "
-                      f"{m[3] / s[3]:6.2f} {m[4] / s[4]:8.4f}", flush=True)
+                print(f"{name[:18]:18s} {len(x):6d} {k:4d} {mode:5s} | "
+                      f"{m[0]:9.2f} {m[1]:6.2f} {m[2]:4.0f} {m[3]:6.1f} | "
+                      f"{s[0]:8.2f} {s[1]:6.2f} {s[2]:4.0f} {s[3]:6.1f} | "
+                      f"{m[0] / s[0]:12.2f} {m[1] / s[1]:6.2f} {m[3] / s[3]:6.2f} {m[4] / s[4]:8.4f}", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -132,9 +132,9 @@ def run_clustering(cfg: Config, data: PreparedData, ks: list[int] | None = None,
     heldout_domain_nmi = _heldout_domain_nmi(vecs, domains, cc.seed)
     results = {}
     for k_req in ks or [cc.k, cc.k_importance]:
-        k = max(1, min(k_req, len(fit) // MIN_WINDOWS_PER_CLUSTER))
+        k = max(1, min(k_req, len(generic) // MIN_WINDOWS_PER_CLUSTER))
         if k != k_req:
-            log(f"[cluster] k={k_req} is too large for {len(fit):,} generic windows "
+            log(f"[cluster] k={k_req} is too large for {len(generic):,} generic windows "
                 f"(< {MIN_WINDOWS_PER_CLUSTER} per cluster); using k={k}")
         results[k_req] = _cluster_one(cfg, data, vecs, fit, k, k_req, heldout_domain_nmi, embed_s, log)
     return results
