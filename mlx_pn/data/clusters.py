@@ -32,8 +32,10 @@ import mlx.core as mx
 
 # Below this many windows per cluster, per-domain histograms get noisy and IS repeats windows.
 MIN_WINDOWS_PER_CLUSTER = 50
-# Largest (B, k) distance matrix, in elements, whatever batch_size asks for (2^26 fp32 = 256 MiB).
-_MAX_CHUNK_ELEMENTS = 1 << 26
+# Largest (B, k) distance matrix, in elements, whatever batch_size asks for (2^22 fp32 = 16 MiB): a
+# score matrix that stays in cache is faster (k=1024, N=100k, 2 cores: 0.67 s/pass at B=4096 vs
+# 1.09 s at B=65536) and bounds memory.
+_MAX_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -108,7 +110,7 @@ def _check_k(k, n: int) -> int:
 def _chunk_rows(batch_size: int, k: int) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
-    return max(1, min(batch_size, _MAX_CHUNK_ELEMENTS // max(k, 1)))
+    return max(1, min(batch_size, max(256, _MAX_CHUNK_ELEMENTS // max(k, 1))))
 
 
 # ------------------------------------------------------------------------------------------ distances
@@ -175,7 +177,7 @@ def _pass(X: mx.array, x2: np.ndarray, c: np.ndarray, rows: int, sums: bool):
 def assign(x, centroids, batch_size: int = 65536) -> np.ndarray:
     """Nearest centroid (Euclidean) of every row of ``x`` (N, D) -> labels (N,) int32.
 
-    Rows are processed in chunks of ``batch_size`` (numpy in, MLX compute), so ``x`` may be a memmap.
+    Rows are processed in chunks of at most ``batch_size`` (numpy in, MLX compute), so ``x`` may be a memmap.
     Ties go to the lowest centroid index. For unit-norm centroids (spherical k-means) this is also
     the highest-cosine centroid.
     """
@@ -321,7 +323,8 @@ def kmeans(x, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0, batc
     update. ``n_init`` runs (seeds derived from ``seed``) keep the lowest inertia. ``spherical``
     L2-normalises centroids after every update: for unit-norm sentence embeddings, nearest centroid
     is then highest cosine, and the centroid is the normalised mean direction. Distances are
-    computed ``batch_size`` rows at a time.
+    computed at most ``batch_size`` rows at a time (fewer when k is large, so that the (rows, k)
+    score matrix stays near 16 MiB).
     """
     t0 = time.perf_counter()
     x = _check_points(x)
