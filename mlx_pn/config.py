@@ -94,6 +94,26 @@ class ClusterConfig:
     seed: int = _f(0, "seed for the k-means initialisation and sampling")
 
 
+@dataclass
+class ProjectedConfig:
+    m: int = _f(0, "slm-pn: size of each cluster's code E[i] (0 = k = cluster.k)")
+    h: int = _f(0, "slm-pn/slm-hn: basis matrices per MLP matrix (0 = k; the paper's sizes imply ~0.7 k)")
+    hypernet_hidden: int = _f(64, "slm-hn: hidden width of the hypernetwork (histogram -> coefficients)")
+    grouped: bool = _f(False, "slm-pn/slm-hn pretraining: every micro-batch from one cluster (one materialised "
+                              "MLP per micro-batch: about the SLM's step time; windows drawn with replacement) "
+                              "instead of each sequence routed by its own cluster (~1.5-1.8x on a CPU)")
+
+
+@dataclass
+class MixtureConfig:
+    expert_steps: int = _f(0, "slm-mix: pretraining steps per expert; 0 = pretrain.steps // k, so all k experts "
+                              "together cost what one slm pretraining does")
+
+
+METHODS = ("slm", "slm-pn", "slm-mix", "slm-hn")
+SELECTS = ("auto", "most-frequent", "best-loss", "all", "histogram")
+
+
 def _finetune_defaults() -> TrainConfig:
     # Fine-tuning: lower lr (the paper divides by 3 for 1M tokens), early stopping on valid loss.
     return TrainConfig(steps=200, lr=1e-3, min_lr=1e-4, warmup=10, eval_every=25, save_every=25, patience=3)
@@ -103,11 +123,20 @@ def _finetune_defaults() -> TrainConfig:
 class Config:
     out: str = _f("runs/default", "output folder of this experiment (data, checkpoints, exports, results)")
     domain: str = _f("drama", "the domain that `specialize`/`export` work on (a key of data.domains)")
+    method: str = _f("slm", "slm (one small model) | slm-pn (projected network) | slm-mix (k experts, one per "
+                            "cluster) | slm-hn (hypernetwork); the cluster-routed ones need "
+                            "`python -m recipes.cluster` first")
+    select: str = _f("auto", "how specialization picks the starting SLM: most-frequent (the domain's top cluster) | "
+                             "best-loss (lowest domain-validation loss before fine-tuning) | all (fine-tune every "
+                             "expert, keep the best validation) | histogram (slm-pn/slm-hn: project with the whole "
+                             "cluster histogram) | auto (histogram for slm-hn, else most-frequent)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     finetune: TrainConfig = field(default_factory=_finetune_defaults)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    projected: ProjectedConfig = field(default_factory=ProjectedConfig)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -285,6 +314,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"cluster.embedder must be 'minilm' or 'static', got {cfg.cluster.embedder!r}")
     if cfg.cluster.k < 1 or cfg.cluster.k_importance < 1:
         raise ConfigError("cluster.k and cluster.k_importance must be >= 1")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method: unknown method '{cfg.method}'{_suggest(cfg.method, METHODS)} "
+                          f"(implemented: {', '.join(METHODS)})")
+    if cfg.select not in SELECTS:
+        raise ConfigError(f"select: unknown selection '{cfg.select}'{_suggest(cfg.select, SELECTS)}")
+    if cfg.method == "slm-mix" and cfg.select == "histogram":
+        raise ConfigError("select=histogram needs a projected model (slm-pn or slm-hn); slm-mix experts are "
+                          "separate models: use --select most-frequent, best-loss or all")
+    if cfg.method != "slm" and cfg.cluster.window not in (0, cfg.pretrain.seq_len):
+        raise ConfigError(f"method {cfg.method} routes each training window by its cluster, so cluster.window must "
+                          f"be 0 or pretrain.seq_len={cfg.pretrain.seq_len}, got {cfg.cluster.window}")
+    if min(cfg.projected.m, cfg.projected.h, cfg.mixture.expert_steps) < 0 or cfg.projected.hypernet_hidden < 1:
+        raise ConfigError("projected.m, projected.h, mixture.expert_steps must be >= 0 and "
+                          "projected.hypernet_hidden >= 1")
     if cfg.data.vocab_size < 260:
         raise ConfigError(f"data.vocab_size={cfg.data.vocab_size} is too small: byte fallback alone needs 259 ids")
 

@@ -5,30 +5,63 @@ writes its results to files under ``cfg.out``:
     OUT/pretrain/             checkpoints, metrics.jsonl, final/ (the pretrained model)
     OUT/specialize/DOMAIN/    checkpoints, metrics.jsonl, final/, results.json (ppl before/after)
     OUT/export/DOMAIN/        the mlx-lm model folder
+
+Those are the paths of method `slm`. The other methods (cfg.method) write OUT/pretrain-METHOD/ (slm-mix:
+one expert-XX/ folder per expert) and OUT/specialize-METHOD/DOMAIN/; their specialized model is a
+plain Transformer too, so export and mlx-lm take it unchanged. The cluster-routed methods need the
+clustering of `python -m recipes.cluster` (cluster.k clusters of pretrain.seq_len-token windows).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mlx_pn.config import Config, ConfigError, model_args, to_dict
-from mlx_pn.data.batches import PackedBatches
+from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
+from mlx_pn.data.sources import DataError
 from mlx_pn.io import write_json_atomic
 from mlx_pn.evaluate import bits_per_byte, nll
+from mlx_pn.models import mixture
+from mlx_pn.models.projected import (ProjectedArgs, build_projected, load_projected, projected_config,
+                                     projected_cross_entropy)
 from mlx_pn.models.transformer import Transformer, build_model
-from mlx_pn.train.checkpoint import load_model
+from mlx_pn.train.checkpoint import load_model, save_model
 from mlx_pn.train.loop import train
 
 
 def pretrain_dir(cfg: Config) -> Path:
-    return Path(cfg.out) / "pretrain"
+    return Path(cfg.out) / ("pretrain" if cfg.method == "slm" else f"pretrain-{cfg.method}")
 
 
 def specialize_dir(cfg: Config, domain: str) -> Path:
-    return Path(cfg.out) / "specialize" / domain
+    return Path(cfg.out) / ("specialize" if cfg.method == "slm" else f"specialize-{cfg.method}") / domain
+
+
+def load_clusters(cfg: Config):
+    """The cluster.k clustering the routed methods need; a ConfigError says how to make it."""
+    from mlx_pn.data.cluster_stage import load_clustering
+
+    try:
+        return load_clustering(cfg, cfg.cluster.k)
+    except FileNotFoundError as e:
+        raise ConfigError(f"method {cfg.method} routes windows by cluster: {e} (same --out/--data.dir and "
+                          f"--cluster.k {cfg.cluster.k})") from None
+
+
+def _finished(out: Path, steps: int, resume: bool, log, what: str) -> dict | None:
+    summary = out / "summary.json"
+    if resume and summary.exists() and (out / "final" / "model.safetensors").exists():
+        s = json.loads(summary.read_text())
+        if s.get("steps") == steps or s.get("planned_steps") == steps:
+            log(f"[{what}] already done ({out}); delete it to retrain")
+            return s
+    return None
 
 
 def check_vocab(model: Transformer, data: PreparedData, where: str) -> None:
@@ -54,16 +87,21 @@ def evaluate_split(model, data: PreparedData, corpus: str, split: str, cfg: Conf
     return r
 
 
-def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print) -> dict:
-    """Pretrain the small model on the generic corpus -> OUT/pretrain/final."""
+def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert: int | None = None) -> dict:
+    """Pretrain cfg.method's generic model -> pretrain_dir(cfg) (slm: OUT/pretrain/final).
+
+    expert: slm-mix only, train just that expert (k processes can share the work)."""
+    if expert is not None and cfg.method != "slm-mix":
+        raise ConfigError(f"--expert only applies to --method slm-mix (got --method {cfg.method})")
+    if cfg.method == "slm-mix":
+        return pretrain_mixture(cfg, data, resume, log, expert)
+    if cfg.method in ("slm-pn", "slm-hn"):
+        return pretrain_projected(cfg, data, resume, log)
     out = pretrain_dir(cfg)
     t = cfg.pretrain
-    summary = out / "summary.json"
-    if resume and summary.exists() and (out / "final" / "model.safetensors").exists():
-        s = json.loads(summary.read_text())
-        if s.get("steps") == t.steps:
-            log(f"[pretrain] already done ({out}); delete it to retrain")
-            return s
+    done = _finished(out, t.steps, resume, log, "pretrain")
+    if done:
+        return done
     model = build_model(model_args(cfg, data.tokenizer.vocab_size), seed=t.seed)
     log(f"[pretrain] {cfg.model.preset} model: {model.num_params() / 1e6:.2f}M parameters "
         f"({model.num_params(embeddings=False) / 1e6:.2f}M without embeddings)")
@@ -72,32 +110,129 @@ def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print) ->
     log(f"[pretrain] {t.steps} steps x {t.batch_size * t.grad_accum * t.seq_len} tokens = "
         f"{batches.epochs(t.steps, t.grad_accum):.2f} epochs of the generic train split")
     r = train(model, t, batches, out, valid_tokens=generic.tokens("valid"), resume=resume, desc="pretrain", log=log)
+    summary = out / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() else r.__dict__
 
 
+def projected_args(cfg: Config, k: int) -> ProjectedArgs:
+    kind = "hypernet" if cfg.method == "slm-hn" else "codes"
+    p = cfg.projected
+    return ProjectedArgs(k=k, m=p.m, h=p.h, coefficients=kind, hypernet_hidden=p.hypernet_hidden)
+
+
+def pretrain_projected(cfg: Config, data: PreparedData, resume: bool = True, log=print) -> dict:
+    """slm-pn / slm-hn: one projected network, each window routed by its own cluster (E, M or the
+    hypernetwork, and the basis T all trained jointly)."""
+    out, t = pretrain_dir(cfg), cfg.pretrain
+    done = _finished(out, t.steps, resume, log, f"pretrain {cfg.method}")
+    if done:
+        return done
+    clusters = load_clusters(cfg)
+    pargs = projected_args(cfg, clusters.k)
+    model = build_projected(model_args(cfg, data.tokenizer.vocab_size), pargs, seed=t.seed)
+    log(f"[pretrain {cfg.method}] {model.num_params() / 1e6:.2f}M parameters (k={pargs.k}, m={pargs.m}, "
+        f"h={pargs.h}); each specialized SLM has the {cfg.model.preset} preset's size")
+    generic = data.corpora[GENERIC]
+    if cfg.projected.grouped:
+        batches = ClusterGroupedBatches(generic.tokens("train"), t.seq_len, t.batch_size,
+                                        clusters.labels(GENERIC, "train"), t.seed, "data.generic (train split)")
+    else:
+        batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed,
+                                "data.generic (train split)", labels=clusters.labels(GENERIC, "train"))
+    valid, vlabels = generic.tokens("valid"), clusters.labels(GENERIC, "valid")
+    if len(vlabels) < len(eval_windows(valid, t.seq_len)):
+        valid, vlabels = None, None  # a split shorter than one window has no cluster label
+    train(model, t, batches, out, valid_tokens=valid, valid_labels=vlabels, loss_fn=projected_cross_entropy,
+          resume=resume, desc=f"pretrain {cfg.method}", extra_config=projected_config(model, cfg.method), log=log)
+    return json.loads((out / "summary.json").read_text())
+
+
+def pretrain_mixture(cfg: Config, data: PreparedData, resume: bool = True, log=print,
+                     expert: int | None = None) -> dict:
+    """slm-mix: k independent SLMs, expert i trained only on the generic windows of cluster i.
+
+    Steps: mixture.expert_steps per expert, by default pretrain.steps // k (all experts together cost one
+    slm pretraining; the paper instead ran its mixture on 16 GPUs vs 8). Each expert's validation uses the
+    generic validation windows of its own cluster."""
+    root, t = pretrain_dir(cfg), cfg.pretrain
+    clusters = load_clusters(cfg)
+    k = clusters.k
+    steps = mixture.expert_steps(t.steps, k, cfg.mixture.expert_steps)
+    texp = dataclasses.replace(t, steps=steps)
+    if expert is not None and not 0 <= expert < k:
+        raise ConfigError(f"--expert {expert}: the clustering has k={k} clusters; pick 0..{k - 1}")
+    generic = data.corpora[GENERIC]
+    tokens, labels = generic.tokens("train"), clusters.labels(GENERIC, "train")
+    n = max(0, (len(tokens) - 1) // t.seq_len)
+    vwin = eval_windows(generic.tokens("valid"), t.seq_len)
+    vlab = clusters.labels(GENERIC, "valid")[:len(vwin)]
+    args = model_args(cfg, data.tokenizer.vocab_size)
+    for i in ([expert] if expert is not None else range(k)):
+        out = mixture.expert_dir(root, i)
+        if _finished(out, steps, resume, log, f"pretrain slm-mix expert {i}"):
+            continue
+        idx = mixture.expert_windows(labels, n, i)
+        if len(idx) < t.batch_size:
+            raise DataError(f"slm-mix expert {i}: cluster {i} has {len(idx)} generic training windows, fewer than "
+                            f"one batch of {t.batch_size}; lower cluster.k or pretrain.batch_size")
+        batches = PackedBatches(tokens, t.seq_len, t.batch_size, t.seed, f"data.generic cluster {i}", indices=idx)
+        log(f"[pretrain slm-mix] expert {i}/{k}: {steps} steps on {len(idx)} windows "
+            f"({batches.epochs(steps, t.grad_accum):.2f} epochs of its cluster)")
+        valid = vwin[vlab == i] if len(vlab) == len(vwin) and (vlab == i).any() else None
+        model = build_model(args, seed=t.seed + i)
+        train(model, texp, batches, out, valid_tokens=valid, resume=resume, desc=f"pretrain expert {i}",
+              extra_config={"mlx_pn_method": "slm-mix", "expert": i, "k": k}, log=log)
+    experts = [mixture.expert_dir(root, i) for i in range(k)]
+    have = [e for e in experts if (e / "summary.json").exists() and (e / "final" / "model.safetensors").exists()]
+    summary = {"method": "slm-mix", "k": k, "expert_steps": steps, "planned_steps": t.steps,
+               "steps": steps * len(have), "experts_done": len(have),
+               "best_valid_nll": _mean([json.loads((e / "summary.json").read_text())["best_valid_nll"] for e in have])}
+    if len(have) == k:
+        write_json_atomic(root / "summary.json", summary)
+    else:
+        log(f"[pretrain slm-mix] {len(have)}/{k} experts done; train the others with --expert i")
+    return summary
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def _finetune(cfg: Config, data: PreparedData, domain: str, model: Transformer, out: Path, resume: bool, log):
+    """Fine-tune one SLM on the domain (early stopping on domain validation) -> TrainResult."""
+    t, corpus = cfg.finetune, data.corpora[domain]
+    batches = PackedBatches(corpus.tokens("train"), t.seq_len, t.batch_size, t.seed, f"data.domains.{domain} (train)")
+    return train(model, t, batches, out, valid_tokens=corpus.tokens("valid"), resume=resume,
+                 desc=f"finetune {domain}", log=log)
+
+
+def _both(model, data, domain, cfg) -> dict:
+    return {"generic": evaluate_split(model, data, GENERIC, "test", cfg),
+            domain: evaluate_split(model, data, domain, "test", cfg)}
+
+
 def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print) -> dict:
-    """Fine-tune the pretrained model on one domain with early stopping; measure before and after."""
+    """Fine-tune cfg.method's SLM on one domain with early stopping; measure before and after."""
     check_domain(cfg, data, domain)
-    src = pretrain_dir(cfg) / "final"
-    if not (src / "model.safetensors").exists():
-        raise ConfigError(f"{src} does not exist: run `python -m recipes.pretrain` with the same --out first")
+    src = pretrain_dir(cfg) / ("final" if cfg.method != "slm-mix" else "")
+    if cfg.method != "slm-mix" and not (src / "model.safetensors").exists():
+        raise ConfigError(f"{src} does not exist: run `python -m recipes.pretrain --method {cfg.method}` with the "
+                          f"same --out first")
     out = specialize_dir(cfg, domain)
     results_path = out / "results.json"
     if resume and results_path.exists():
         log(f"[specialize] {domain}: already done ({results_path}); delete {out} to redo")
         return json.loads(results_path.read_text())
+    if cfg.method != "slm":
+        return specialize_routed(cfg, data, domain, resume, log)
     model = load_model(src)
     check_vocab(model, data, str(src))
-    t = cfg.finetune
     corpus = data.corpora[domain]
     t0 = time.time()
-    before = {"generic": evaluate_split(model, data, GENERIC, "test", cfg),
-              domain: evaluate_split(model, data, domain, "test", cfg)}
-    batches = PackedBatches(corpus.tokens("train"), t.seq_len, t.batch_size, t.seed, f"data.domains.{domain} (train)")
-    r = train(model, t, batches, out, valid_tokens=corpus.tokens("valid"), resume=resume,
-              desc=f"finetune {domain}", log=log)
-    after = {"generic": evaluate_split(model, data, GENERIC, "test", cfg),
-             domain: evaluate_split(model, data, domain, "test", cfg)}
+    before = _both(model, data, domain, cfg)
+    r = _finetune(cfg, data, domain, model, out, resume, log)
+    after = _both(model, data, domain, cfg)
     results = {
         "domain": domain, "method": "slm", "pretrained_from": str(src),
         "domain_train_tokens": corpus.manifest["splits"]["train"]["tokens"],
@@ -105,6 +240,71 @@ def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True
         "stopped_early": r.stopped_early, "wall_s": time.time() - t0, "config": to_dict(cfg),
     }
     write_json_atomic(results_path, results)
+    return results
+
+
+def resolve_select(cfg: Config) -> str:
+    if cfg.select == "auto":
+        return "histogram" if cfg.method == "slm-hn" else "most-frequent"
+    return cfg.select
+
+
+def specialize_routed(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print) -> dict:
+    """slm-pn / slm-hn / slm-mix: pick the starting SLM (cfg.select), then fine-tune it like an slm.
+
+    most-frequent: the domain's top cluster; histogram: project with the domain's whole histogram (pn, hn);
+    best-loss: the cluster whose SLM has the lowest domain-validation loss before fine-tuning; all:
+    fine-tune every cluster's SLM (under candidates/), keep the best validation (k times the cost)."""
+    clusters = load_clusters(cfg)
+    hist = np.asarray(clusters.histograms[domain], dtype=np.float64)
+    select, root = resolve_select(cfg), pretrain_dir(cfg)
+    if cfg.method == "slm-mix":
+        def make(i):
+            try:
+                return mixture.load_expert(root, int(i))
+            except FileNotFoundError as e:
+                raise ConfigError(str(e)) from None
+    else:
+        pm = load_projected(root / "final")
+        make = pm.specialize  # cluster id or histogram -> Transformer
+    out, t, corpus = specialize_dir(cfg, domain), cfg.finetune, data.corpora[domain]
+    t0 = time.time()
+    valid_nll = {}
+    if select == "histogram":
+        choice = "histogram"
+    elif select == "most-frequent":
+        choice = int(hist.argmax())
+    else:
+        for i in range(clusters.k):
+            if select == "best-loss":
+                m = make(i)
+                valid_nll[i] = nll(m, corpus.tokens("valid"), t.seq_len, t.batch_size,
+                                   t.eval_batches * t.batch_size)["nll"]
+            else:  # all: fine-tune each candidate, compare on domain validation
+                r = _finetune(cfg, data, domain, make(i), out / "candidates" / f"expert-{i:02d}", resume, log)
+                valid_nll[i] = r.best_valid_nll
+        choice = min(valid_nll, key=lambda i: valid_nll[i])
+        log(f"[specialize {cfg.method}] {select}: cluster {choice} (domain valid nll "
+            + ", ".join(f"{i}: {v:.3f}" for i, v in valid_nll.items()) + ")")
+    model = make(hist if choice == "histogram" else choice)
+    check_vocab(model, data, str(root))
+    before = _both(model, data, domain, cfg)
+    if select == "all":
+        model = load_model(out / "candidates" / f"expert-{choice:02d}" / "final")
+        save_model(out / "final", model)
+        r = json.loads((out / "candidates" / f"expert-{choice:02d}" / "summary.json").read_text())
+    else:
+        r = _finetune(cfg, data, domain, model, out, resume, log).__dict__
+    after = _both(model, data, domain, cfg)
+    results = {
+        "domain": domain, "method": cfg.method, "select": select, "selected_cluster": choice,
+        "k": clusters.k, "domain_histogram": hist.tolist(), "top_cluster_share": float(hist.max()),
+        "candidates_valid_nll": {str(i): v for i, v in valid_nll.items()}, "pretrained_from": str(root),
+        "domain_train_tokens": corpus.manifest["splits"]["train"]["tokens"],
+        "before": before, "after": after, "finetune_steps": r["steps"], "best_step": r["best_step"],
+        "stopped_early": r["stopped_early"], "wall_s": time.time() - t0, "config": to_dict(cfg),
+    }
+    write_json_atomic(out / "results.json", results)
     return results
 
 

@@ -3,7 +3,8 @@
     python -m recipes.export --config recipes/configs/cpu.yaml --domain legal [--quantize 4]
     python -m recipes.export --model runs/x/pretrain/final --tokenizer runs/x/data/tokenizer/hf --to out/
 
-By default it exports OUT/specialize/DOMAIN/final to OUT/export/DOMAIN (or OUT/export/DOMAIN-q4).
+By default it exports OUT/specialize/DOMAIN/final to OUT/export/DOMAIN (or OUT/export/DOMAIN-q4); with
+--method M (not slm): OUT/specialize-M/DOMAIN/final to OUT/export-M/DOMAIN.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def main(argv=None):
                              f"(or pass --model FOLDER)")
         tok = Path(args.tokenizer) if args.tokenizer else cfg.data_dir / "tokenizer" / "hf"
         suffix = f"-q{args.quantize}" if args.quantize else ""
-        dest = Path(args.to) if args.to else Path(cfg.out) / "export" / f"{cfg.domain}{suffix}"
+        folder = "export" if cfg.method == "slm" else f"export-{cfg.method}"
+        dest = Path(args.to) if args.to else Path(cfg.out) / folder / f"{cfg.domain}{suffix}"
         report = export_mlx_lm(load_model(src), tok, dest, quantize=args.quantize, group_size=args.group_size,
                                dtype=args.dtype, force=args.force)
         print(json.dumps(report, indent=2))

@@ -1,7 +1,13 @@
-"""Specialize the pretrained model to one domain: fine-tune with early stopping, report perplexity
-on the domain's and the generic test split before and after (written to OUT/specialize/DOMAIN/results.json).
+"""Specialize a pretrained method to one domain: pick its starting SLM, fine-tune with early stopping,
+report perplexity on the domain's and the generic test split before and after.
 
     python -m recipes.specialize --config recipes/configs/cpu.yaml --domain legal
+    python -m recipes.specialize --config recipes/configs/tiny.yaml --method slm-mix --select best-loss
+    python -m recipes.specialize --config recipes/configs/tiny.yaml --method slm-pn --select histogram
+
+--select (slm-pn, slm-mix, slm-hn): most-frequent | best-loss | all | histogram (pn/hn) | auto.
+Results: OUT/specialize/DOMAIN/results.json (slm) or OUT/specialize-METHOD/DOMAIN/results.json; the
+model in final/ next to it is a plain Transformer (`python -m recipes.export` exports it).
 """
 
 from __future__ import annotations
@@ -15,14 +21,17 @@ def main(argv=None):
     cfg, args = parse(parser, argv)
     with clear_errors():
         from mlx_pn.data.prepare import prepare_data
-        from mlx_pn.stages import specialize
+        from mlx_pn.stages import specialize, specialize_dir
 
         data = prepare_data(cfg, only=[cfg.domain])
         r = specialize(cfg, data, cfg.domain, resume=args.resume)
         d = cfg.domain
-        print(f"[specialize] {d}: test ppl {r['before'][d]['ppl']:.2f} -> {r['after'][d]['ppl']:.2f} "
-              f"(generic {r['before']['generic']['ppl']:.2f} -> {r['after']['generic']['ppl']:.2f}); "
-              f"model in {cfg.out}/specialize/{d}/final")
+        sel = r.get("selected_cluster")
+        picked = "" if sel is None else (" from its cluster histogram" if sel == "histogram"
+                                         else f" from cluster {sel} ({r['select']})")
+        print(f"[specialize {cfg.method}] {d}{picked}: test ppl {r['before'][d]['ppl']:.2f} -> "
+              f"{r['after'][d]['ppl']:.2f} (generic {r['before']['generic']['ppl']:.2f} -> "
+              f"{r['after']['generic']['ppl']:.2f}); model in {specialize_dir(cfg, d) / 'final'}")
 
 
 if __name__ == "__main__":

@@ -175,19 +175,7 @@ class Transformer(nn.Module):
         self.init_weights()
 
     def init_weights(self, std: float = 0.02) -> None:
-        """GPT-2 style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers).
-
-        MLX's default Linear init (uniform +-1/sqrt(in)) gives logits far too large with a tied
-        embedding of unit variance; this keeps the initial loss near log(V).
-        """
-        resid_std = std / (2 * self.args.num_hidden_layers) ** 0.5
-        new = {}
-        for name, p in _flat(self.parameters()):
-            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
-                continue
-            s = resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
-            new[name] = mx.random.normal(p.shape, dtype=p.dtype) * s
-        self.load_weights(list(new.items()), strict=False)
+        init_trunk_weights(self, self.args.num_hidden_layers, std)
 
     def hidden(self, inputs: mx.array, cache=None) -> mx.array:
         """Final-norm hidden states (B, L, D): what the LM head reads (used by chunked losses)."""
@@ -214,6 +202,23 @@ class Transformer(nn.Module):
             if not self.args.tie_word_embeddings:
                 n -= self.lm_head.weight.size
         return n
+
+
+def init_trunk_weights(module: nn.Module, num_layers: int, std: float = 0.02) -> None:
+    """GPT-2 style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers).
+
+    MLX's default Linear init (uniform +-1/sqrt(in)) gives logits far too large with a tied
+    embedding of unit variance; this keeps the initial loss near log(V). Shared by every model built on
+    this trunk (the projected network's basis tensors get the same scale by their names).
+    """
+    resid_std = std / (2 * num_layers) ** 0.5
+    new = {}
+    for name, p in _flat(module.parameters()):
+        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+            continue
+        s = resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+        new[name] = mx.random.normal(p.shape, dtype=p.dtype) * s
+    module.load_weights(list(new.items()), strict=False)
 
 
 def _flat(tree):

@@ -29,8 +29,7 @@ from tqdm import tqdm
 from mlx_pn.config import TrainConfig, to_dict
 from mlx_pn.data.batches import PackedBatches, Prefetcher
 from mlx_pn.evaluate import nll
-from mlx_pn.train.checkpoint import (latest_good_checkpoint, load_model, restore_checkpoint, save_checkpoint,
-                                     save_model)
+from mlx_pn.train.checkpoint import latest_good_checkpoint, restore_checkpoint, save_checkpoint, save_model
 from mlx_pn.train.losses import cross_entropy
 from mlx_pn.train.optim import current_lr, make_optimizer
 
@@ -72,15 +71,18 @@ class MetricsLog:
 
 
 def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, compile: bool):
-    """-> step(batch (A, B, L + 1) int32) -> (mean loss, grad norm before clipping)."""
+    """-> step(batch (A, B, L + 1) int32, *extras (A, B, ...)) -> (mean loss, grad norm before clipping).
+
+    Extras (e.g. cluster ids) are sliced per micro-batch like the tokens: loss_fn(model, x, y, *extras[a]).
+    """
     loss_and_grad = nn.value_and_grad(model, loss_fn)
     state = [model.state, optimizer.state, mx.random.state]
 
-    def step(batch):
+    def step(batch, *extras):
         loss_sum, grads = None, None
         for a in range(micro_batches):  # unrolled at trace time: A is a Python int
             x, y = batch[a, :, :-1], batch[a, :, 1:]
-            loss, g = loss_and_grad(model, x, y)
+            loss, g = loss_and_grad(model, x, y, *(e[a] for e in extras))
             loss_sum = loss if loss_sum is None else loss_sum + loss
             grads = g if grads is None else tree_map(mx.add, grads, g)
         if micro_batches > 1:
@@ -102,9 +104,15 @@ def _leaves(tree):
 
 
 def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, *,
-          valid_tokens: np.ndarray | None = None, loss_fn: Callable = cross_entropy, resume: bool = True,
-          desc: str = "train", extra_config: dict | None = None, log: Callable = print) -> TrainResult:
-    """Train `model` in place for cfg.steps (or until early stopping) and write `out_dir`."""
+          valid_tokens: np.ndarray | None = None, valid_labels: np.ndarray | None = None,
+          loss_fn: Callable = cross_entropy, resume: bool = True, desc: str = "train",
+          extra_config: dict | None = None, log: Callable = print) -> TrainResult:
+    """Train `model` in place for cfg.steps (or until early stopping) and write `out_dir`.
+
+    `batches.batch(step, A)` gives (A, B, L + 1) tokens, or a tuple (tokens, *extras) whose extras reach
+    `loss_fn(model, x, y, *extras)`. valid_tokens: a 1-D split or (N, L + 1) windows; valid_labels: their
+    per-window cluster ids (for models called as model(x, ids)).
+    """
     out = Path(out_dir)
     ckpt_root = out / "checkpoints"
     optimizer = make_optimizer(cfg)
@@ -129,7 +137,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     def evaluate_now(step: int) -> float | None:
         if valid_tokens is None:
             return None
-        r = nll(model, valid_tokens, cfg.seq_len, cfg.batch_size, cfg.eval_batches * cfg.batch_size)
+        r = nll(model, valid_tokens, cfg.seq_len, cfg.batch_size, cfg.eval_batches * cfg.batch_size, valid_labels)
         metrics.write(step=step, valid_nll=r["nll"], valid_ppl=r["ppl"], valid_tokens=r["tokens"])
         best = trainer["best_valid_nll"]
         if best is None or r["nll"] < best - 1e-6:
@@ -151,7 +159,8 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     try:
         for step in range(start + 1, cfg.steps + 1):
             i, batch = pf.get()
-            loss, gnorm = step_fn(mx.array(batch))
+            arrays = batch if isinstance(batch, tuple) else (batch,)
+            loss, gnorm = step_fn(*(mx.array(a) for a in arrays))
             mx.eval(loss, gnorm, model.state, optimizer.state)
             loss_val = loss.item()
             trainer["tokens"] += tokens_per_step
@@ -185,8 +194,8 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
         bar.close()
 
     if use_early_stop and (out / "best").exists():
-        best = load_model(out / "best")
-        model.update(best.parameters())
+        # load_weights, not load_model: `model` may be any of the methods' models, not only a Transformer
+        model.load_weights(str(out / "best" / "model.safetensors"), strict=True)
         mx.eval(model.parameters())
     save_model(out / "final", model, extra_config)
     result = TrainResult(steps=step, final_loss=loss_val, best_valid_nll=trainer["best_valid_nll"],

@@ -1,0 +1,218 @@
+"""SLM-pn: a projected network, one small model per cluster with most parameters shared (paper §2.5).
+
+Only the MLPs are projected; attention, norms and embeddings are the trunk's and shared by every
+expert. For layer l and cluster (expert) i, each MLP matrix is a combination of h basis matrices:
+
+    alpha(l, i) = E[i] @ M(l)                       (h,)   E: (k, m) codes, M(l): (m, h) mixing
+    W(l, i)     = sum_r alpha(l, i)_r * T(l)[r]     (out, in)   T(l): (h, out, in), one per gate/up/down
+
+h = k, E = I, M(l) = I is the hard mixture (k independent MLPs on a shared trunk). Training routes
+each sequence by its own cluster; `specialize` materialises one expert as a plain `Transformer`
+(the SLM: same shapes, same cost, exports to mlx-lm unchanged). Where the coefficients come from is
+a small module: `ClusterCodes` (E, M: slm-pn) or a hypernetwork (mlx_pn.models.hypernet: slm-hn).
+
+Shapes: B batch, L sequence length, D hidden, F MLP inner, h basis size, m code size, k clusters,
+Nl layers. A condition `cond` is (B,) int cluster ids or (B, k) float cluster histograms (one expert
+per sequence), or a scalar id / (k,) histogram (one expert for the whole batch: grouped batches).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+
+from mlx_pn.models.transformer import LlamaModel, ModelArgs, Transformer, init_trunk_weights
+from mlx_pn.train.losses import cross_entropy
+
+
+@dataclass
+class ProjectedArgs:
+    """k experts (= clusters), m code size, h basis matrices per MLP matrix (0 = k)."""
+
+    k: int = 16
+    m: int = 0
+    h: int = 0
+    coefficients: str = "codes"  # "codes": alpha = E[i] @ M(l) (slm-pn) | "hypernet": an MLP (slm-hn)
+    hypernet_hidden: int = 64  # width of the hypernetwork's hidden layer (slm-hn only)
+
+    def __post_init__(self):
+        self.m = self.m or self.k
+        self.h = self.h or self.k
+        if min(self.k, self.m, self.h) < 1:
+            raise ValueError(f"projected args must be >= 1, got k={self.k} m={self.m} h={self.h}")
+        if self.coefficients not in ("codes", "hypernet"):
+            raise ValueError(f"projected coefficients must be 'codes' or 'hypernet', got {self.coefficients!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProjectedArgs":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ProjectedLinear(nn.Module):
+    """h basis matrices of one nn.Linear: weight (h, out, in), materialised per sequence."""
+
+    def __init__(self, h: int, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = mx.zeros((h, d_out, d_in))
+
+    def materialise(self, alpha: mx.array) -> mx.array:
+        """alpha (B, h) -> W (B, out, in) = einsum('bh,hoi->boi'), as one (B, h) @ (h, out*in) matmul;
+        alpha (h,) -> W (out, in)."""
+        h, o, i = self.weight.shape
+        return (alpha @ self.weight.reshape(h, o * i)).reshape(*alpha.shape[:-1], o, i)
+
+    def __call__(self, x: mx.array, alpha: mx.array) -> mx.array:
+        # Per sequence (alpha (B, h)): x (B, L, in) @ W_b^T (B, in, out) -> (B, L, out), a batched matmul.
+        # Materialising costs B*h*out*in multiply-adds vs B*L*out*in for the matmul: ~h/L extra (x3 with
+        # the backward pass). One cluster for the whole batch (alpha (h,)): one W, a plain matmul.
+        return x @ self.materialise(alpha).swapaxes(-1, -2)
+
+
+class ProjectedMLP(nn.Module):
+    """SwiGLU like the trunk's MLP, each of gate/up/down projected: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, args: ModelArgs, h: int):
+        super().__init__()
+        D, F = args.hidden_size, args.intermediate_size
+        self.gate_proj = ProjectedLinear(h, D, F)
+        self.up_proj = ProjectedLinear(h, D, F)
+        self.down_proj = ProjectedLinear(h, F, D)
+
+    def __call__(self, x: mx.array, alpha: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x, alpha)) * self.up_proj(x, alpha), alpha)
+
+
+class ClusterCodes(nn.Module):
+    """alpha(l, .) = code @ M(l): codes E (k, m) shared by all layers, mixing M stacked as (Nl, m, h)."""
+
+    def __init__(self, pargs: ProjectedArgs, num_layers: int):
+        super().__init__()
+        self.codes = mx.zeros((pargs.k, pargs.m))
+        self.mix = mx.zeros((num_layers, pargs.m, pargs.h))
+
+    def init_weights(self) -> None:
+        # E ~ N(0, 1/m), M ~ N(0, 1/h): alpha_r = sum_q E_q M_qr has variance m * (1/m) * (1/h) = 1/h, so
+        # sum_r alpha_r^2 ~ 1 and every materialised W = sum_r alpha_r T_r has the variance of one T_r,
+        # i.e. the trunk's init scale (initial loss near log V, the same residual growth as the SLM).
+        # E = I, M = I instead would give each expert exactly one basis matrix: a hard mixture with no
+        # sharing; all-ones would make W ~ sqrt(h) times too large.
+        m = self.codes.shape[1]
+        self.codes = mx.random.normal(self.codes.shape) * m**-0.5
+        self.mix = mx.random.normal(self.mix.shape) * self.mix.shape[-1] ** -0.5
+
+    def __call__(self, cond: mx.array) -> mx.array:
+        """cond (B,) int ids or (B, k) histograms -> alpha (Nl, B, h); scalar id or (k,) -> (Nl, h)."""
+        ids = mx.issubdtype(cond.dtype, mx.integer)
+        e = self.codes[cond] if ids else cond.astype(self.codes.dtype) @ self.codes  # (B, m) or (m,)
+        return e @ self.mix  # (Nl, [B,] h)
+
+
+class ProjectedTransformer(nn.Module):
+    """The trunk with projected MLPs: (tokens (B, L), cond) -> logits (B, L, V)."""
+
+    def __init__(self, args: ModelArgs, pargs: ProjectedArgs):
+        super().__init__()
+        self.args, self.pargs = args, pargs
+        self.model = LlamaModel(args)  # attention, norms, embeddings: shared by every expert
+        for layer in self.model.layers:
+            layer.mlp = ProjectedMLP(args, pargs.h)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        if pargs.coefficients == "hypernet":
+            from mlx_pn.models.hypernet import HyperNetwork
+
+            self.coefficients = HyperNetwork(pargs, args.num_hidden_layers)
+        else:
+            self.coefficients = ClusterCodes(pargs, args.num_hidden_layers)
+        # Basis tensors keep the trunk's parameter names (mlp.down_proj.weight ...), so they get the trunk's
+        # init (and its residual scaling) by name; the coefficients then set their own scale.
+        init_trunk_weights(self, args.num_hidden_layers)
+        self.coefficients.init_weights()
+
+    def alphas(self, cond) -> mx.array:
+        """cond: (B,) int ids or (B, k) histograms -> (Nl, B, h); a scalar id or (k,) histogram -> (Nl, h)."""
+        return self.coefficients(mx.array(cond) if not isinstance(cond, mx.array) else cond)
+
+    def hidden(self, inputs: mx.array, cond) -> mx.array:
+        h = self.model.embed_tokens(inputs)  # (B, L, D)
+        mask = "causal" if h.shape[1] > 1 else None
+        alphas = self.alphas(cond)  # (Nl, B, h)
+        for n, layer in enumerate(self.model.layers):
+            h = h + layer.self_attn(layer.input_layernorm(h), mask)
+            h = h + layer.mlp(layer.post_attention_layernorm(h), alphas[n])
+        return self.model.norm(h)
+
+    def head(self, h: mx.array) -> mx.array:
+        if self.args.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(h)
+        return self.lm_head(h)
+
+    def __call__(self, inputs: mx.array, cond) -> mx.array:
+        return self.head(self.hidden(inputs, cond))
+
+    def specialize(self, select) -> Transformer:
+        """The SLM of one cluster id (int) or of a cluster histogram ((k,) weights: alpha = hist @ E @ M,
+        beyond the paper), with its MLP weights materialised in closed form. A fresh, independent model."""
+        if np.ndim(select) == 0:
+            cond = mx.array([int(select)], dtype=mx.int32)
+        else:
+            hist = np.asarray(select, dtype=np.float32)
+            if hist.shape != (self.pargs.k,):
+                raise ValueError(f"histogram must have k={self.pargs.k} entries, got shape {hist.shape}")
+            cond = mx.array(hist[None])
+        alphas = self.alphas(cond)  # (Nl, 1, h)
+        slm = Transformer(self.args)
+        weights = []
+        for name, p in tree_flatten(self.parameters()):
+            if name.startswith("coefficients."):
+                continue
+            if ".mlp." in name:
+                layer = int(name.split(".")[2])  # model.layers.N.mlp.X.weight
+                h, o, i = p.shape
+                p = (alphas[layer] @ p.reshape(h, o * i)).reshape(o, i)
+            weights.append((name, p))
+        slm.load_weights(weights, strict=True)
+        mx.eval(slm.parameters())
+        return slm
+
+    def num_params(self) -> int:
+        return sum(p.size for _, p in tree_flatten(self.parameters()))
+
+
+def projected_cross_entropy(model, x: mx.array, y: mx.array, cluster: mx.array) -> mx.array:
+    """The loop's loss for cluster-routed models: each sequence uses its own cluster's expert."""
+    return cross_entropy(model, x, y, cluster)
+
+
+def build_projected(args: ModelArgs, pargs: ProjectedArgs, seed: int = 0) -> ProjectedTransformer:
+    mx.random.seed(seed)
+    model = ProjectedTransformer(args, pargs)
+    mx.eval(model.parameters())
+    return model
+
+
+def projected_config(model: ProjectedTransformer, method: str) -> dict:
+    """Extra config.json keys of a saved projected model (besides the llama fields of its trunk)."""
+    return {"mlx_pn_method": method, "projected": model.pargs.to_dict()}
+
+
+def load_projected(folder: str | Path) -> ProjectedTransformer:
+    """A model saved by `train`/`save_model` with `projected_config` extras."""
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    if "projected" not in cfg:
+        raise ValueError(f"{folder}/config.json has no 'projected' section: not a slm-pn/slm-hn model")
+    model = ProjectedTransformer(ModelArgs.from_dict(cfg), ProjectedArgs.from_dict(cfg["projected"]))
+    model.load_weights(str(folder / "model.safetensors"), strict=True)
+    mx.eval(model.parameters())
+    return model
