@@ -40,6 +40,8 @@ class DataConfig:
     valid_fraction: float = _f(0.05, "share of each corpus's documents held out for validation (by document)")
     test_fraction: float = _f(0.05, "share of each corpus's documents held out for the final test (by document)")
     max_docs: int = _f(0, "use at most this many documents per corpus (0 = all); handy for smoke runs")
+    test_windows: int = _f(0, "evaluate at most this many windows of each test split (0 = all; bits/byte only "
+                              "when all)")
 
 
 @dataclass

@@ -208,8 +208,9 @@ def _finetune(cfg: Config, data: PreparedData, domain: str, model: Transformer, 
 
 
 def _both(model, data, domain, cfg) -> dict:
-    return {"generic": evaluate_split(model, data, GENERIC, "test", cfg),
-            domain: evaluate_split(model, data, domain, "test", cfg)}
+    n = cfg.data.test_windows
+    return {"generic": evaluate_split(model, data, GENERIC, "test", cfg, n),
+            domain: evaluate_split(model, data, domain, "test", cfg, n)}
 
 
 def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print) -> dict:
