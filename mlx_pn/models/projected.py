@@ -19,7 +19,7 @@ per sequence), or a scalar id / (k,) histogram (one expert for the whole batch: 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -27,12 +27,12 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from mlx_pn.models.transformer import LlamaModel, ModelArgs, Transformer, init_trunk_weights
+from mlx_pn.models.transformer import DictArgs, LlamaModel, ModelArgs, Transformer, init_trunk_weights
 from mlx_pn.train.losses import cross_entropy
 
 
 @dataclass
-class ProjectedArgs:
+class ProjectedArgs(DictArgs):
     """k experts (= clusters), m code size, h basis matrices per MLP matrix (0 = k)."""
 
     k: int = 16
@@ -48,14 +48,6 @@ class ProjectedArgs:
             raise ValueError(f"projected args must be >= 1, got k={self.k} m={self.m} h={self.h}")
         if self.coefficients not in ("codes", "hypernet"):
             raise ValueError(f"projected coefficients must be 'codes' or 'hypernet', got {self.coefficients!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ProjectedArgs":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ProjectedLinear(nn.Module):

@@ -16,8 +16,21 @@ import mlx.core as mx
 import mlx.nn as nn
 
 
+class DictArgs:
+    """from_dict/to_dict for argument dataclasses. Like mlx-lm, from_dict ignores keys that are not
+    fields (eos ids, quantization, ...), so a config.json with extras loads."""
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
-class ModelArgs:
+class ModelArgs(DictArgs):
     """Architecture, with mlx-lm llama ``config.json`` field names (``asdict`` -> config.json)."""
 
     model_type: str = "llama"
@@ -49,15 +62,6 @@ class ModelArgs:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelArgs":
-        """Like mlx-lm: keys that are not fields (eos ids, quantization, ...) are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # Sizes from the paper (Table 6) plus small presets for CPUs. The vocabulary comes from the
