@@ -13,7 +13,7 @@ def build_parser(description: str, cls=Config, extra: typing.Callable | None = N
     """An argparse parser whose --help lists every config key with its default and meaning."""
     p = argparse.ArgumentParser(
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
         epilog="Precedence: command line > --config file > defaults. Keys are dotted: --pretrain.lr 3e-4.",
     )
