@@ -15,6 +15,8 @@ from pathlib import Path
 
 def extra(p):
     p.add_argument("--methods", nargs="+", default=["slm", "slm-pn", "slm-mix", "slm-hn"], help="methods to run")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: tabulate the results.json files that exist (missing cells: '-')")
 
 
 def main(argv=None):
@@ -24,7 +26,7 @@ def main(argv=None):
     import copy
 
     from mlx_pn.data.prepare import prepare_data
-    from mlx_pn.stages import pretrain, specialize
+    from mlx_pn.stages import pretrain, specialize, specialize_dir
 
     data = prepare_data(cfg)
     domains = data.domain_names()
@@ -32,13 +34,18 @@ def main(argv=None):
     for method in args.methods:
         c = copy.deepcopy(cfg)
         c.method = method
+        if args.report_only:
+            found = {d: specialize_dir(c, d) / "results.json" for d in domains}
+            rows[method] = {d: json.loads(f.read_text()) for d, f in found.items() if f.exists()}
+            continue
         pretrain(c, data)
         rows[method] = {d: specialize(c, data, d) for d in domains}
         print(f"[methods] {method} done at {time.time() - t0:.0f} s", flush=True)
     lines = [f"# Per-domain test perplexity, {cfg.model.preset} preset, {cfg.pretrain.steps} pretraining steps", "",
              "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
     for method, res in rows.items():
-        cells = [f"{r['before'][d]['ppl']:.1f} -> {r['after'][d]['ppl']:.1f}" for d, r in res.items()]
+        cells = [f"{res[d]['before'][d]['ppl']:.1f} -> {res[d]['after'][d]['ppl']:.1f}" if d in res else "-"
+                 for d in domains]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: perplexity before fine-tuning -> after (early stopping on the domain's valid split)."]
     out = Path(cfg.out)
