@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 
 def file_sha256(path: str | Path) -> str:
@@ -32,15 +32,26 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
+def atomic_file(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Run write(binary_file) on a temp file beside `path`, fsync it, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are ordinary outputs
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    atomic_file(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
 def atomic_folder(dest: str | Path, write: Callable[[Path], None]) -> Path:

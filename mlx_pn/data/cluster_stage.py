@@ -13,9 +13,7 @@ what slm-mix/slm-pn route by and what slm-is resamples. Files, all resumable:
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from mlx_pn.config import Config
 from mlx_pn.data.clusters import MIN_WINDOWS_PER_CLUSTER, assign, cluster_report, histogram, kmeans, nmi
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sampling import resample, resample_stats
-from mlx_pn.io import write_json_atomic
+from mlx_pn.io import atomic_file, write_json_atomic
 
 PART = 4096  # windows per resumable embedding part
 
@@ -43,12 +41,7 @@ def window_texts(tokens: np.ndarray, window: int, tok, start: int = 0, stop: int
 
 
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_file(path, lambda f: np.save(f, arr))
 
 
 def embed_split(data: PreparedData, corpus: str, split: str, embedder, name: str, window: int, folder: Path,

