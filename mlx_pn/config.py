@@ -55,6 +55,15 @@ class ModelConfig:
     tie_word_embeddings: bool = _f(True, "share the input embedding and the output head")
     rope_theta: float = _f(10000.0, "RoPE base")
     max_position_embeddings: Optional[int] = _f(None, "longest context the model is meant for")
+    # Super Tiny LM options (arXiv 2405.14159): switches of the same trunk, exported as a plain llama.
+    share_ffn: bool = _f(False, "one SwiGLU MLP shared by all layers (STLM / MobileLLM FFN sharing)")
+    share_attn_out: bool = _f(False, "one attention output projection (o_proj) shared by all layers")
+    frontend: str = _f("token", "token (an embedding per SentencePiece id) | byte (each token's UTF-8 bytes embedded, "
+                                "encoded and mean-pooled; a byte decoder predicts the next token's bytes)")
+    byte_chunk_len: int = _f(16, "byte frontend: bytes kept per token chunk (longer tokens are truncated)")
+    byte_dim: int = _f(128, "byte frontend: width of the byte encoder and decoder")
+    byte_encoder_layers: int = _f(1, "byte frontend: bidirectional attention blocks in the byte encoder")
+    byte_decoder_layers: int = _f(1, "byte frontend: bidirectional attention blocks in the byte decoder")
 
 
 @dataclass
@@ -107,12 +116,25 @@ class ProjectedConfig:
 
 
 @dataclass
+class DistillConfig:
+    temperature: float = _f(2.0, "slm-d: softmax temperature of teacher and student in the distillation term")
+    alpha: float = _f(0.5, "slm-d: loss = (1 - alpha) * CE(domain tokens) + alpha * T^2 * KL(teacher || student)")
+    top_k: int = _f(64, "slm-d: teacher distribution kept as its top-k log-probabilities (renormalised); the "
+                        "compact form that the disk cache stores")
+    cache: str = _f("auto", "slm-d teacher outputs: disk (computed once per fine-tuning window, stored as top-k "
+                            "fp16 in OUT/specialize-slm-d/DOMAIN/teacher/) | live (teacher run inside every step) | "
+                            "auto (disk)")
+    teacher: str = _f("", "slm-d: folder of the fine-tuned teacher; empty = OUT/specialize-llm/DOMAIN/final "
+                          "(`python -m recipes.specialize --method llm` makes it)")
+
+
+@dataclass
 class MixtureConfig:
     expert_steps: int = _f(0, "slm-mix: pretraining steps per expert; 0 = pretrain.steps // k, so all k experts "
                               "together cost what one slm pretraining does")
 
 
-METHODS = ("slm", "slm-pn", "slm-mix", "slm-hn")
+METHODS = ("slm", "slm-pn", "slm-mix", "slm-hn", "slm-nopt", "llm", "slm-d", "slm-is")
 SELECTS = ("auto", "most-frequent", "best-loss", "all", "histogram")
 
 
@@ -126,19 +148,24 @@ class Config:
     out: str = _f("runs/default", "output folder of this experiment (data, checkpoints, exports, results)")
     domain: str = _f("drama", "the domain that `specialize`/`export` work on (a key of data.domains)")
     method: str = _f("slm", "slm (one small model) | slm-pn (projected network) | slm-mix (k experts, one per "
-                            "cluster) | slm-hn (hypernetwork); the cluster-routed ones need "
-                            "`python -m recipes.cluster` first")
+                            "cluster) | slm-hn (hypernetwork) | slm-nopt (no pretraining: the domain only) | llm "
+                            "(the large model, section `large`) | slm-d (slm distilled from the fine-tuned llm) | "
+                            "slm-is (pretrained per domain on generic text importance-resampled to the domain); "
+                            "the cluster-based ones need `python -m recipes.cluster` first")
     select: str = _f("auto", "how specialization picks the starting SLM: most-frequent (the domain's top cluster) | "
                              "best-loss (lowest domain-validation loss before fine-tuning) | all (fine-tune every "
                              "expert, keep the best validation) | histogram (slm-pn/slm-hn: project with the whole "
                              "cluster histogram) | auto (histogram for slm-hn, else most-frequent)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    large: ModelConfig = field(default_factory=lambda: ModelConfig(preset="cpu-large"),
+                               metadata={"help": "the large model (method llm; the slm-d teacher)"})
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     finetune: TrainConfig = field(default_factory=_finetune_defaults)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     projected: ProjectedConfig = field(default_factory=ProjectedConfig)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -301,8 +328,16 @@ def validate(cfg: Config) -> None:
 
     if not isinstance(cfg, Config):
         return
-    if cfg.model.preset not in PRESETS:
-        raise ConfigError(f"model.preset: unknown preset '{cfg.model.preset}'{_suggest(cfg.model.preset, PRESETS)}")
+    for sec in ("model", "large"):
+        preset = getattr(cfg, sec).preset
+        if preset not in PRESETS:
+            raise ConfigError(f"{sec}.preset: unknown preset '{preset}'{_suggest(preset, PRESETS)}")
+        if getattr(cfg, sec).frontend not in ("token", "byte"):
+            raise ConfigError(f"{sec}.frontend must be 'token' or 'byte', got {getattr(cfg, sec).frontend!r}")
+    if cfg.distill.cache not in ("auto", "disk", "live"):
+        raise ConfigError(f"distill.cache must be auto, disk or live, got {cfg.distill.cache!r}")
+    if not 0 <= cfg.distill.alpha <= 1 or cfg.distill.temperature <= 0 or cfg.distill.top_k < 1:
+        raise ConfigError("distill.alpha must be in [0, 1], distill.temperature > 0 and distill.top_k >= 1")
     for name in ("pretrain", "finetune"):
         t: TrainConfig = getattr(cfg, name)
         for k in ("steps", "batch_size", "seq_len", "grad_accum"):
@@ -334,12 +369,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.vocab_size={cfg.data.vocab_size} is too small: byte fallback alone needs 259 ids")
 
 
-def model_args(cfg: Config, vocab_size: int):
-    """The preset with the config's overrides applied, sized for the tokenizer's vocabulary."""
-    from mlx_pn.models.transformer import PRESETS, ModelArgs
+def model_args(cfg: Config, vocab_size: int, section: str = "model"):
+    """The preset of cfg.<section> (model: the SLM, large: the LLM) with its overrides applied, sized for
+    the tokenizer's vocabulary."""
+    from mlx_pn.models.transformer import PRESETS, make_args
 
-    d = dict(PRESETS[cfg.model.preset])
-    for k, v in to_dict(cfg.model).items():
+    m = getattr(cfg, section)
+    d = dict(PRESETS[m.preset])
+    for k, v in to_dict(m).items():
         if k != "preset" and v is not None:
             d[k] = v
-    return ModelArgs(**d, vocab_size=vocab_size)
+    return make_args(d, vocab_size)

@@ -231,6 +231,26 @@ def _flat(tree):
     return tree_flatten(tree)
 
 
+# Model-construction hooks: every model config (the SLM, the LLM, the STLM variants) goes through these,
+# so the stages, checkpoints and export never name a model class themselves.
+_STLM_DEFAULTS = dict(share_ffn=False, share_attn_out=False, frontend="token", byte_chunk_len=16, byte_dim=128,
+                      byte_encoder_layers=1, byte_decoder_layers=1)
+
+
+def make_args(d: dict, vocab_size: int):
+    """Preset + overrides (config.model_args) -> the model's argument dataclass."""
+    d = dict(d)
+    for k, default in _STLM_DEFAULTS.items():
+        if d.pop(k, default) != default:
+            raise NotImplementedError(f"model.{k} is not implemented yet")
+    return ModelArgs(**d, vocab_size=vocab_size)
+
+
+def model_from_config(config: dict) -> Transformer:
+    """A model folder's config.json -> an (uninitialised) model of the right class."""
+    return Transformer(ModelArgs.from_dict(config))
+
+
 def build_model(args: ModelArgs, seed: int = 0) -> Transformer:
     """A freshly initialised model; the same seed gives the same weights."""
     mx.random.seed(seed)

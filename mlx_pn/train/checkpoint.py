@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_pn.io import atomic_folder, file_sha256
-from mlx_pn.models.transformer import ModelArgs, Transformer
+from mlx_pn.models.transformer import Transformer, model_from_config
 
 
 class CheckpointError(RuntimeError):
@@ -42,8 +42,7 @@ def load_model(folder: str | Path) -> Transformer:
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{folder}: no config.json; is this a model folder written by mlx_pn?")
-    args = ModelArgs.from_dict(json.loads(cfg_path.read_text()))
-    model = Transformer(args)
+    model = model_from_config(json.loads(cfg_path.read_text()))
     try:
         model.load_weights(str(folder / "model.safetensors"), strict=True)
     except Exception as e:  # noqa: BLE001

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from mlx_pn.config import TrainConfig, to_dict
 from mlx_pn.data.batches import PackedBatches, Prefetcher
 from mlx_pn.evaluate import nll
+from mlx_pn.io import write_json_atomic
 from mlx_pn.train.checkpoint import latest_good_checkpoint, restore_checkpoint, save_checkpoint, save_model
 from mlx_pn.train.losses import cross_entropy
 from mlx_pn.train.optim import current_lr, make_optimizer
@@ -128,7 +129,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     # any randomness in a loss (none in the built-in ones) is then a function of where training is.
     mx.random.seed(cfg.seed * 1_000_003 + start)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    write_json_atomic(out / "train_config.json", to_dict(cfg))
     metrics = MetricsLog(out / "metrics.jsonl", start if found else None)
     step_fn = make_step(model, optimizer, loss_fn, cfg.grad_accum, cfg.grad_clip, cfg.compile)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
@@ -202,5 +203,5 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
                          best_step=trainer["best_step"], stopped_early=stopped_early, tokens=trainer["tokens"],
                          wall_s=time.perf_counter() - t0, history=metrics.rows())
     summary = {k: v for k, v in result.__dict__.items() if k != "history"}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
     return result
