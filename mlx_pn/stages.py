@@ -10,6 +10,15 @@ Those are the paths of method `slm`. The other methods (cfg.method) write OUT/pr
 one expert-XX/ folder per expert) and OUT/specialize-METHOD/DOMAIN/; their specialized model is a
 plain Transformer too, so export and mlx-lm take it unchanged. The cluster-routed methods need the
 clustering of `python -m recipes.cluster` (cluster.k clusters of pretrain.seq_len-token windows).
+
+The baselines: llm pretrains and fine-tunes the `large` model exactly like slm; slm-nopt has no
+pretraining (its specialization trains from scratch on the domain); slm-d pretrains both slm and llm,
+and its specialization distills the domain-fine-tuned llm (OUT/specialize-llm/DOMAIN) into the slm;
+slm-is pretrains one SLM per domain, OUT/pretrain-slm-is/DOMAIN/, on generic windows resampled to the
+domain's cluster.k_importance histogram (its C_generic is 0: that pretraining is specialization cost).
+
+Every pretraining summary.json and specialization results.json carries "cost": {flops, tokens, wall_s}
+(mlx_pn.costs), so C_total(N) = C_pretrain + N * C_specialize can be read off any run.
 """
 
 from __future__ import annotations
@@ -22,21 +31,48 @@ from pathlib import Path
 import numpy as np
 
 from mlx_pn.config import Config, ConfigError, model_args, to_dict
+from mlx_pn.costs import StageCost, forward_cost, inference_flops_per_token, projection_flops_per_token, training_cost
 from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
-from mlx_pn.io import write_json_atomic
+from mlx_pn.io import file_sha256, write_json_atomic
 from mlx_pn.evaluate import bits_per_byte, nll
 from mlx_pn.models import mixture
 from mlx_pn.models.projected import (ProjectedArgs, build_projected, load_projected, projected_config,
                                      projected_cross_entropy)
 from mlx_pn.models.transformer import Transformer, build_model
 from mlx_pn.train.checkpoint import load_model, save_model
+from mlx_pn.train.distill import TeacherCache, TeacherCacheBatches, cached_distill_loss, live_distill_loss
 from mlx_pn.train.loop import train
+from mlx_pn.train.losses import cross_entropy
+
+SMALL_FROM_SLM = ("slm-d",)  # methods whose pretrained SLM is slm's own (OUT/pretrain)
 
 
-def pretrain_dir(cfg: Config) -> Path:
-    return Path(cfg.out) / ("pretrain" if cfg.method == "slm" else f"pretrain-{cfg.method}")
+def pretrain_dir(cfg: Config, domain: str | None = None) -> Path:
+    """slm: OUT/pretrain; others OUT/pretrain-METHOD; slm-is (one per domain): OUT/pretrain-slm-is/DOMAIN."""
+    root = Path(cfg.out) / ("pretrain" if cfg.method == "slm" else f"pretrain-{cfg.method}")
+    return root / (domain or cfg.domain) if cfg.method == "slm-is" else root
+
+
+def as_method(cfg: Config, method: str) -> Config:
+    return dataclasses.replace(cfg, method=method)
+
+
+def new_model(cfg: Config, data: PreparedData, section: str = "model", seed: int = 0):
+    """A freshly initialised model of cfg.<section> (model: the SLM, large: the LLM) for this tokenizer."""
+    args = model_args(cfg, data.tokenizer.vocab_size, section)
+    if getattr(args, "frontend", "token") != "token":  # the byte model reads the tokenizer's pieces
+        return build_model(args, seed=seed, tokenizer=data.tokenizer)
+    return build_model(args, seed=seed)
+
+
+def _add_cost(out: Path, cost: StageCost, **extra) -> dict:
+    """summary.json (written by the loop) + the stage's cost -> the summary."""
+    summary = json.loads((out / "summary.json").read_text())
+    summary.update(cost=cost.as_dict(), **extra)
+    write_json_atomic(out / "summary.json", summary)
+    return summary
 
 
 def specialize_dir(cfg: Config, domain: str) -> Path:
@@ -97,21 +133,78 @@ def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, ex
         return pretrain_mixture(cfg, data, resume, log, expert)
     if cfg.method in ("slm-pn", "slm-hn"):
         return pretrain_projected(cfg, data, resume, log)
-    out = pretrain_dir(cfg)
-    t = cfg.pretrain
-    done = _finished(out, t.steps, resume, log, "pretrain")
+    if cfg.method == "slm-nopt":
+        log("[pretrain slm-nopt] nothing to pretrain: `python -m recipes.specialize --method slm-nopt` trains the "
+            "SLM from scratch on the domain")
+        return {"method": "slm-nopt", "steps": 0, "best_valid_nll": None, "cost": StageCost(0.0, 0, 0.0).as_dict()}
+    if cfg.method == "slm-d":  # the student (slm's own pretraining, shared) and the teacher (llm)
+        parts = {m: pretrain(as_method(cfg, m), data, resume, log) for m in ("slm", "llm")}
+        cost = sum((StageCost.from_dict(p.get("cost")) for p in parts.values()), StageCost())
+        return {"method": "slm-d", "steps": sum(p["steps"] for p in parts.values()),
+                "best_valid_nll": parts["slm"].get("best_valid_nll"), "cost": cost.as_dict(),
+                "student": str(pretrain_dir(as_method(cfg, "slm"))), "teacher": str(pretrain_dir(as_method(cfg, "llm")))}
+    if cfg.method == "slm-is":
+        return pretrain_importance(cfg, data, cfg.domain, resume, log)
+    return pretrain_plain(cfg, data, resume, log)
+
+
+def pretrain_plain(cfg: Config, data: PreparedData, resume: bool = True, log=print) -> dict:
+    """slm / llm: one model (cfg.model / cfg.large) on the generic train split."""
+    out, t = pretrain_dir(cfg), cfg.pretrain
+    section = "large" if cfg.method == "llm" else "model"
+    what = f"pretrain {cfg.method}" if cfg.method != "slm" else "pretrain"
+    done = _finished(out, t.steps, resume, log, what)
     if done:
         return done
-    model = build_model(model_args(cfg, data.tokenizer.vocab_size), seed=t.seed)
-    log(f"[pretrain] {cfg.model.preset} model: {model.num_params() / 1e6:.2f}M parameters "
+    model = new_model(cfg, data, section, seed=t.seed)
+    log(f"[{what}] {getattr(cfg, section).preset} model: {model.num_params() / 1e6:.2f}M parameters "
         f"({model.num_params(embeddings=False) / 1e6:.2f}M without embeddings)")
     generic = data.corpora[GENERIC]
     batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed, "data.generic (train split)")
-    log(f"[pretrain] {t.steps} steps x {t.batch_size * t.grad_accum * t.seq_len} tokens = "
+    log(f"[{what}] {t.steps} steps x {t.batch_size * t.grad_accum * t.seq_len} tokens = "
         f"{batches.epochs(t.steps, t.grad_accum):.2f} epochs of the generic train split")
-    r = train(model, t, batches, out, valid_tokens=generic.tokens("valid"), resume=resume, desc="pretrain", log=log)
-    summary = out / "summary.json"
-    return json.loads(summary.read_text()) if summary.exists() else r.__dict__
+    r = train(model, t, batches, out, valid_tokens=generic.tokens("valid"), resume=resume, desc=what, log=log)
+    return _add_cost(out, training_cost(model.args, r.tokens, t.seq_len, r.wall_s))
+
+
+def importance_indices(cfg: Config, data: PreparedData, domain: str) -> tuple[np.ndarray, dict]:
+    """Generic training windows resampled to the domain's cluster.k_importance histogram (with replacement, as
+    many as the generic split has windows) -> (window indices, resampling statistics)."""
+    from mlx_pn.data.cluster_stage import load_clustering
+    from mlx_pn.data.sampling import resample, resample_stats
+
+    try:
+        clusters = load_clustering(cfg, cfg.cluster.k_importance)
+    except FileNotFoundError as e:
+        raise ConfigError(f"slm-is resamples generic windows by cluster: {e} (same --out/--data.dir and "
+                          f"--cluster.k_importance {cfg.cluster.k_importance})") from None
+    hist = np.asarray(clusters.histograms[domain], dtype=np.float64)
+    labels = clusters.labels(GENERIC, "train")
+    idx = resample(labels, hist, n=len(labels), seed=cfg.pretrain.seed)
+    stats = resample_stats(idx, labels, hist, clusters.k)
+    return idx, {"k": clusters.k, **stats}
+
+
+def pretrain_importance(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print) -> dict:
+    """slm-is: an SLM pretrained from scratch for one domain on generic windows drawn with the domain's cluster
+    histogram (paper-notes §4), validated on the domain's validation split (monitoring only)."""
+    check_domain(cfg, data, domain)
+    out, t = pretrain_dir(cfg, domain), cfg.pretrain
+    done = _finished(out, t.steps, resume, log, f"pretrain slm-is {domain}")
+    if done:
+        return done
+    idx, stats = importance_indices(cfg, data, domain)
+    log(f"[pretrain slm-is] {domain}: {len(idx):,} generic windows resampled to its k={stats['k']} histogram "
+        f"(unique {stats.get('unique_fraction', float('nan')):.1%}, effective sample size "
+        f"{stats.get('ess', float('nan')):,.0f})")
+    generic = data.corpora[GENERIC]
+    batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed,
+                            f"data.generic resampled to {domain}", indices=idx)
+    model = new_model(cfg, data, seed=t.seed)
+    r = train(model, t, batches, out, valid_tokens=data.corpora[domain].tokens("valid"), resume=resume,
+              desc=f"pretrain slm-is {domain}", extra_config={"mlx_pn_method": "slm-is", "domain": domain}, log=log)
+    return _add_cost(out, training_cost(model.args, r.tokens, t.seq_len, r.wall_s), domain=domain,
+                     importance_resampling=stats)
 
 
 def projected_args(cfg: Config, k: int) -> ProjectedArgs:
@@ -142,9 +235,12 @@ def pretrain_projected(cfg: Config, data: PreparedData, resume: bool = True, log
     valid, vlabels = generic.tokens("valid"), clusters.labels(GENERIC, "valid")
     if len(vlabels) < len(eval_windows(valid, t.seq_len)):
         valid, vlabels = None, None  # a split shorter than one window has no cluster label
-    train(model, t, batches, out, valid_tokens=valid, valid_labels=vlabels, loss_fn=projected_cross_entropy,
-          resume=resume, desc=f"pretrain {cfg.method}", extra_config=projected_config(model, cfg.method), log=log)
-    return json.loads((out / "summary.json").read_text())
+    r = train(model, t, batches, out, valid_tokens=valid, valid_labels=vlabels, loss_fn=projected_cross_entropy,
+              resume=resume, desc=f"pretrain {cfg.method}", extra_config=projected_config(model, cfg.method), log=log)
+    slm_args = model_args(cfg, data.tokenizer.vocab_size)
+    unit = t.seq_len * (t.batch_size if cfg.projected.grouped else 1)  # tokens sharing one materialised MLP
+    extra = projection_flops_per_token(slm_args, model.pargs.h, t.seq_len, unit)
+    return _add_cost(out, training_cost(slm_args, r.tokens, t.seq_len, r.wall_s, extra_per_token=extra))
 
 
 def pretrain_mixture(cfg: Config, data: PreparedData, resume: bool = True, log=print,
@@ -179,14 +275,17 @@ def pretrain_mixture(cfg: Config, data: PreparedData, resume: bool = True, log=p
         log(f"[pretrain slm-mix] expert {i}/{k}: {steps} steps on {len(idx)} windows "
             f"({batches.epochs(steps, t.grad_accum):.2f} epochs of its cluster)")
         valid = vwin[vlab == i] if len(vlab) == len(vwin) and (vlab == i).any() else None
-        model = build_model(args, seed=t.seed + i)
-        train(model, texp, batches, out, valid_tokens=valid, resume=resume, desc=f"pretrain expert {i}",
-              extra_config={"mlx_pn_method": "slm-mix", "expert": i, "k": k}, log=log)
+        model = new_model(cfg, data, seed=t.seed + i)
+        r = train(model, texp, batches, out, valid_tokens=valid, resume=resume, desc=f"pretrain expert {i}",
+                  extra_config={"mlx_pn_method": "slm-mix", "expert": i, "k": k}, log=log)
+        _add_cost(out, training_cost(args, r.tokens, t.seq_len, r.wall_s))
     experts = [mixture.expert_dir(root, i) for i in range(k)]
-    have = [e for e in experts if (e / "summary.json").exists() and (e / "final" / "model.safetensors").exists()]
+    have = [json.loads((e / "summary.json").read_text()) for e in experts
+            if (e / "summary.json").exists() and (e / "final" / "model.safetensors").exists()]
+    cost = sum((StageCost.from_dict(h.get("cost")) for h in have), StageCost())
     summary = {"method": "slm-mix", "k": k, "expert_steps": steps, "planned_steps": t.steps,
-               "steps": steps * len(have), "experts_done": len(have),
-               "best_valid_nll": _mean([json.loads((e / "summary.json").read_text())["best_valid_nll"] for e in have])}
+               "steps": steps * len(have), "experts_done": len(have), "cost": cost.as_dict(),
+               "best_valid_nll": _mean([h["best_valid_nll"] for h in have])}
     if len(have) == k:
         write_json_atomic(root / "summary.json", summary)
     else:
@@ -199,12 +298,45 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else None
 
 
-def _finetune(cfg: Config, data: PreparedData, domain: str, model: Transformer, out: Path, resume: bool, log):
+def domain_batches(cfg: Config, data: PreparedData, domain: str, t=None) -> PackedBatches:
+    t = t or cfg.finetune
+    return PackedBatches(data.corpora[domain].tokens("train"), t.seq_len, t.batch_size, t.seed,
+                         f"data.domains.{domain} (train)")
+
+
+def _finetune(cfg: Config, data: PreparedData, domain: str, model: Transformer, out: Path, resume: bool, log,
+              t=None, batches=None, loss_fn=cross_entropy):
     """Fine-tune one SLM on the domain (early stopping on domain validation) -> TrainResult."""
-    t, corpus = cfg.finetune, data.corpora[domain]
-    batches = PackedBatches(corpus.tokens("train"), t.seq_len, t.batch_size, t.seed, f"data.domains.{domain} (train)")
-    return train(model, t, batches, out, valid_tokens=corpus.tokens("valid"), resume=resume,
+    t = t or cfg.finetune
+    return train(model, t, batches or domain_batches(cfg, data, domain, t), out,
+                 valid_tokens=data.corpora[domain].tokens("valid"), resume=resume, loss_fn=loss_fn,
                  desc=f"finetune {domain}", log=log)
+
+
+def nopt_train_config(cfg: Config):
+    """slm-nopt trains from scratch on the domain: the fine-tuning budget and early stopping, with the
+    pretraining learning-rate schedule (a random model needs the large rate)."""
+    p = cfg.pretrain
+    return dataclasses.replace(cfg.finetune, lr=p.lr, min_lr=p.min_lr, warmup=p.warmup)
+
+
+def start_dir(cfg: Config, domain: str) -> Path | None:
+    """Where cfg.method's specialization starts from (None: slm-nopt, a random model)."""
+    if cfg.method == "slm-nopt":
+        return None
+    if cfg.method in SMALL_FROM_SLM:
+        return pretrain_dir(as_method(cfg, "slm")) / "final"
+    return pretrain_dir(cfg, domain) / "final"
+
+
+def _missing_start(cfg: Config, domain: str, src: Path) -> ConfigError:
+    how = (f"python -m recipes.importance --domain {domain}" if cfg.method == "slm-is"
+           else f"python -m recipes.pretrain --method {cfg.method}")
+    return ConfigError(f"{src} does not exist: run `{how}` with the same --out first")
+
+
+def teacher_dir(cfg: Config, domain: str) -> Path:
+    return Path(cfg.distill.teacher) if cfg.distill.teacher else specialize_dir(as_method(cfg, "llm"), domain) / "final"
 
 
 def _both(model, data, domain, cfg) -> dict:
@@ -214,34 +346,85 @@ def _both(model, data, domain, cfg) -> dict:
 
 
 def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print) -> dict:
-    """Fine-tune cfg.method's SLM on one domain with early stopping; measure before and after."""
+    """Fine-tune cfg.method's SLM (llm: the large model) on one domain with early stopping; measure before and
+    after; results.json with the stage's cost."""
     check_domain(cfg, data, domain)
-    src = pretrain_dir(cfg) / ("final" if cfg.method != "slm-mix" else "")
-    if cfg.method != "slm-mix" and not (src / "model.safetensors").exists():
-        raise ConfigError(f"{src} does not exist: run `python -m recipes.pretrain --method {cfg.method}` with the "
-                          f"same --out first")
     out = specialize_dir(cfg, domain)
     results_path = out / "results.json"
     if resume and results_path.exists():
         log(f"[specialize] {domain}: already done ({results_path}); delete {out} to redo")
         return json.loads(results_path.read_text())
-    if cfg.method != "slm":
+    if cfg.method in ("slm-pn", "slm-hn", "slm-mix"):
         return specialize_routed(cfg, data, domain, resume, log)
-    model = load_model(src)
-    check_vocab(model, data, str(src))
-    corpus = data.corpora[domain]
+    src = start_dir(cfg, domain)
+    if src is not None and not (src / "model.safetensors").exists():
+        raise _missing_start(cfg, domain, src)
     t0 = time.time()
+    model = load_model(src) if src is not None else new_model(cfg, data, seed=cfg.finetune.seed)
+    check_vocab(model, data, str(src or "a new model"))
     before = _both(model, data, domain, cfg)
-    r = _finetune(cfg, data, domain, model, out, resume, log)
+    parts = {}
+    if cfg.method == "slm-is":
+        parts["importance_pretraining"] = StageCost.from_dict(json.loads((src.parent / "summary.json").read_text())
+                                                              .get("cost"))
+    if cfg.method == "slm-d":
+        r, distill_parts, extra = _distill(cfg, data, domain, model, out, resume, log)
+        parts.update(distill_parts)
+    else:
+        t = nopt_train_config(cfg) if cfg.method == "slm-nopt" else cfg.finetune
+        r, extra = _finetune(cfg, data, domain, model, out, resume, log, t=t), {}
+    parts["finetune"] = training_cost(model.args, r.tokens, cfg.finetune.seq_len, r.wall_s)
     after = _both(model, data, domain, cfg)
     results = {
-        "domain": domain, "method": "slm", "pretrained_from": str(src),
-        "domain_train_tokens": corpus.manifest["splits"]["train"]["tokens"],
+        "domain": domain, "method": cfg.method, "pretrained_from": str(src) if src else None,
+        "domain_train_tokens": data.corpora[domain].manifest["splits"]["train"]["tokens"],
         "before": before, "after": after, "finetune_steps": r.steps, "best_step": r.best_step,
-        "stopped_early": r.stopped_early, "wall_s": time.time() - t0, "config": to_dict(cfg),
+        "stopped_early": r.stopped_early, "wall_s": time.time() - t0, **extra,
+        **_cost_fields(parts, model.args, cfg), "config": to_dict(cfg),
     }
     write_json_atomic(results_path, results)
     return results
+
+
+def _cost_fields(parts: dict[str, StageCost], args, cfg: Config) -> dict:
+    total = sum(parts.values(), StageCost())
+    return {"cost": total.as_dict(), "cost_parts": {k: v.as_dict() for k, v in parts.items()},
+            "inference_flops_per_token": inference_flops_per_token(args, cfg.finetune.seq_len)}
+
+
+def _distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, resume: bool, log):
+    """slm-d: train the pretrained SLM on the domain against the fine-tuned teacher -> (TrainResult, cost
+    parts, extra result fields)."""
+    tdir, dc, t = teacher_dir(cfg, domain), cfg.distill, cfg.finetune
+    if not (tdir / "model.safetensors").exists():
+        raise ConfigError(f"slm-d needs the domain-fine-tuned teacher {tdir}: run `python -m recipes.specialize "
+                          f"--method llm --domain {domain}` with the same --out first (or set --distill.teacher)")
+    teacher = load_model(tdir)
+    check_vocab(teacher, data, str(tdir))
+    k = min(dc.top_k, teacher.args.vocab_size)
+    base = domain_batches(cfg, data, domain)
+    parts = {}
+    teacher_results = tdir.parent / "results.json"
+    if teacher_results.exists() and not dc.teacher:
+        parts["teacher_finetune"] = StageCost.from_dict(json.loads(teacher_results.read_text()).get("cost"))
+    mode = "live" if dc.cache == "live" else "disk"
+    if mode == "disk":
+        tokens = data.corpora[domain].tokens("train")
+        cache = TeacherCache(out / "teacher", base.n_windows, t.seq_len, k)
+        key = {"teacher": file_sha256(tdir / "model.safetensors"), "k": k, "temperature": dc.temperature,
+               "seq_len": t.seq_len, "windows": base.n_windows}
+        secs = cache.build(teacher, tokens, dc.temperature, key, t.batch_size, log)
+        parts["teacher_forward"] = forward_cost(teacher.args, base.n_windows * t.seq_len, t.seq_len, secs)
+        r = _finetune(cfg, data, domain, student, out, resume, log, batches=TeacherCacheBatches(base, cache),
+                      loss_fn=cached_distill_loss(dc.alpha, dc.temperature))
+    else:
+        r = _finetune(cfg, data, domain, student, out, resume, log, batches=base,
+                      loss_fn=live_distill_loss(teacher, k, dc.alpha, dc.temperature))
+        parts["teacher_forward"] = forward_cost(teacher.args, r.tokens, t.seq_len, None)  # inside the steps' time
+    extra = {"teacher": str(tdir), "distill": {"mode": mode, "top_k": k, "alpha": dc.alpha,
+                                               "temperature": dc.temperature,
+                                               "teacher_cache_s": parts["teacher_forward"].wall_s}}
+    return r, parts, extra
 
 
 def resolve_select(cfg: Config) -> str:
@@ -297,13 +480,23 @@ def specialize_routed(cfg: Config, data: PreparedData, domain: str, resume: bool
     else:
         r = _finetune(cfg, data, domain, model, out, resume, log).__dict__
     after = _both(model, data, domain, cfg)
+    parts = {"finetune": training_cost(model.args, r["tokens"], t.seq_len, r["wall_s"])}
+    if select == "best-loss":
+        parts["selection"] = forward_cost(model.args, clusters.k * t.eval_batches * t.batch_size * t.seq_len,
+                                          t.seq_len)
+    elif select == "all":
+        cand = [json.loads((out / "candidates" / f"expert-{i:02d}" / "summary.json").read_text())
+                for i in range(clusters.k)]
+        parts["finetune"] = sum((training_cost(model.args, c["tokens"], t.seq_len, c["wall_s"]) for c in cand),
+                                StageCost())
     results = {
         "domain": domain, "method": cfg.method, "select": select, "selected_cluster": choice,
         "k": clusters.k, "domain_histogram": hist.tolist(), "top_cluster_share": float(hist.max()),
         "candidates_valid_nll": {str(i): v for i, v in valid_nll.items()}, "pretrained_from": str(root),
         "domain_train_tokens": corpus.manifest["splits"]["train"]["tokens"],
         "before": before, "after": after, "finetune_steps": r["steps"], "best_step": r["best_step"],
-        "stopped_early": r["stopped_early"], "wall_s": time.time() - t0, "config": to_dict(cfg),
+        "stopped_early": r["stopped_early"], "wall_s": time.time() - t0, **_cost_fields(parts, model.args, cfg),
+        "config": to_dict(cfg),
     }
     write_json_atomic(out / "results.json", results)
     return results

@@ -1,10 +1,12 @@
 """Pretrain the generic model of a method on the generic corpus (builds the tokenizer and shards first
-if needed). --method slm (default) | slm-pn | slm-mix | slm-hn; the last three need the clustering of
-`python -m recipes.cluster` first.
+if needed). --method slm (default) | llm (the `large` model) | slm-pn | slm-mix | slm-hn (these three need
+the clustering of `python -m recipes.cluster` first) | slm-d (pretrains both slm and llm: student and
+teacher) | slm-nopt (nothing to do) | slm-is (per domain: the same as `python -m recipes.importance`).
 
     python -m recipes.pretrain --config recipes/configs/cpu.yaml [--pretrain.steps 1000]
     python -m recipes.pretrain --config recipes/configs/tiny.yaml --method slm-pn [--projected.h 8]
     python -m recipes.pretrain --config recipes/configs/tiny.yaml --method slm-mix [--expert 3]
+    python -m recipes.pretrain --config recipes/configs/tiny.yaml --method llm [--large.preset cpu]
 
 Outputs: OUT/pretrain/ (slm) or OUT/pretrain-METHOD/ (slm-mix: one expert-XX/ per expert; --expert i
 trains only expert i, so k processes or machines can share the work).

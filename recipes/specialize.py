@@ -4,8 +4,13 @@ report perplexity on the domain's and the generic test split before and after.
     python -m recipes.specialize --config recipes/configs/cpu.yaml --domain legal
     python -m recipes.specialize --config recipes/configs/tiny.yaml --method slm-mix --select best-loss
     python -m recipes.specialize --config recipes/configs/tiny.yaml --method slm-pn --select histogram
+    python -m recipes.specialize --config recipes/configs/tiny.yaml --method llm --domain legal
+    python -m recipes.specialize --config recipes/configs/tiny.yaml --method slm-d --domain legal  # after llm
+    python -m recipes.specialize --config recipes/configs/tiny.yaml --method slm-nopt --domain legal
 
 --select (slm-pn, slm-mix, slm-hn): most-frequent | best-loss | all | histogram (pn/hn) | auto.
+slm-d distills the llm fine-tuned on the same domain (run `--method llm` first); --distill.* sets the
+temperature, the mixing weight alpha, top_k and whether teacher outputs are cached on disk or computed live.
 Results: OUT/specialize/DOMAIN/results.json (slm) or OUT/specialize-METHOD/DOMAIN/results.json; the
 model in final/ next to it is a plain Transformer (`python -m recipes.export` exports it).
 """
