@@ -4,6 +4,12 @@ The folder holds ``config.json`` (llama, with ``tie_word_embeddings`` always wri
 defaults it to True and would silently drop an untied head), ``model.safetensors``,
 ``tokenizer.json``/``tokenizer_config.json`` (converted from SentencePiece) and a
 ``generation_config.json`` with the eos id. Optional 4/8-bit quantization goes through mlx-lm.
+
+STLM variants: a model with a shared FFN / attention output projection is written as a plain llama,
+the shared weights copied into every layer (same logits). A byte-level model (models/byte_lm.py) is
+written with that file as its ``model_file`` (config.json ``model_type: mlx_pn_byte``): mlx-lm loads
+it only with ``trust_remote_code=True`` (CLI ``--trust-remote-code``); its logits are the vocabulary
+log-probabilities computed by the byte decoder.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from mlx.utils import tree_flatten
 
 from mlx_pn.data.tokenizer import BOS_ID, EOS_ID
 from mlx_pn.io import atomic_folder
-from mlx_pn.models.transformer import Transformer
+from mlx_pn.models import byte_lm
+from mlx_pn.models.transformer import Transformer, unshared
 
 
 class ExportError(RuntimeError):
@@ -27,13 +34,15 @@ class ExportError(RuntimeError):
 
 def mlx_lm_config(model: Transformer, dtype: str = "float32") -> dict:
     cfg = model.args.to_dict()
+    for k in ("share_ffn", "share_attn_out"):  # the exported model is a plain llama
+        cfg.pop(k, None)
     cfg.update(model_type="llama", architectures=["LlamaForCausalLM"], eos_token_id=EOS_ID,
                bos_token_id=BOS_ID, torch_dtype=dtype, rope_traditional=False,
                tie_word_embeddings=bool(model.args.tie_word_embeddings))
     return cfg
 
 
-def export_mlx_lm(model: Transformer, tokenizer_hf_dir: str | Path, out: str | Path, *, quantize: int | None = None,
+def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quantize: int | None = None,
                   group_size: int = 64, dtype: str = "float32", force: bool = False,
                   verify: bool = True) -> dict:
     """Write `out` atomically; returns a report with the verification result."""
@@ -51,11 +60,18 @@ def export_mlx_lm(model: Transformer, tokenizer_hf_dir: str | Path, out: str | P
                           f"{model.args.vocab_size}; export with the tokenizer the model was trained with")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ExportError(f"--dtype must be float32, float16 or bfloat16, got {dtype}")
+    is_byte = isinstance(model, byte_lm.Model)
 
-    export_model = Transformer(model.args)
-    export_model.update(model.parameters())
+    if is_byte:
+        if quantize:
+            raise ExportError("--quantize is not supported for byte-level models (model.frontend=byte)")
+        export_model = byte_lm.Model(model.args)
+        export_model.update(model.parameters())
+        cfg = byte_config(export_model, dtype)
+    else:
+        export_model = unshared(model)  # a fresh plain llama; shared FFN / o_proj written into every layer
+        cfg = mlx_lm_config(export_model, dtype)
     export_model.set_dtype(getattr(mx, dtype))
-    cfg = mlx_lm_config(export_model, dtype)
     if quantize:
         if quantize not in (2, 3, 4, 5, 6, 8):
             raise ExportError(f"--quantize must be one of 2,3,4,5,6,8 bits, got {quantize}")
@@ -70,24 +86,39 @@ def export_mlx_lm(model: Transformer, tokenizer_hf_dir: str | Path, out: str | P
                 shutil.copy(tok_dir / f, tmp / f)
         (tmp / "generation_config.json").write_text(
             json.dumps({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID}, indent=2))
+        if is_byte:
+            shutil.copy(byte_lm.__file__, tmp / cfg["model_file"])
 
     atomic_folder(out, write)
     report = {"path": str(out), "quantize": quantize, "dtype": dtype,
-              "params": int(sum(v.size for _, v in tree_flatten(model.parameters())))}
+              "params": int(model.num_params()), "exported_params": int(
+                  sum(v.size for k, v in tree_flatten(export_model.parameters()) if k != "byte_table"))}
     if verify:
         report.update(verify_export(model, out, exact=not quantize and dtype == "float32"))
     return report
 
 
-def verify_export(model: Transformer, out: Path, exact: bool = True, n_tokens: int = 32) -> dict:
+def byte_config(model: byte_lm.Model, dtype: str = "float32") -> dict:
+    cfg = model.args.to_dict()
+    cfg.update(model_file="byte_lm.py", architectures=["MlxPnByteLM"], eos_token_id=EOS_ID, bos_token_id=BOS_ID,
+               torch_dtype=dtype)
+    return cfg
+
+
+def verify_export(model, out: Path, exact: bool = True, n_tokens: int = 32) -> dict:
     """Load `out` with mlx-lm and compare its logits with the source model's on a fixed input."""
     from mlx_lm import load
 
-    lm, _ = load(str(out))
+    is_byte = isinstance(model, byte_lm.Model)
+    if is_byte:
+        n_tokens = min(n_tokens, 8)  # every position scores the whole vocabulary through the byte decoder
+    lm, _ = load(str(out), trust_remote_code=is_byte)
     rng = np.random.default_rng(0)
     x = mx.array(rng.integers(3, model.args.vocab_size, size=(1, n_tokens)).astype(np.int32))
     ref, got = model(x).astype(mx.float32), lm(x).astype(mx.float32)
-    max_diff = mx.abs(ref - got).max().item()
+    # the byte model's duplicate byte strings have logit -inf in both: equal, not nan
+    both_inf = mx.isinf(ref) & mx.isinf(got) & (ref == got)
+    max_diff = mx.where(both_inf, 0.0, mx.abs(ref - got)).max().item()
     agree = (mx.argmax(ref, -1) == mx.argmax(got, -1)).mean().item()
     tol = 1e-4 if exact else None
     if exact and max_diff > tol:

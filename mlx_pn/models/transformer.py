@@ -44,6 +44,10 @@ class ModelArgs(DictArgs):
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 1024
+    # Super Tiny LM sharing (arXiv 2405.14159): one module stored once, used by every layer. The saved
+    # folder keeps it once (model.shared_mlp.*, model.shared_o_proj.*); export writes it into each layer.
+    share_ffn: bool = False
+    share_attn_out: bool = False
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -88,18 +92,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, own_o_proj: bool = True):
         super().__init__()
         D, H, Hkv, Dh = args.hidden_size, args.num_attention_heads, args.num_key_value_heads, args.head_dim
         self.n_heads, self.n_kv_heads, self.scale = H, Hkv, Dh**-0.5
         self.q_proj = nn.Linear(D, H * Dh, bias=False)
         self.k_proj = nn.Linear(D, Hkv * Dh, bias=False)
         self.v_proj = nn.Linear(D, Hkv * Dh, bias=False)
-        self.o_proj = nn.Linear(H * Dh, D, bias=False)
+        if own_o_proj:  # else the caller passes the shared one (share_attn_out)
+            self.o_proj = nn.Linear(H * Dh, D, bias=False)
         # traditional=False: the rotate-half (Hugging Face) layout that mlx-lm's llama uses.
         self.rope = nn.RoPE(Dh, traditional=False, base=args.rope_theta)
 
-    def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
+    def __call__(self, x: mx.array, mask=None, cache=None, o_proj=None) -> mx.array:
         B, L, D = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, H, L, Dh)
@@ -111,7 +116,8 @@ class Attention(nn.Module):
         else:
             q, k = self.rope(q), self.rope(k)
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))  # (B, L, D)
+        o_proj = self.o_proj if o_proj is None else o_proj
+        return o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))  # (B, L, D)
 
 
 class MLP(nn.Module):
@@ -129,16 +135,23 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+    """Pre-norm block. With share_ffn / share_attn_out the block owns no MLP / o_proj: LlamaModel passes
+    its single shared one to every layer, so the weights exist (and are trained) once and their gradient
+    is the sum over layers. (Putting one Module object in several layers would not do: tree_flatten would
+    list it under every layer and the optimizer would update each copy separately.)"""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.self_attn = Attention(args)
-        self.mlp = MLP(args)
+        self.self_attn = Attention(args, own_o_proj=not args.share_attn_out)
+        if not args.share_ffn:
+            self.mlp = MLP(args)
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
-        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def __call__(self, x: mx.array, mask=None, cache=None, mlp=None, o_proj=None) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), mask, cache, o_proj)
+        mlp = self.mlp if mlp is None else mlp
+        return h + mlp(self.post_attention_layernorm(h))
 
 
 class LlamaModel(nn.Module):
@@ -147,6 +160,11 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        if args.share_ffn:
+            self.shared_mlp = MLP(args)
+        if args.share_attn_out:
+            D = args.hidden_size
+            self.shared_o_proj = nn.Linear(args.num_attention_heads * args.head_dim, D, bias=False)
 
     def __call__(self, inputs: mx.array, cache=None) -> mx.array:
         h = self.embed_tokens(inputs)  # (B, L, D)
@@ -155,8 +173,9 @@ class LlamaModel(nn.Module):
         # A causal mask only matters when several new positions attend among themselves.
         mask = "causal" if (L > 1 and offset == 0) else _prefill_mask(L, offset) if L > 1 else None
         cache = cache if cache is not None else [None] * len(self.layers)
+        shared = {k: self[v] for k, v in (("mlp", "shared_mlp"), ("o_proj", "shared_o_proj")) if v in self}
         for layer, c in zip(self.layers, cache):
-            h = layer(h, mask, c)
+            h = layer(h, mask, c, **shared)
         return self.norm(h)
 
 
@@ -218,8 +237,8 @@ def init_trunk_weights(module: nn.Module, num_layers: int, std: float = 0.02) ->
     resid_std = std / (2 * num_layers) ** 0.5
     new = {}
     for name, p in _flat(module.parameters()):
-        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
-            continue
+        if name.endswith("norm.weight") or name.endswith("layernorm.weight") or not mx.issubdtype(p.dtype, mx.floating):
+            continue  # gains stay 1; integer tables (the byte model's) are constants
         s = resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
         new[name] = mx.random.normal(p.shape, dtype=p.dtype) * s
     module.load_weights(list(new.items()), strict=False)
@@ -233,27 +252,91 @@ def _flat(tree):
 
 # Model-construction hooks: every model config (the SLM, the LLM, the STLM variants) goes through these,
 # so the stages, checkpoints and export never name a model class themselves.
-_STLM_DEFAULTS = dict(share_ffn=False, share_attn_out=False, frontend="token", byte_chunk_len=16, byte_dim=128,
-                      byte_encoder_layers=1, byte_decoder_layers=1)
+_BYTE_KEYS = ("byte_chunk_len", "byte_dim", "byte_encoder_layers", "byte_decoder_layers")
 
 
 def make_args(d: dict, vocab_size: int):
-    """Preset + overrides (config.model_args) -> the model's argument dataclass."""
+    """Preset + overrides (config.model_args) -> the model's argument dataclass: ModelArgs (token front end,
+    optionally with shared FFN / attention output) or byte_lm.ModelArgs (frontend "byte")."""
     d = dict(d)
-    for k, default in _STLM_DEFAULTS.items():
-        if d.pop(k, default) != default:
-            raise NotImplementedError(f"model.{k} is not implemented yet")
+    frontend = d.pop("frontend", "token")
+    if frontend == "byte":
+        from mlx_pn.models import byte_lm
+
+        for k in ("share_ffn", "share_attn_out"):
+            if d.get(k):
+                raise NotImplementedError(f"model.{k} with model.frontend=byte is not implemented (the byte model's "
+                                          f"trunk is mlx-lm's llama, exported as remote code); use one or the other")
+        names = {f.name for f in fields(byte_lm.ModelArgs)}
+        return byte_lm.ModelArgs(**{k: v for k, v in d.items() if k in names}, vocab_size=vocab_size)
+    if frontend != "token":
+        raise ValueError(f"model.frontend must be 'token' or 'byte', got {frontend!r}")
+    for k in _BYTE_KEYS:  # byte-only knobs are meaningless for a token model: ignore them
+        d.pop(k, None)
     return ModelArgs(**d, vocab_size=vocab_size)
 
 
-def model_from_config(config: dict) -> Transformer:
+def is_byte_args(args) -> bool:
+    return getattr(args, "frontend", "token") == "byte"
+
+
+def model_from_config(config: dict):
     """A model folder's config.json -> an (uninitialised) model of the right class."""
+    if config.get("frontend") == "byte":
+        from mlx_pn.models import byte_lm
+
+        return byte_lm.Model(byte_lm.ModelArgs.from_dict(config))
     return Transformer(ModelArgs.from_dict(config))
 
 
-def build_model(args: ModelArgs, seed: int = 0) -> Transformer:
-    """A freshly initialised model; the same seed gives the same weights."""
+def build_model(args, seed: int = 0, tokenizer=None):
+    """A freshly initialised model; the same seed gives the same weights.
+
+    A byte-level model (byte_lm.ModelArgs) needs `tokenizer` (mlx_pn.data.tokenizer.Tokenizer): its frozen
+    byte table is each SentencePiece piece's bytes."""
     mx.random.seed(seed)
-    model = Transformer(args)
+    if is_byte_args(args):
+        from mlx_pn.models import byte_lm
+
+        if tokenizer is None:
+            raise ValueError("build_model: a byte-level model (model.frontend=byte) needs the tokenizer for its "
+                             "byte table: build_model(args, seed, tokenizer=data.tokenizer)")
+        if tokenizer.vocab_size != args.vocab_size:
+            raise ValueError(f"build_model: tokenizer has {tokenizer.vocab_size} ids, model.vocab_size is "
+                             f"{args.vocab_size}")
+        model = byte_lm.Model(args)
+        init_trunk_weights(model, args.num_hidden_layers)
+        table, _ = byte_lm.build_byte_table(tokenizer.sp, args.byte_chunk_len)
+        model.byte_table = mx.array(table)
+    else:
+        model = Transformer(args)
     mx.eval(model.parameters())
     return model
+
+
+def unshare_weights(weights: dict, num_layers: int) -> dict:
+    """Flat weights of a model with shared FFN / o_proj -> the plain llama names, the shared tensors written
+    into every layer (model.shared_mlp.X -> model.layers.N.mlp.X, model.shared_o_proj.weight ->
+    model.layers.N.self_attn.o_proj.weight). Other weights pass through."""
+    out = {}
+    for name, p in weights.items():
+        if name.startswith("model.shared_mlp."):
+            for n in range(num_layers):
+                out[f"model.layers.{n}.mlp." + name[len("model.shared_mlp."):]] = p
+        elif name.startswith("model.shared_o_proj."):
+            for n in range(num_layers):
+                out[f"model.layers.{n}.self_attn.o_proj." + name[len("model.shared_o_proj."):]] = p
+        else:
+            out[name] = p
+    return out
+
+
+def unshared(model: "Transformer") -> "Transformer":
+    """The same function as a plain llama Transformer (no shared modules): what export writes."""
+    from dataclasses import replace
+
+    args = replace(model.args, share_ffn=False, share_attn_out=False)
+    plain = Transformer(args)
+    plain.load_weights(list(unshare_weights(dict(_flat(model.parameters())), args.num_hidden_layers).items()),
+                       strict=True)
+    return plain
