@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import numpy as np
 
@@ -66,18 +67,28 @@ class PackedBatches:
             out[j] = self.tokens[w * self.seq_len: w * self.seq_len + self.seq_len + 1]
         return out
 
-    def batch(self, step: int, micro_batches: int = 1):
+    def batch(self, step: int, micro_batches: int = 1, shard: tuple[int, int] = (0, 1)):
         """The batch of optimizer step `step` -> (micro_batches, B, L + 1) int32, or with labels the tuple
-        (tokens (A, B, L + 1), cluster ids (A, B) int32)."""
+        (tokens (A, B, L + 1), cluster ids (A, B) int32).
+
+        shard=(r, n): data-parallel rank r of n reads only rows [r*B/n, (r+1)*B/n) of each micro-batch
+        -> (A, B/n, L + 1); the n shards put together are exactly the unsharded batch."""
         per_step = self.batch_size * micro_batches
-        ids = self.window_ids(step * per_step, per_step)
-        w = np.empty((per_step, self.seq_len + 1), dtype=np.int32)
+        ids = self.window_ids(step * per_step, per_step).reshape(micro_batches, self.batch_size)
+        r, n = shard
+        if n > 1:
+            if self.batch_size % n:
+                raise DataError(f"batch_size={self.batch_size} is not divisible by {n} data-parallel ranks")
+            ids = ids[:, r * self.batch_size // n: (r + 1) * self.batch_size // n]
+        rows = ids.shape[1]
+        ids = ids.reshape(-1)
+        w = np.empty((len(ids), self.seq_len + 1), dtype=np.int32)
         for j, i in enumerate(ids):
             w[j] = self.tokens[i * self.seq_len: i * self.seq_len + self.seq_len + 1]
-        w = w.reshape(micro_batches, self.batch_size, self.seq_len + 1)
+        w = w.reshape(micro_batches, rows, self.seq_len + 1)
         if self.labels is None:
             return w
-        return w, self.labels[ids].reshape(micro_batches, self.batch_size)
+        return w, self.labels[ids].reshape(micro_batches, rows)
 
     def epochs(self, steps: int, micro_batches: int = 1) -> float:
         return steps * self.batch_size * micro_batches / self.n_windows
@@ -109,13 +120,19 @@ class ClusterGroupedBatches:
         self.p = sizes / sizes.sum()
         self.n_windows = int(sizes.sum())
 
-    def batch(self, step: int, micro_batches: int = 1):
-        out = np.empty((micro_batches, self.batch_size, self.seq_len + 1), dtype=np.int32)
+    def batch(self, step: int, micro_batches: int = 1, shard: tuple[int, int] = (0, 1)):
+        """shard=(r, n): rows [r*B/n, (r+1)*B/n) of each micro-batch (data-parallel rank r of n); the cluster
+        ids (A,) are the same on every rank."""
+        r, n = shard
+        if self.batch_size % n:
+            raise DataError(f"batch_size={self.batch_size} is not divisible by {n} data-parallel ranks")
+        lo, hi = r * self.batch_size // n, (r + 1) * self.batch_size // n
+        out = np.empty((micro_batches, hi - lo, self.seq_len + 1), dtype=np.int32)
         ids = np.empty(micro_batches, dtype=np.int32)
         for a in range(micro_batches):
             rng = np.random.default_rng([self.seed, step, a])
             c = int(self.clusters[rng.choice(len(self.clusters), p=self.p)])
-            for j, w in enumerate(rng.choice(self.groups[c], self.batch_size, replace=False)):
+            for j, w in enumerate(rng.choice(self.groups[c], self.batch_size, replace=False)[lo:hi]):
                 out[a, j] = self.tokens[w * self.seq_len: w * self.seq_len + self.seq_len + 1]
             ids[a] = c
         return out, ids
@@ -141,11 +158,15 @@ def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int = 0) -> np.n
 
 
 class Prefetcher:
-    """Builds the next batches in a background thread so the data pipeline never stalls the step."""
+    """Builds the next batches in a background thread so the data pipeline never stalls the step.
+
+    `wait_s` is the total time get() spent blocked on an empty queue (the loop logs it as `data_wait_s`):
+    ~0 means the step, not the data, sets the pace."""
 
     def __init__(self, make_batch, start: int, stop: int, depth: int = 4):
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self.wait_s = 0.0
 
         def work():
             try:
@@ -160,7 +181,9 @@ class Prefetcher:
         self._t.start()
 
     def get(self):
+        t = time.perf_counter()
         i, item = self._q.get()
+        self.wait_s += time.perf_counter() - t
         if i is None:
             raise item
         return i, item

@@ -7,6 +7,9 @@ differ by a loss function or a batch source, never by a copy of this loop.
 Files under ``out_dir``: ``checkpoints/step_*/`` (resumable, hash-checked), ``metrics.jsonl``
 (one JSON object per log/eval line), ``best/`` (early stopping: the best validation weights) and
 ``final/`` (the weights this run ends with: the best ones when early stopping is on).
+
+Data parallel (launched with ``mlx.launch``; mlx_pn.train.distributed): each rank reads its rows of every global
+batch, the step averages gradients over ranks, and only rank 0 writes files or prints.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from mlx_pn.config import TrainConfig, to_dict
 from mlx_pn.data.batches import PackedBatches, Prefetcher
 from mlx_pn.evaluate import nll
 from mlx_pn.io import write_json_atomic
+from mlx_pn.train import distributed as dist
 from mlx_pn.train.checkpoint import latest_good_checkpoint, restore_checkpoint, save_checkpoint, save_model
 from mlx_pn.train.losses import cross_entropy
 from mlx_pn.train.optim import current_lr, make_optimizer
@@ -71,10 +75,12 @@ class MetricsLog:
         return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
 
 
-def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, compile: bool):
+def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, compile: bool, group=None):
     """-> step(batch (A, B, L + 1) int32, *extras (A, B, ...)) -> (mean loss, grad norm before clipping).
 
     Extras (e.g. cluster ids) are sliced per micro-batch like the tokens: loss_fn(model, x, y, *extras[a]).
+    group: an mx.distributed.Group of data-parallel ranks (None: this process alone); gradients and the returned
+    loss are averaged over it before clipping and the update, so every rank applies the same update.
     """
     loss_and_grad = nn.value_and_grad(model, loss_fn)
     state = [model.state, optimizer.state, mx.random.state]
@@ -88,6 +94,8 @@ def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, c
             grads = g if grads is None else tree_map(mx.add, grads, g)
         if micro_batches > 1:
             grads = tree_map(lambda g: g / micro_batches, grads)
+        grads = dist.average(grads, group)  # all-reduce (mean) over data-parallel ranks; no-op alone
+        loss_sum = dist.mean_scalar(loss_sum, group)
         if grad_clip > 0:
             grads, gnorm = optim.clip_grad_norm(grads, grad_clip)
         else:
@@ -107,31 +115,44 @@ def _leaves(tree):
 def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, *,
           valid_tokens: np.ndarray | None = None, valid_labels: np.ndarray | None = None,
           loss_fn: Callable = cross_entropy, resume: bool = True, desc: str = "train",
-          extra_config: dict | None = None, log: Callable = print) -> TrainResult:
+          extra_config: dict | None = None, log: Callable = print, group=None) -> TrainResult:
     """Train `model` in place for cfg.steps (or until early stopping) and write `out_dir`.
 
     `batches.batch(step, A)` gives (A, B, L + 1) tokens, or a tuple (tokens, *extras) whose extras reach
     `loss_fn(model, x, y, *extras)`. valid_tokens: a 1-D split or (N, L + 1) windows; valid_labels: their
     per-window cluster ids (for models called as model(x, ids)).
+
+    group: None = the ranks this process was launched with (data parallel; a single process without a launcher),
+    dist.SOLO = this process alone (e.g. one slm-mix expert per rank), or an mx.distributed.Group. cfg.batch_size
+    is the global batch: each of n ranks computes batch_size / n of its rows.
     """
+    group, rank, world_size = dist.resolve(group)
+    main = rank == 0
+    if not main:
+        log = _quiet
     out = Path(out_dir)
     ckpt_root = out / "checkpoints"
     optimizer = make_optimizer(cfg)
     optimizer.init(model.trainable_parameters())
     start, trainer = 0, {"best_valid_nll": None, "best_step": None, "bad_evals": 0, "tokens": 0}
-    found = latest_good_checkpoint(ckpt_root) if resume else None
+    found = latest_good_checkpoint(ckpt_root) if resume and main else None
     if found:
         path, state = found
         restore_checkpoint(path, model, optimizer)
         start, trainer = state["step"], state["trainer"]
         log(f"[{desc}] resuming from {path} (step {start})")
+    resumed, last_ckpt = bool(found), (found[0] if found else None)
+    if group is not None:  # rank 0's weights, optimizer state and position everywhere (no shared disk needed)
+        start, resumed = _sync_state(model, optimizer, trainer, start, resumed, group)
     # MLX 0.32 cannot restore an arbitrary RNG state, so the generator is re-seeded from (seed, step):
     # any randomness in a loss (none in the built-in ones) is then a function of where training is.
     mx.random.seed(cfg.seed * 1_000_003 + start)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "train_config.json", to_dict(cfg))
-    metrics = MetricsLog(out / "metrics.jsonl", start if found else None)
-    step_fn = make_step(model, optimizer, loss_fn, cfg.grad_accum, cfg.grad_clip, cfg.compile)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "train_config.json", to_dict(cfg) | ({"data_parallel_ranks": world_size}
+                                                                     if world_size > 1 else {}))
+    metrics = MetricsLog(out / "metrics.jsonl", start if resumed else None) if main else _NoMetrics()
+    step_fn = make_step(model, optimizer, loss_fn, cfg.grad_accum, cfg.grad_clip, cfg.compile, group)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     use_early_stop = cfg.patience > 0 and valid_tokens is not None
 
@@ -140,23 +161,25 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
             return None
         r = nll(model, valid_tokens, cfg.seq_len, cfg.batch_size, cfg.eval_batches * cfg.batch_size, valid_labels)
         metrics.write(step=step, valid_nll=r["nll"], valid_ppl=r["ppl"], valid_tokens=r["tokens"])
+        v = r["nll"] if group is None else dist.broadcast_floats([r["nll"]], group)[0]  # same decision on all ranks
         best = trainer["best_valid_nll"]
-        if best is None or r["nll"] < best - 1e-6:
-            trainer.update(best_valid_nll=r["nll"], best_step=step, bad_evals=0)
-            if use_early_stop:
+        if best is None or v < best - 1e-6:
+            trainer.update(best_valid_nll=v, best_step=step, bad_evals=0)
+            if use_early_stop and main:
                 save_model(out / "best", model, extra_config)
         else:
             trainer["bad_evals"] += 1
         return r["nll"]
 
-    if start == 0 and valid_tokens is not None and not found:
+    if start == 0 and valid_tokens is not None and not resumed:
         evaluate_now(0)  # the "before training" point of every curve
 
-    last_ckpt = found[0] if found else None
-    pf = Prefetcher(lambda i: batches.batch(i, cfg.grad_accum), start, cfg.steps)
+    # Every rank evaluates the same validation windows (deterministic: the same early-stopping decisions).
+    pf = Prefetcher(dist.sharded_source(batches, cfg.grad_accum, rank, world_size), start, cfg.steps)
     t0, window_t, window_tokens, loss_val = time.perf_counter(), time.perf_counter(), 0, float("nan")
     stopped_early, step = False, start
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=False,
+               disable=not main)
     try:
         for step in range(start + 1, cfg.steps + 1):
             i, batch = pf.get()
@@ -176,7 +199,8 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
                 tps = window_tokens / max(now - window_t, 1e-9)
                 window_t, window_tokens = now, 0
                 metrics.write(step=step, loss=loss_val, lr=current_lr(optimizer), grad_norm=gnorm.item(),
-                              tokens_per_s=tps, tokens=trainer["tokens"], elapsed_s=now - t0)
+                              tokens_per_s=tps, tokens=trainer["tokens"], elapsed_s=now - t0,
+                              data_wait_s=round(pf.wait_s, 4))
                 bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tps:,.0f}")
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 v = evaluate_now(step)
@@ -184,7 +208,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
                     bar.write(f"[{desc}] step {step}: loss {loss_val:.4f}, valid ppl {math.exp(v):.2f}")
                 if use_early_stop and trainer["bad_evals"] >= cfg.patience:
                     stopped_early = True
-            if step % cfg.save_every == 0 or step == cfg.steps or stopped_early:
+            if (step % cfg.save_every == 0 or step == cfg.steps or stopped_early) and main:
                 last_ckpt = save_checkpoint(ckpt_root, step, model, optimizer, trainer, cfg.keep_checkpoints)
             if stopped_early:
                 bar.write(f"[{desc}] early stop at step {step}: no improvement in {cfg.patience} evaluations; "
@@ -194,14 +218,52 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
         pf.close()
         bar.close()
 
-    if use_early_stop and (out / "best").exists():
+    if use_early_stop and main and (out / "best").exists():
         # load_weights, not load_model: `model` may be any of the methods' models, not only a Transformer
         model.load_weights(str(out / "best" / "model.safetensors"), strict=True)
         mx.eval(model.parameters())
-    save_model(out / "final", model, extra_config)
+    if group is not None and use_early_stop:
+        model.update(dist.broadcast(model.parameters(), group))  # the best weights on every rank
+        mx.eval(model.parameters())
+    if main:
+        save_model(out / "final", model, extra_config)
     result = TrainResult(steps=step, final_loss=loss_val, best_valid_nll=trainer["best_valid_nll"],
                          best_step=trainer["best_step"], stopped_early=stopped_early, tokens=trainer["tokens"],
                          wall_s=time.perf_counter() - t0, history=metrics.rows())
-    summary = {k: v for k, v in result.__dict__.items() if k != "history"}
-    write_json_atomic(out / "summary.json", summary)
+    if main:
+        summary = {k: v for k, v in result.__dict__.items() if k != "history"}
+        write_json_atomic(out / "summary.json", summary | {"data_wait_s": pf.wait_s})
+    dist.barrier(group)  # no rank leaves before rank 0 has written the final model
     return result
+
+
+def _quiet(*_a, **_k) -> None:
+    pass
+
+
+class _NoMetrics:
+    """MetricsLog stand-in on ranks other than 0 (they write nothing)."""
+
+    def write(self, **row) -> None:
+        pass
+
+    def rows(self) -> list[dict]:
+        return []
+
+
+def _sync_state(model, optimizer, trainer: dict, start: int, resumed: bool, group) -> tuple[int, bool]:
+    """Start or resume of a data-parallel run: rank 0's parameters, optimizer state, step and early-stopping
+    bookkeeping on every rank (updated in place; rank 0 too takes the fp32-rounded numbers, so every rank
+    makes the same decisions) -> (start step, resumed)."""
+    model.update(dist.broadcast(model.parameters(), group))
+    optimizer.state = dist.broadcast(optimizer.state, group)
+    mx.eval(model.parameters(), optimizer.state)
+    best, best_step = trainer["best_valid_nll"], trainer["best_step"]
+    # fp32 carries integers exactly up to 2**24: the token count goes as two 2**20-sized digits
+    vals = dist.broadcast_floats([start, resumed, math.nan if best is None else best,
+                                  -1 if best_step is None else best_step, trainer["bad_evals"],
+                                  trainer["tokens"] // 2**20, trainer["tokens"] % 2**20], group)
+    trainer.update(best_valid_nll=None if math.isnan(vals[2]) else vals[2],
+                   best_step=None if vals[3] < 0 else int(vals[3]), bad_evals=int(vals[4]),
+                   tokens=int(vals[5]) * 2**20 + int(vals[6]))
+    return int(vals[0]), bool(vals[1])

@@ -1,0 +1,129 @@
+"""Data parallel over mx.distributed: 2 ranks on localhost (ring backend, launched with mlx.launch) take the
+same update as one process on the same global batch.
+
+Tolerance: fp32 with a different summation order (each rank's mean over half the rows, then the mean of the
+two, vs one mean over all rows): losses and gradient norms within 1e-5 relative; parameters after AdamW steps
+within 1e-6 absolute (lr 3e-3: an update of ~lr per element, so 1e-6 is ~3e-4 of one step's change).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+WORKER = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+    import mlx_pn  # BLAS set-up before mlx.core
+    import mlx.core as mx
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    from mlx_pn.config import TrainConfig
+    from mlx_pn.data.batches import PackedBatches
+    from mlx_pn.models.transformer import ModelArgs, build_model
+    from mlx_pn.train import distributed as dist
+    from mlx_pn.train.loop import make_step, train
+    from mlx_pn.train.losses import cross_entropy
+    from mlx_pn.train.optim import make_optimizer
+
+    V = 97
+
+    def model():
+        return build_model(ModelArgs(hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                                     num_attention_heads=4, vocab_size=V), seed=0)
+
+    def cfg():
+        return TrainConfig(steps=4, batch_size=4, seq_len=16, grad_accum=2, lr=3e-3, warmup=1, log_every=1,
+                           eval_every=2, eval_batches=1, save_every=2, compile=False)
+
+    def run(out, group):
+        g, rank, size = dist.resolve(group)
+        rng = np.random.default_rng(0)
+        tokens = (np.arange(4000) % 31 + rng.integers(0, 3, 4000)).astype(np.int32) % V
+        batches = PackedBatches(tokens, 16, 4, seed=0)
+        # (1) one step of make_step on this rank's rows of global batch 0 (2 micro-batches of 4 rows)
+        m, c = model(), cfg()
+        opt = make_optimizer(c)
+        opt.init(m.trainable_parameters())
+        step = make_step(m, opt, cross_entropy, c.grad_accum, c.grad_clip, False, g)
+        loss, gnorm = step(mx.array(batches.batch(0, 2, shard=(rank, size))))
+        mx.eval(loss, gnorm, m.parameters())
+        res = {"loss": loss.item(), "gnorm": gnorm.item(), "rank": rank, "size": size}
+        np.savez(Path(out) / f"step-{rank}.npz", **{k: np.array(v) for k, v in tree_flatten(m.parameters())})
+        # (2) the whole loop: 4 steps, sharded data, validation, checkpoints on rank 0 only
+        m2 = model()
+        r = train(m2, cfg(), batches, Path(out) / "train", valid_tokens=tokens[:600], log=lambda *a: None,
+                  group=group)
+        res["train_loss"] = r.final_loss
+        np.savez(Path(out) / f"train-{rank}.npz", **{k: np.array(v) for k, v in tree_flatten(m2.parameters())})
+        (Path(out) / f"result-{rank}.json").write_text(json.dumps(res))
+
+    if __name__ == "__main__":
+        run(sys.argv[1], None)
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_take_the_single_process_update(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    dp, solo = tmp_path / "dp", tmp_path / "solo"
+    dp.mkdir()
+    solo.mkdir()
+    port = _free_port()
+    # = `mlx.launch --backend ring -n 2 ...` (the console script; the module has no __main__ guard)
+    launch = "import sys; from mlx._distributed_utils.launch import main; sys.argv[0] = 'mlx.launch'; main()"
+    cmd = [sys.executable, "-c", launch, "--backend", "ring", "-n", "2",
+           "--starting-port", str(port), "--python", sys.executable, str(worker), str(dp)]
+    env = dict(os.environ, MLX_DISABLE_COMPILE="1", PYTHONPATH=os.getcwd())
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+
+    # the single-process reference, same code, this process alone
+    ns: dict = {}
+    exec(compile(WORKER, str(worker), "exec"), ns)
+    from mlx_pn.train.distributed import SOLO
+
+    ns["run"](str(solo), SOLO)
+
+    ref = json.loads((solo / "result-0.json").read_text())
+    for rank in (0, 1):
+        got = json.loads((dp / f"result-{rank}.json").read_text())
+        assert (got["rank"], got["size"]) == (rank, 2)
+        np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5)
+        np.testing.assert_allclose(got["gnorm"], ref["gnorm"], rtol=1e-5)
+        np.testing.assert_allclose(got["train_loss"], ref["train_loss"], rtol=1e-5)
+        for kind in ("step", "train"):
+            a, b = np.load(dp / f"{kind}-{rank}.npz"), np.load(solo / f"{kind}-0.npz")
+            assert sorted(a.files) == sorted(b.files)
+            for k in a.files:
+                np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=f"{kind} rank {rank}: {k}")
+
+    # rank 0 alone wrote the run's files: one metrics line per step/eval, checkpoints, final weights
+    rows = [json.loads(ln) for ln in (dp / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert all("data_wait_s" in r for r in rows if "loss" in r)
+    assert (dp / "train" / "final" / "model.safetensors").exists()
+    assert json.loads((dp / "train" / "train_config.json").read_text())["data_parallel_ranks"] == 2
+
+
+def test_my_share_and_shards():
+    from mlx_pn.data.batches import PackedBatches
+    from mlx_pn.train import distributed as dist
+
+    assert dist.my_share(list(range(5))) == [0, 1, 2, 3, 4]  # single process: everything
+    b = PackedBatches(np.arange(2000, dtype=np.int32), 16, 4, seed=3)
+    full = b.batch(7, 2)
+    parts = [b.batch(7, 2, shard=(r, 2)) for r in range(2)]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), full)
+    np.testing.assert_array_equal(dist.shard_rows(full, 1, 2), parts[1])
