@@ -37,3 +37,63 @@ def plot_training_curves(runs: dict[str, str | Path], out_png: str | Path, title
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Path]:
+    """The comparison's two figures (recipes.compare):
+
+    macro_ppl_vs_pretrain_cost.png: macro perplexity after fine-tuning vs pretraining PFLOP, one panel per
+    domain-data size, one line per method (rows without pretraining, slm-is and slm-nopt, as flat lines);
+    total_cost_vs_domains.png: C_total(N) = C_pretrain + N C_specialize at equal quality, N = 1..max_n.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mlx_pn.compare import equal_quality
+    from mlx_pn.costs import c_total
+
+    out_dir = Path(out_dir)
+    sizes = [str(n) for n in results["sizes"]]
+    names = list(dict.fromkeys(e["row"] for e in results["rows"]))
+    colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(5 * (len(sizes) + 1), 4.2), squeeze=False)
+    panels = [("before", sizes[0], "no fine-tuning")] + [
+        ("after", s, f"fine-tuned, {'all' if s == '0' else s} domain tokens") for s in sizes]
+    for ax, (key, size, title) in zip(axes[0], panels):
+        for name in names:
+            es = [e for e in results["rows"] if e["row"] == name and size in e[key]]
+            if not es:
+                continue
+            pts = sorted((e["pretrain_flops"] / 1e15, e[key][size]) for e in es)
+            if pts[0][0] == 0:  # no generic pretraining: a flat line at its best value
+                ax.axhline(min(p for _, p in pts), ls="--", color=colors[name], label=name)
+            else:
+                ax.plot(*zip(*pts), "o-", color=colors[name], label=name)
+        ax.set(title=title, xlabel="pretraining PFLOP", ylabel="macro perplexity")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    p1 = out_dir / "macro_ppl_vs_pretrain_cost.png"
+    fig.savefig(p1, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    target, pick = equal_quality(results["rows"], sizes[-1])
+    n = list(range(1, max_n + 1))
+    for name, e in pick.items():
+        pre, spec = e["pretrain_flops"] / 1e15, e["specialize_flops"][sizes[-1]] / 1e15
+        b = "-" if e["budget"] is None else f"{e['budget']:g}"
+        ax.plot(n, [c_total(pre, spec, k) for k in n], color=colors[name], label=f"{name} (budget {b})")
+    ax.set(title=f"Total cost at equal quality (macro ppl <= {target:.1f})" if target else "Total cost",
+           xlabel="number of domains N", ylabel="C_total(N), PFLOP")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p2 = out_dir / "total_cost_vs_domains.png"
+    fig.savefig(p2, dpi=110)
+    plt.close(fig)
+    return [p1, p2]

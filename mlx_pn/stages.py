@@ -75,8 +75,10 @@ def _add_cost(out: Path, cost: StageCost, **extra) -> dict:
     return summary
 
 
-def specialize_dir(cfg: Config, domain: str) -> Path:
-    return Path(cfg.out) / ("specialize" if cfg.method == "slm" else f"specialize-{cfg.method}") / domain
+def specialize_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
+    """OUT/specialize[-METHOD]/DOMAIN, or DOMAIN-NNNtok when fine-tuning on the first NNN domain tokens only."""
+    name = f"{domain}-{domain_tokens}tok" if domain_tokens else domain
+    return Path(cfg.out) / ("specialize" if cfg.method == "slm" else f"specialize-{cfg.method}") / name
 
 
 def load_clusters(cfg: Config):
@@ -298,17 +300,27 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else None
 
 
-def domain_batches(cfg: Config, data: PreparedData, domain: str, t=None) -> PackedBatches:
+def domain_train_tokens(data: PreparedData, domain: str, domain_tokens: int = 0) -> np.ndarray:
+    """The domain's train split, or its first domain_tokens tokens (the paper's 1M / 8M / 64M sizes)."""
+    tokens = data.corpora[domain].tokens("train")
+    if domain_tokens and domain_tokens + 1 > len(tokens):
+        raise DataError(f"data.domains.{domain}: {domain_tokens:,} fine-tuning tokens requested but its train split "
+                        f"has {len(tokens):,}; lower the size or add domain data")
+    return tokens[:domain_tokens + 1] if domain_tokens else tokens
+
+
+def domain_batches(cfg: Config, data: PreparedData, domain: str, t=None, domain_tokens: int = 0) -> PackedBatches:
     t = t or cfg.finetune
-    return PackedBatches(data.corpora[domain].tokens("train"), t.seq_len, t.batch_size, t.seed,
-                         f"data.domains.{domain} (train)")
+    size = f", first {domain_tokens:,} tokens" if domain_tokens else ""
+    return PackedBatches(domain_train_tokens(data, domain, domain_tokens), t.seq_len, t.batch_size, t.seed,
+                         f"data.domains.{domain} (train{size})")
 
 
 def _finetune(cfg: Config, data: PreparedData, domain: str, model: Transformer, out: Path, resume: bool, log,
-              t=None, batches=None, loss_fn=cross_entropy):
+              t=None, batches=None, loss_fn=cross_entropy, domain_tokens: int = 0):
     """Fine-tune one SLM on the domain (early stopping on domain validation) -> TrainResult."""
     t = t or cfg.finetune
-    return train(model, t, batches or domain_batches(cfg, data, domain, t), out,
+    return train(model, t, batches or domain_batches(cfg, data, domain, t, domain_tokens), out,
                  valid_tokens=data.corpora[domain].tokens("valid"), resume=resume, loss_fn=loss_fn,
                  desc=f"finetune {domain}", log=log)
 
@@ -335,8 +347,10 @@ def _missing_start(cfg: Config, domain: str, src: Path) -> ConfigError:
     return ConfigError(f"{src} does not exist: run `{how}` with the same --out first")
 
 
-def teacher_dir(cfg: Config, domain: str) -> Path:
-    return Path(cfg.distill.teacher) if cfg.distill.teacher else specialize_dir(as_method(cfg, "llm"), domain) / "final"
+def teacher_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
+    if cfg.distill.teacher:
+        return Path(cfg.distill.teacher)
+    return specialize_dir(as_method(cfg, "llm"), domain, domain_tokens) / "final"
 
 
 def _both(model, data, domain, cfg) -> dict:
@@ -345,17 +359,18 @@ def _both(model, data, domain, cfg) -> dict:
             domain: evaluate_split(model, data, domain, "test", cfg, n)}
 
 
-def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print) -> dict:
+def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
+               domain_tokens: int = 0) -> dict:
     """Fine-tune cfg.method's SLM (llm: the large model) on one domain with early stopping; measure before and
-    after; results.json with the stage's cost."""
+    after; results.json with the stage's cost. domain_tokens: fine-tune on only the first N train tokens."""
     check_domain(cfg, data, domain)
-    out = specialize_dir(cfg, domain)
+    out = specialize_dir(cfg, domain, domain_tokens)
     results_path = out / "results.json"
     if resume and results_path.exists():
         log(f"[specialize] {domain}: already done ({results_path}); delete {out} to redo")
         return json.loads(results_path.read_text())
     if cfg.method in ("slm-pn", "slm-hn", "slm-mix"):
-        return specialize_routed(cfg, data, domain, resume, log)
+        return specialize_routed(cfg, data, domain, resume, log, domain_tokens)
     src = start_dir(cfg, domain)
     if src is not None and not (src / "model.safetensors").exists():
         raise _missing_start(cfg, domain, src)
@@ -368,16 +383,16 @@ def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True
         parts["importance_pretraining"] = StageCost.from_dict(json.loads((src.parent / "summary.json").read_text())
                                                               .get("cost"))
     if cfg.method == "slm-d":
-        r, distill_parts, extra = _distill(cfg, data, domain, model, out, resume, log)
+        r, distill_parts, extra = _distill(cfg, data, domain, model, out, resume, log, domain_tokens)
         parts.update(distill_parts)
     else:
         t = nopt_train_config(cfg) if cfg.method == "slm-nopt" else cfg.finetune
-        r, extra = _finetune(cfg, data, domain, model, out, resume, log, t=t), {}
+        r, extra = _finetune(cfg, data, domain, model, out, resume, log, t=t, domain_tokens=domain_tokens), {}
     parts["finetune"] = training_cost(model.args, r.tokens, cfg.finetune.seq_len, r.wall_s)
     after = _both(model, data, domain, cfg)
     results = {
         "domain": domain, "method": cfg.method, "pretrained_from": str(src) if src else None,
-        "domain_train_tokens": data.corpora[domain].manifest["splits"]["train"]["tokens"],
+        "domain_train_tokens": len(domain_train_tokens(data, domain, domain_tokens)) - 1,
         "before": before, "after": after, "finetune_steps": r.steps, "best_step": r.best_step,
         "stopped_early": r.stopped_early, "wall_s": time.time() - t0, **extra,
         **_cost_fields(parts, model.args, cfg), "config": to_dict(cfg),
@@ -392,24 +407,25 @@ def _cost_fields(parts: dict[str, StageCost], args, cfg: Config) -> dict:
             "inference_flops_per_token": inference_flops_per_token(args, cfg.finetune.seq_len)}
 
 
-def _distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, resume: bool, log):
+def _distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, resume: bool, log,
+             domain_tokens: int = 0):
     """slm-d: train the pretrained SLM on the domain against the fine-tuned teacher -> (TrainResult, cost
     parts, extra result fields)."""
-    tdir, dc, t = teacher_dir(cfg, domain), cfg.distill, cfg.finetune
+    tdir, dc, t = teacher_dir(cfg, domain, domain_tokens), cfg.distill, cfg.finetune
     if not (tdir / "model.safetensors").exists():
         raise ConfigError(f"slm-d needs the domain-fine-tuned teacher {tdir}: run `python -m recipes.specialize "
                           f"--method llm --domain {domain}` with the same --out first (or set --distill.teacher)")
     teacher = load_model(tdir)
     check_vocab(teacher, data, str(tdir))
     k = min(dc.top_k, teacher.args.vocab_size)
-    base = domain_batches(cfg, data, domain)
+    base = domain_batches(cfg, data, domain, domain_tokens=domain_tokens)
     parts = {}
     teacher_results = tdir.parent / "results.json"
     if teacher_results.exists() and not dc.teacher:
         parts["teacher_finetune"] = StageCost.from_dict(json.loads(teacher_results.read_text()).get("cost"))
     mode = "live" if dc.cache == "live" else "disk"
     if mode == "disk":
-        tokens = data.corpora[domain].tokens("train")
+        tokens = domain_train_tokens(data, domain, domain_tokens)
         cache = TeacherCache(out / "teacher", base.n_windows, t.seq_len, k)
         key = {"teacher": file_sha256(tdir / "model.safetensors"), "k": k, "temperature": dc.temperature,
                "seq_len": t.seq_len, "windows": base.n_windows}
@@ -433,7 +449,8 @@ def resolve_select(cfg: Config) -> str:
     return cfg.select
 
 
-def specialize_routed(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print) -> dict:
+def specialize_routed(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
+                      domain_tokens: int = 0) -> dict:
     """slm-pn / slm-hn / slm-mix: pick the starting SLM (cfg.select), then fine-tune it like an slm.
 
     most-frequent: the domain's top cluster; histogram: project with the domain's whole histogram (pn, hn);
@@ -451,7 +468,7 @@ def specialize_routed(cfg: Config, data: PreparedData, domain: str, resume: bool
     else:
         pm = load_projected(root / "final")
         make = pm.specialize  # cluster id or histogram -> Transformer
-    out, t, corpus = specialize_dir(cfg, domain), cfg.finetune, data.corpora[domain]
+    out, t, corpus = specialize_dir(cfg, domain, domain_tokens), cfg.finetune, data.corpora[domain]
     t0 = time.time()
     valid_nll = {}
     if select == "histogram":
@@ -465,7 +482,8 @@ def specialize_routed(cfg: Config, data: PreparedData, domain: str, resume: bool
                 valid_nll[i] = nll(m, corpus.tokens("valid"), t.seq_len, t.batch_size,
                                    t.eval_batches * t.batch_size)["nll"]
             else:  # all: fine-tune each candidate, compare on domain validation
-                r = _finetune(cfg, data, domain, make(i), out / "candidates" / f"expert-{i:02d}", resume, log)
+                r = _finetune(cfg, data, domain, make(i), out / "candidates" / f"expert-{i:02d}", resume, log,
+                              domain_tokens=domain_tokens)
                 valid_nll[i] = r.best_valid_nll
         choice = min(valid_nll, key=lambda i: valid_nll[i])
         log(f"[specialize {cfg.method}] {select}: cluster {choice} (domain valid nll "
@@ -478,7 +496,7 @@ def specialize_routed(cfg: Config, data: PreparedData, domain: str, resume: bool
         save_model(out / "final", model)
         r = json.loads((out / "candidates" / f"expert-{choice:02d}" / "summary.json").read_text())
     else:
-        r = _finetune(cfg, data, domain, model, out, resume, log).__dict__
+        r = _finetune(cfg, data, domain, model, out, resume, log, domain_tokens=domain_tokens).__dict__
     after = _both(model, data, domain, cfg)
     parts = {"finetune": training_cost(model.args, r["tokens"], t.seq_len, r["wall_s"])}
     if select == "best-loss":
@@ -493,7 +511,7 @@ def specialize_routed(cfg: Config, data: PreparedData, domain: str, resume: bool
         "domain": domain, "method": cfg.method, "select": select, "selected_cluster": choice,
         "k": clusters.k, "domain_histogram": hist.tolist(), "top_cluster_share": float(hist.max()),
         "candidates_valid_nll": {str(i): v for i, v in valid_nll.items()}, "pretrained_from": str(root),
-        "domain_train_tokens": corpus.manifest["splits"]["train"]["tokens"],
+        "domain_train_tokens": len(domain_train_tokens(data, domain, domain_tokens)) - 1,
         "before": before, "after": after, "finetune_steps": r["steps"], "best_step": r["best_step"],
         "stopped_early": r["stopped_early"], "wall_s": time.time() - t0, **_cost_fields(parts, model.args, cfg),
         "config": to_dict(cfg),
@@ -502,5 +520,5 @@ def specialize_routed(cfg: Config, data: PreparedData, domain: str, resume: bool
     return results
 
 
-def specialized_model_dir(cfg: Config, domain: str) -> Path:
-    return specialize_dir(cfg, domain) / "final"
+def specialized_model_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
+    return specialize_dir(cfg, domain, domain_tokens) / "final"

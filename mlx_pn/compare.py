@@ -1,0 +1,345 @@
+"""The paper's experiment in miniature: every method pretrained at matched pretraining FLOPs, specialized on
+every domain at several domain-data sizes, evaluated on each domain's test split.
+
+Budgets are multiples of the slm's pretraining (grid.budgets x pretrain.steps slm steps); every other row gets
+the number of steps whose training FLOPs match (mlx_pn.costs): the llm fewer, slm-pn/hn a few fewer (the
+projection), slm-mix the same total over its k experts. slm-d reuses the slm and llm of the same budget (its
+pretraining cost is their sum, as in the paper); slm-is spends the budget once per domain, as specialization
+cost; slm-nopt has no pretraining and appears once.
+
+Layout under OUT: b{budget}/ holds one budget's methods exactly as the stages write them (pretrain-METHOD/,
+specialize-METHOD/DOMAIN[-NNNtok]/), b{budget}/variant-NAME/ a variant row (an slm with model overrides: the
+STLM options), nopt/ the slm-nopt row; results.json, results.md and the PNG plots are rebuilt from those
+files at the end of every run, so an interrupted grid continues where it stopped and no finished cell is
+recomputed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlx_pn.config import Config, ConfigError, _f, leaf_keys, model_args, parse_value, set_key, to_dict, validate
+from mlx_pn.costs import c_total, projection_flops_per_token, train_flops_per_token
+from mlx_pn.io import atomic_file, write_json_atomic
+
+ROUTED = ("slm-pn", "slm-hn", "slm-mix")
+ORDER = ("slm", "llm", "slm-d", "slm-is", "slm-mix", "slm-pn", "slm-hn", "slm-nopt")  # dependencies first
+
+
+@dataclass
+class GridConfig:
+    methods: str = _f("slm,slm-nopt,llm,slm-d,slm-is,slm-mix,slm-pn,slm-hn",
+                      "comma-separated methods to compare (slm-d brings slm and llm along: it distills them)")
+    variants: dict = _f({}, "extra slm rows NAME='key=value key=value' with model overrides, e.g. "
+                            "'slm-shared-ffn=model.share_ffn=true model.num_hidden_layers=6' (the STLM options)")
+    budgets: str = _f("1,2", "pretraining budgets, in units of pretrain.steps steps of the slm; every row gets the "
+                             "steps that match that many FLOPs")
+    domain_tokens: str = _f("0", "comma-separated fine-tuning data sizes in domain train tokens (0 = the whole split)")
+    domains: str = _f("", "comma-separated subset of data.domains to specialize on (empty = all)")
+    max_n: int = _f(50, "the C_total(N) plot runs N = 1..max_n domains")
+
+
+@dataclass
+class CompareConfig(Config):
+    grid: GridConfig = field(default_factory=GridConfig)
+
+
+@dataclass
+class Row:
+    name: str
+    method: str
+    overrides: dict = field(default_factory=dict)
+
+
+def _csv(text: str, key: str, conv=str) -> list:
+    try:
+        return [conv(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"grid.{key}: expected comma-separated values, got {text!r}") from None
+
+
+def grid_rows(cfg: CompareConfig) -> list[Row]:
+    from mlx_pn.config import METHODS
+
+    methods = _csv(cfg.grid.methods, "methods")
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"grid.methods: unknown method '{m}' (known: {', '.join(METHODS)})")
+    if "slm-d" in methods:
+        methods += [m for m in ("slm", "llm") if m not in methods]
+    rows = [Row(m, m) for m in sorted(set(methods), key=ORDER.index)]
+    keys = leaf_keys(Config)
+    for name, spec in cfg.grid.variants.items():
+        ov = {}
+        for item in str(spec).split():
+            k, sep, v = item.partition("=")
+            if not sep or k not in keys:
+                raise ConfigError(f"grid.variants.{name}: '{item}' is not KEY=VALUE with a config key (e.g. "
+                                  f"model.share_ffn=true)")
+            ov[k] = v
+        rows.append(Row(name, ov.pop("method", "slm"), ov))
+    return rows
+
+
+def budgets(cfg: CompareConfig) -> list[float]:
+    b = _csv(cfg.grid.budgets, "budgets", float)
+    if not b or min(b) <= 0:
+        raise ConfigError(f"grid.budgets must be positive numbers, got {cfg.grid.budgets!r}")
+    return b
+
+
+def sizes(cfg: CompareConfig) -> list[int]:
+    return _csv(cfg.grid.domain_tokens, "domain_tokens", int)
+
+
+def _bname(b: float) -> str:
+    return f"b{b:g}"
+
+
+def row_config(base: CompareConfig, row: Row, budget: float | None, vocab: int, k: int) -> Config:
+    """The stage config of one row at one budget: out folder, method, overrides, FLOPs-matched steps."""
+    c = Config(**{f.name: copy.deepcopy(getattr(base, f.name)) for f in dataclasses.fields(Config)})
+    c.data.dir = str(base.data_dir)
+    c.method = row.method
+    root = Path(base.out) / ("nopt" if budget is None else _bname(budget))
+    c.out = str(root / f"variant-{row.name}" if row.overrides else root)
+    keys = leaf_keys(Config)
+    for key, text in row.overrides.items():
+        set_key(c, key, parse_value(text, keys[key][0], key, f"grid.variants.{row.name}"))
+    validate(c)
+    if budget is None:
+        return c
+    L = c.pretrain.seq_len
+    slm_steps = max(1, round(budget * base.pretrain.steps))
+    f_slm = train_flops_per_token(model_args(base, vocab), L)
+    if row.method == "llm":
+        f = train_flops_per_token(model_args(c, vocab, "large"), L)
+    elif row.method in ("slm-pn", "slm-hn"):
+        args = model_args(c, vocab)
+        unit = L * (c.pretrain.batch_size if c.projected.grouped else 1)
+        f = train_flops_per_token(args, L) + projection_flops_per_token(args, c.projected.h or k, L, unit)
+    else:  # slm, the variants (their own FLOPs), slm-mix (k experts sharing the steps), slm-is (per domain)
+        f = train_flops_per_token(model_args(c, vocab), L)
+    c.pretrain.steps = max(1, round(slm_steps * f_slm / f))
+    c.pretrain.warmup = min(c.pretrain.warmup, max(1, c.pretrain.steps // 10))
+    return c
+
+
+def run_grid(cfg: CompareConfig, log=print) -> dict:
+    """Run (or continue) every cell, then write results.json, results.md and the plots."""
+    from mlx_pn.data.prepare import prepare_data
+    from mlx_pn.stages import pretrain, pretrain_importance, specialize
+
+    rows, bs, ns = grid_rows(cfg), budgets(cfg), sizes(cfg)
+    data = prepare_data(cfg, log=log)
+    domains = _csv(cfg.grid.domains, "domains") or data.domain_names()
+    for d in domains:
+        if d not in data.domain_names():
+            raise ConfigError(f"grid.domains: '{d}' is not in data.domains ({', '.join(data.domain_names())})")
+    k = _clusters(cfg, data, rows, log)
+    vocab = data.tokenizer.vocab_size
+    cells = [(r, b) for b in bs for r in rows if r.method != "slm-nopt"]
+    cells += [(r, None) for r in rows if r.method == "slm-nopt"]
+    t0 = time.time()
+    for i, (row, b) in enumerate(cells):
+        c = row_config(cfg, row, b, vocab, k)
+        where = f"[compare {i + 1}/{len(cells)}] {row.name}" + ("" if b is None else f" @ budget {b:g}")
+        log(f"{where}: pretraining {c.pretrain.steps} steps ({time.time() - t0:.0f} s elapsed)")
+        if row.method == "slm-is":
+            for d in domains:
+                pretrain_importance(c, data, d, log=log)
+        elif row.method != "slm-d":  # slm-d's student and teacher are this budget's slm and llm rows
+            pretrain(c, data, log=log)
+        for n in ns:
+            for d in domains:
+                specialize(c, data, d, log=log, domain_tokens=n)
+        log(f"{where}: done")
+    results = collect(cfg, rows, bs, ns, domains, vocab, k)
+    write_results(cfg, results)
+    log(f"[compare] {len(results['cells'])} cells in {time.time() - t0:.0f} s; results in {Path(cfg.out) / 'results.md'}")
+    return results
+
+
+def report_only(cfg: CompareConfig) -> dict:
+    """Rebuild the results files from whatever cells have finished; trains nothing."""
+    from mlx_pn.data.cluster_stage import load_clustering
+    from mlx_pn.data.prepare import prepare_data
+
+    rows, bs, ns = grid_rows(cfg), budgets(cfg), sizes(cfg)
+    data = prepare_data(cfg, log=lambda *a: None)  # cached: only checks that the data is there
+    domains = _csv(cfg.grid.domains, "domains") or data.domain_names()
+    try:
+        k = load_clustering(cfg, cfg.cluster.k).k
+    except FileNotFoundError:
+        k = cfg.cluster.k
+    results = collect(cfg, rows, bs, ns, domains, data.tokenizer.vocab_size, k)
+    write_results(cfg, results)
+    return results
+
+
+def _clusters(cfg: Config, data, rows: list[Row], log) -> int:
+    """Cluster once if a row needs it (routed methods: cluster.k; slm-is: cluster.k_importance) -> the k used."""
+    from mlx_pn.data.cluster_stage import load_clustering, run_clustering
+
+    ks = sorted(({cfg.cluster.k} if any(r.method in ROUTED for r in rows) else set())
+                | ({cfg.cluster.k_importance} if any(r.method == "slm-is" for r in rows) else set()))
+    if ks:
+        run_clustering(cfg, data, ks=ks, log=log)
+        return load_clustering(cfg, cfg.cluster.k).k if cfg.cluster.k in ks else cfg.cluster.k
+    return cfg.cluster.k
+
+
+# --- results ------------------------------------------------------------------------------------------
+
+
+def _pretrain_summary(c: Config) -> dict | None:
+    from mlx_pn.stages import as_method, pretrain_dir
+
+    if c.method in ("slm-nopt", "slm-is"):
+        return None
+    if c.method == "slm-d":
+        s, t = _pretrain_summary(as_method(c, "slm")), _pretrain_summary(as_method(c, "llm"))
+        if s is None or t is None:
+            return None
+        cost = {key: (s["cost"][key] or 0) + (t["cost"][key] or 0) for key in ("flops", "tokens", "wall_s")}
+        return {**s, "cost": cost, "steps": s["steps"] + t["steps"]}
+    p = pretrain_dir(c) / "summary.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> dict:
+    """Every finished cell's numbers from the stage files -> {cells, rows}."""
+    from mlx_pn.stages import specialize_dir
+
+    cells, summary = [], []
+    for row in rows:
+        for b in ([None] if row.method == "slm-nopt" else bs):
+            c = row_config(cfg, row, b, vocab, k)
+            pre = _pretrain_summary(c)
+            entry = {"row": row.name, "method": row.method, "budget": b, "pretrain_steps": c.pretrain.steps,
+                     "overrides": row.overrides, "seed": c.pretrain.seed,
+                     "pretrain_flops": 0.0 if pre is None else pre["cost"]["flops"],
+                     "pretrain_wall_s": 0.0 if pre is None else pre["cost"]["wall_s"],
+                     "generic_valid_ppl": None if not pre or pre.get("best_valid_nll") is None
+                     else math.exp(pre["best_valid_nll"]),
+                     "before": {}, "after": {}, "specialize_flops": {}, "specialize_wall_s": {}}
+            for n in ns:
+                got = {}
+                for d in domains:
+                    p = specialize_dir(c, d, n) / "results.json"
+                    if not p.exists():
+                        continue
+                    r = json.loads(p.read_text())
+                    got[d] = r
+                    cells.append({"row": row.name, "method": row.method, "budget": b, "domain": d,
+                                  "domain_tokens": r["domain_train_tokens"], "size": n,
+                                  "before_nll": r["before"][d]["nll"], "after_nll": r["after"][d]["nll"],
+                                  "before_ppl": r["before"][d]["ppl"], "after_ppl": r["after"][d]["ppl"],
+                                  "generic_after_ppl": r["after"]["generic"]["ppl"],
+                                  "bpb_after": r["after"][d].get("bpb"),
+                                  "finetune_steps": r["finetune_steps"], "best_step": r["best_step"],
+                                  "specialize_flops": r["cost"]["flops"], "specialize_wall_s": r["cost"]["wall_s"],
+                                  "inference_flops_per_token": r["inference_flops_per_token"],
+                                  "seed": r["config"]["finetune"]["seed"], "config": r["config"]})
+                if len(got) == len(domains):  # macro averages only over complete sets of domains
+                    entry["before"][str(n)] = _macro([g["before"][d]["nll"] for d, g in got.items()])
+                    entry["after"][str(n)] = _macro([g["after"][d]["nll"] for d, g in got.items()])
+                    entry["specialize_flops"][str(n)] = float(np.mean([g["cost"]["flops"] for g in got.values()]))
+                    entry["specialize_wall_s"][str(n)] = float(np.mean([g["cost"]["wall_s"] or 0
+                                                                        for g in got.values()]))
+            summary.append(entry)
+    return {"domains": domains, "sizes": ns, "budgets": bs, "rows": summary, "cells": cells,
+            "config": to_dict(cfg)}
+
+
+def _macro(nlls: list[float]) -> float:
+    return math.exp(float(np.mean(nlls)))
+
+
+def equal_quality(rows: list[dict], size: str) -> tuple[float | None, dict[str, dict]]:
+    """The quality every row reaches at some budget (the worst of the rows' best macro perplexities after
+    fine-tuning on `size` tokens) and, per row, the cheapest budget that reaches it."""
+    best: dict[str, list[dict]] = {}
+    for e in rows:
+        if size in e["after"]:
+            best.setdefault(e["row"], []).append(e)
+    if not best:
+        return None, {}
+    target = max(min(e["after"][size] for e in es) for es in best.values())
+    pick = {}
+    for name, es in best.items():
+        ok = [e for e in es if e["after"][size] <= target * (1 + 1e-9)]
+        pick[name] = min(ok, key=lambda e: e["pretrain_flops"] + e["specialize_flops"][size])
+    return target, pick
+
+
+def write_results(cfg: CompareConfig, results: dict) -> None:
+    from mlx_pn.plots import plot_compare
+
+    out = Path(cfg.out)
+    write_json_atomic(out / "results.json", results)
+    md = results_markdown(results, cfg)
+    atomic_file(out / "results.md", lambda f: f.write(md.encode()))
+    if any(e["after"] for e in results["rows"]):
+        plot_compare(results, out, cfg.grid.max_n)
+
+
+def _budget(b) -> str:
+    return "-" if b is None else f"{b:g}"
+
+
+def _fmt(x, spec=".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _size_name(n: int) -> str:
+    return "all" if n == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def results_markdown(results: dict, cfg: CompareConfig) -> str:
+    ns, domains = results["sizes"], results["domains"]
+    lines = [f"# Comparison: {cfg.model.preset} SLM ({cfg.large.preset} LLM), {', '.join(domains)}", "",
+             "Macro-averaged test perplexity over the domains (exp of the mean per-token NLL); pretraining FLOPs "
+             "matched per budget (mlx_pn.costs); fine-tuning with early stopping on each domain's validation "
+             "split. Generic: validation perplexity of the pretrained model (routed by cluster for slm-pn/hn/mix).",
+             "", "| method | budget | pretrain steps | pretrain PFLOP | pretrain s | generic ppl | no fine-tune | "
+             + " | ".join(f"fine-tuned {_size_name(n)} tok" for n in ns) + " | spec. PFLOP/domain |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(ns) + "---|"]
+    for e in results["rows"]:
+        first = str(ns[0])
+        lines.append(
+            f"| {e['row']} | {_budget(e['budget'])} | {e['pretrain_steps']} | "
+            f"{e['pretrain_flops'] / 1e15:.4f} | {_fmt(e['pretrain_wall_s'], '.0f')} | "
+            f"{_fmt(e['generic_valid_ppl'])} | {_fmt(e['before'].get(first))} | "
+            + " | ".join(_fmt(e["after"].get(str(n))) for n in ns)
+            + f" | {_fmt(e['specialize_flops'].get(first) and e['specialize_flops'][first] / 1e15, '.4f')} |")
+    for n in ns:
+        lines += ["", f"## Per domain, fine-tuned on {_size_name(n)} tokens (test perplexity before -> after)", "",
+                  "| method | budget | " + " | ".join(domains) + " |", "|---|---|" + "---|" * len(domains)]
+        by = {(c["row"], c["budget"], c["domain"]): c for c in results["cells"] if c["size"] == n}
+        for e in results["rows"]:
+            cells = [by.get((e["row"], e["budget"], d)) for d in domains]
+            lines.append(f"| {e['row']} | {_budget(e['budget'])} | " + " | ".join(
+                "-" if c is None else f"{c['before_ppl']:.1f} -> {c['after_ppl']:.1f}" for c in cells) + " |")
+    size = str(ns[-1])
+    target, pick = equal_quality(results["rows"], size)
+    if target is not None:
+        lines += ["", f"## Total cost at equal quality (macro ppl <= {target:.2f} after fine-tuning on "
+                      f"{_size_name(ns[-1])} tokens)", "",
+                  "C_total(N) = C_pretrain + N x C_specialize, PFLOP, with each row's cheapest budget reaching "
+                  "that quality.", "", "| method | budget | N=1 | N=7 | N=50 |", "|---|---|---|---|---|"]
+        for name, e in pick.items():
+            pre, spec = e["pretrain_flops"] / 1e15, e["specialize_flops"][size] / 1e15
+            lines.append(f"| {name} | {_budget(e['budget'])} | "
+                         + " | ".join(f"{c_total(pre, spec, n):.4f}" for n in (1, 7, 50)) + " |")
+    lines += ["", "Plots: macro_ppl_vs_pretrain_cost.png, total_cost_vs_domains.png. Every number, with its config, "
+                  "seed, FLOPs and wall seconds: results.json."]
+    return "\n".join(lines) + "\n"
