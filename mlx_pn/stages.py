@@ -117,12 +117,29 @@ def check_domain(cfg: Config, data: PreparedData, domain: str) -> None:
 
 
 def evaluate_split(model, data: PreparedData, corpus: str, split: str, cfg: Config, max_windows: int = 0) -> dict:
-    c = data.corpora[corpus]
-    r = nll(model, c.tokens(split), cfg.finetune.seq_len, cfg.finetune.batch_size, max_windows)
-    # bits per byte is exact only for the whole split (the window cut drops the tail)
-    full = max_windows == 0
-    r["bpb"] = bits_per_byte(r["nll"], r["tokens"], c.bytes_utf8(split)) if full else None
+    """NLL, perplexity and bits per byte of a held-out split (its first max_windows windows; 0 = all)."""
+    c, L = data.corpora[corpus], cfg.finetune.seq_len
+    r = nll(model, c.tokens(split), L, cfg.finetune.batch_size, max_windows)
+    if max_windows == 0:  # the whole split: its UTF-8 size from the data manifest
+        r["bpb"] = bits_per_byte(r["nll"], r["tokens"], c.bytes_utf8(split))
+    else:  # the bytes the evaluated target tokens stand for
+        targets = eval_windows(c.tokens(split), L, max_windows)[:, 1:]
+        r["bpb"] = bits_per_byte(r["nll"], r["tokens"], int(piece_bytes(data.tokenizer)[targets].sum()))
     return r
+
+
+_PIECE_BYTES: dict[str, np.ndarray] = {}
+
+
+def piece_bytes(tokenizer) -> np.ndarray:
+    """(V,) UTF-8 bytes of text each token id stands for: byte pieces 1, control ids (eos) 0, '▁' a space."""
+    key = str(tokenizer.folder)
+    if key not in _PIECE_BYTES:
+        sp = tokenizer.sp
+        _PIECE_BYTES[key] = np.array([
+            0 if sp.is_control(i) or sp.is_unknown(i) else 1 if sp.is_byte(i)
+            else len(sp.id_to_piece(i).replace("\u2581", " ").encode()) for i in range(tokenizer.vocab_size)])
+    return _PIECE_BYTES[key]
 
 
 def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert: int | None = None) -> dict:
