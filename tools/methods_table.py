@@ -1,9 +1,9 @@
-"""Issue-4 demonstration: pretrain slm, slm-pn, slm-mix and slm-hn for the same number of steps on
-one config, specialize each to every domain, and tabulate test perplexity before/after fine-tuning.
-(The full experiment grid, at matched FLOPs, is `recipes.compare`'s job.)
+"""Every method end to end on one config: pretrain each for the same number of steps (slm-is: once per
+domain; slm-nopt: not at all), specialize each to every domain, and tabulate test perplexity before/after
+fine-tuning. (The experiment grid at matched FLOPs is `recipes.compare`'s job.)
 
     python -m tools.methods_table --config recipes/configs/offline-mix.yaml --model.preset tiny \\
-        --out runs/methods-tiny --data.dir runs/offline-mix/data
+        --out runs/methods-tiny --data.dir runs/offline-mix/data [--methods slm llm slm-d ...] [--large.preset tiny --large.hidden_size 128]
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 
 def extra(p):
-    p.add_argument("--methods", nargs="+", default=["slm", "slm-pn", "slm-mix", "slm-hn"], help="methods to run")
+    p.add_argument("--methods", nargs="+", default=["slm", "slm-pn", "slm-mix", "slm-hn", "llm", "slm-d", "slm-nopt",
+                                                    "slm-is"], help="methods to run (llm before slm-d: its teacher)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: tabulate the results.json files that exist (missing cells: '-')")
 
@@ -26,7 +27,7 @@ def main(argv=None):
     import copy
 
     from mlx_pn.data.prepare import prepare_data
-    from mlx_pn.stages import pretrain, specialize, specialize_dir
+    from mlx_pn.stages import pretrain, pretrain_importance, specialize, specialize_dir
 
     data = prepare_data(cfg)
     domains = data.domain_names()
@@ -38,7 +39,8 @@ def main(argv=None):
             found = {d: specialize_dir(c, d) / "results.json" for d in domains}
             rows[method] = {d: json.loads(f.read_text()) for d, f in found.items() if f.exists()}
             continue
-        pretrain(c, data)
+        for d in (domains if method == "slm-is" else [None]):
+            pretrain_importance(c, data, d) if d else pretrain(c, data)
         rows[method] = {d: specialize(c, data, d) for d in domains}
         print(f"[methods] {method} done at {time.time() - t0:.0f} s", flush=True)
     lines = [f"# Per-domain test perplexity, {cfg.model.preset} preset, {cfg.pretrain.steps} pretraining steps", "",
