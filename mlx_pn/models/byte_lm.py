@@ -113,8 +113,14 @@ def build_byte_table(sp, chunk_len: int):
     return table, lengths
 
 
+def relu2(x: mx.array) -> mx.array:
+    return mx.square(nn.relu(x))
+
+
 class ByteBlock(nn.Module):
-    """Pre-norm attention + GELU MLP at width Db over the C positions of a chunk (mask: bool, True = attend)."""
+    """Pre-norm attention + squared-ReLU MLP (Primer; no transcendental: exp/erf are slow on CPUs and the
+    byte blocks see C positions per token) at width Db over the C positions of a chunk (mask: bool, True =
+    attend)."""
 
     def __init__(self, dim: int, heads: int, eps: float):
         super().__init__()
@@ -135,7 +141,7 @@ class ByteBlock(nn.Module):
                    for p in (self.q_proj, self.k_proj, self.v_proj))
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         x = x + self.o_proj(o.transpose(0, 2, 1, 3).reshape(N, C, Db))
-        return x + self.down_proj(nn.gelu(self.up_proj(self.mlp_norm(x))))
+        return x + self.down_proj(relu2(self.up_proj(self.mlp_norm(x))))
 
 
 class ByteEncoder(nn.Module):
@@ -327,7 +333,7 @@ class Model(nn.Module):
                 a = mx.softmax((q[:, :, None] * ks).sum(-1) * layer.scale, axis=2)  # (P, Nj, j+1, H)
                 o = (a[..., None] * vs).sum(axis=2)  # (P, Nj, H, Dh)
                 x = x + layer.o_proj(o.reshape(P, Nj, -1))
-                x = x + layer.down_proj(nn.gelu(layer.up_proj(layer.mlp_norm(x))))
+                x = x + layer.down_proj(relu2(layer.up_proj(layer.mlp_norm(x))))
             logits = dec.out(dec.norm(x)).astype(mx.float32)
             out.append(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
         return mx.concatenate(out, axis=1)
