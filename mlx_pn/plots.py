@@ -42,7 +42,7 @@ def plot_training_curves(runs: dict[str, str | Path], out_png: str | Path, title
 def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Path]:
     """The comparison's two figures (recipes.compare):
 
-    macro_ppl_vs_pretrain_cost.png: macro perplexity after fine-tuning vs pretraining PFLOP, one panel per
+    macro_ppl_vs_pretrain_cost.png: macro perplexity after fine-tuning vs pretraining FLOPs, one panel per
     domain-data size, one line per method (rows without pretraining, slm-is and slm-nopt, as flat lines);
     total_cost_vs_domains.png: C_total(N) = C_pretrain + N C_specialize at equal quality, N = 1..max_n.
     """
@@ -66,12 +66,12 @@ def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Pa
             es = [e for e in results["rows"] if e["row"] == name and size in e[key]]
             if not es:
                 continue
-            pts = sorted((e["pretrain_flops"] / 1e15, e[key][size]) for e in es)
+            pts = sorted((e["pretrain_flops"], e[key][size]) for e in es)
             if pts[0][0] == 0:  # no generic pretraining: a flat line at its best value
                 ax.axhline(min(p for _, p in pts), ls="--", color=colors[name], label=name)
             else:
                 ax.plot(*zip(*pts), "o-", color=colors[name], label=name)
-        ax.set(title=title, xlabel="pretraining PFLOP", ylabel="macro perplexity")
+        ax.set(title=title, xlabel="pretraining FLOPs", ylabel="macro perplexity")
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
@@ -84,11 +84,11 @@ def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Pa
     target, pick = equal_quality(results["rows"], sizes[-1])
     n = list(range(1, max_n + 1))
     for name, e in pick.items():
-        pre, spec = e["pretrain_flops"] / 1e15, e["specialize_flops"][sizes[-1]] / 1e15
+        pre, spec = e["pretrain_flops"], e["specialize_flops"][sizes[-1]]
         b = "-" if e["budget"] is None else f"{e['budget']:g}"
         ax.plot(n, [c_total(pre, spec, k) for k in n], color=colors[name], label=f"{name} (budget {b})")
-    ax.set(title=f"Total cost at equal quality (macro ppl <= {target:.1f})" if target else "Total cost",
-           xlabel="number of domains N", ylabel="C_total(N), PFLOP")
+    ax.set(title=f"Total cost at the slm's quality (macro ppl <= {target:.1f})" if target else "Total cost",
+           xlabel="number of domains N", ylabel="C_total(N), FLOPs")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

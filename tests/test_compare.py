@@ -1,0 +1,89 @@
+"""recipes.compare: the grid at the tiny preset, its results files and plots, matched FLOPs, resumption."""
+
+import json
+
+import pytest
+
+from mlx_pn.compare import CompareConfig, Row, equal_quality, grid_rows, row_config
+from mlx_pn.config import ConfigError, load_config
+from mlx_pn.costs import train_flops_per_token
+from mlx_pn.config import model_args
+
+from conftest import REPO
+
+TINY = REPO / "recipes" / "configs" / "compare-tiny.yaml"
+
+
+def _cfg(out, **ov):
+    return load_config(TINY, {"out": str(out), **{k: str(v) for k, v in ov.items()}}, cls=CompareConfig)
+
+
+def test_rows_and_matched_flops(tmp_path):
+    cfg = _cfg(tmp_path, **{"grid.methods": "slm-d,slm-pn"})
+    rows = grid_rows(cfg)
+    assert [r.name for r in rows] == ["slm", "llm", "slm-d", "slm-pn", "slm-untied"]  # slm-d brings its parts
+    assert rows[-1].overrides == {"model.tie_word_embeddings": "false"}
+    V, L = 512, cfg.pretrain.seq_len
+    f_slm = train_flops_per_token(model_args(cfg, V), L)
+    for b in (1.0, 2.0):
+        slm, llm = row_config(cfg, rows[0], b, V, 4), row_config(cfg, rows[1], b, V, 4)
+        assert slm.pretrain.steps == round(b * cfg.pretrain.steps)
+        f_llm = train_flops_per_token(model_args(llm, V, "large"), L)
+        assert llm.pretrain.steps < slm.pretrain.steps
+        assert abs(llm.pretrain.steps * f_llm / (slm.pretrain.steps * f_slm) - 1) < 0.25  # rounding of few steps
+        assert row_config(cfg, rows[3], b, V, 4).pretrain.steps < slm.pretrain.steps  # the projection costs
+    assert row_config(cfg, rows[-1], 1.0, V, 4).out.endswith("b1/variant-slm-untied")
+    with pytest.raises(ConfigError, match="unknown method 'slm-x'"):
+        grid_rows(_cfg(tmp_path, **{"grid.methods": "slm,slm-x"}))
+    bad = _cfg(tmp_path)
+    bad.grid.variants = {"v": "model.share_fn=true"}
+    with pytest.raises(ConfigError, match="grid.variants.v"):
+        grid_rows(bad)
+
+
+def test_equal_quality_picks_the_cheapest_budget_reaching_the_slm():
+    e = lambda row, b, ppl, pre: {"row": row, "budget": b, "after": {"0": ppl}, "pretrain_flops": pre,  # noqa: E731
+                                  "specialize_flops": {"0": 1.0}}
+    rows = [e("slm", 1, 20.0, 10), e("slm", 2, 18.0, 20), e("pn", 1, 17.5, 10), e("pn", 2, 16.0, 20),
+            e("mix", 1, 30.0, 10), e("mix", 2, 19.0, 20)]
+    target, pick = equal_quality(rows, "0")
+    assert target == 18.0 and pick["slm"]["budget"] == 2 and pick["pn"]["budget"] == 1 and "mix" not in pick
+
+
+def test_tiny_grid_end_to_end_and_resumes(tmp_path, monkeypatch, capsys):
+    """Both budgets x both domain sizes on one domain, every method but slm-mix/slm-hn (tests/test_methods.py
+    covers them; the grid treats them like slm-pn) and the variant row; a second run recomputes nothing."""
+    from recipes import compare as recipe
+
+    argv = ["--config", str(TINY), "--out", str(tmp_path), "--grid.domains", "legal", "--grid.methods",
+            "slm,slm-nopt,llm,slm-d,slm-is,slm-pn", "--grid.variants", "{}"]
+    recipe.main(argv)
+    res = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["row"], r["budget"]) for r in res["rows"]}
+    methods = ["slm", "llm", "slm-d", "slm-is", "slm-pn"]
+    assert rows == {(m, b) for m in methods for b in (1.0, 2.0)} | {("slm-nopt", None)}
+    assert len(res["cells"]) == len(rows) * 2  # one domain, two sizes
+    for r in res["rows"]:
+        assert set(r["after"]) == {"2048", "0"} and all(v > 1 for v in r["after"].values())
+        assert (r["pretrain_flops"] > 0) == (r["method"] not in ("slm-is", "slm-nopt"))
+    by = {(r["row"], r["budget"]): r for r in res["rows"]}
+    assert by[("slm", 2.0)]["pretrain_flops"] == pytest.approx(2 * by[("slm", 1.0)]["pretrain_flops"])
+    assert by[("slm-d", 1.0)]["pretrain_flops"] == pytest.approx(
+        by[("slm", 1.0)]["pretrain_flops"] + by[("llm", 1.0)]["pretrain_flops"])
+    for c in res["cells"]:
+        assert c["specialize_flops"] > 0 and c["config"]["method"] == c["method"] and "seed" in c
+    md = (tmp_path / "results.md").read_text()
+    assert "| slm-pn | 2 |" in md and "Total cost at equal quality" in md
+    for png in ("macro_ppl_vs_pretrain_cost.png", "total_cost_vs_domains.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+    import mlx_pn.stages as stages
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(stages, "train", no_training)
+    recipe.main(argv)
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["cells"] == res["cells"]
+    capsys.readouterr()
