@@ -50,3 +50,14 @@ def test_nll_sum_hook_is_used():
 
     assert cross_entropy(Own(), mx.zeros((2, 3)), mx.zeros((2, 3))).item() == 1.0
     assert token_nll_sum(Own(), mx.zeros((2, 3)), mx.zeros((2, 3)), mx.array([1, 2])).item() == 9.0
+
+
+def test_fast_silu_matches_nn_silu():
+    from mlx_pn.train.losses import silu
+
+    x = mx.random.normal((2000,)) * 6
+    u = mx.random.normal((2000,))
+    np.testing.assert_allclose(np.array(silu(x)), np.array(nn.silu(x)), atol=2e-6, rtol=1e-5)
+    g1 = mx.grad(lambda a: (silu(a) * u).sum())(x)
+    g2 = mx.grad(lambda a: (nn.silu(a) * u).sum())(x)
+    np.testing.assert_allclose(np.array(g1), np.array(g2), atol=2e-6, rtol=1e-5)

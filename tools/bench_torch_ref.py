@@ -118,6 +118,8 @@ def build(job: dict, mode: str):
 def serve(job: dict) -> None:
     """Build every mode (and warm it up), then answer stdin lines "MODE N" with the N step times (ms), so the
     caller can interleave torch rounds with its own."""
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
     steps, info = {}, {"torch": torch.__version__, "threads": torch.get_num_threads(), "errors": {}, "warmup_s": {}}
     for mode in job.get("modes", ["eager", "compile"]):
         try:

@@ -72,6 +72,27 @@ def _nll_rows_vjp(primals, cotangent, output):
     return grad, mx.zeros_like(targets)
 
 
+def _sigmoid(x: mx.array) -> mx.array:
+    e = _exp(-mx.abs(x))  # in (0, 1]: no overflow on either side
+    s = 1.0 / (1.0 + e)
+    return s * (x >= 0) + (e * s) * (x < 0)  # bool masks as multipliers: MLX's CPU `where` is slow
+
+
+@mx.custom_function
+def silu(x: mx.array) -> mx.array:
+    """x * sigmoid(x), as nn.silu, ~3x faster on a CPU (fast exp, custom backward s + x s (1 - s)). For the
+    model's SwiGLU MLP, where nn.silu's sigmoid costs ~14 ms per layer at B*L=512, F=1024 (tools/RESULTS.md)."""
+    return x * _sigmoid(x)
+
+
+@silu.vjp
+def _silu_vjp(primals, cotangent, output):
+    x = primals[0] if isinstance(primals, (list, tuple)) else primals
+    g = cotangent[0] if isinstance(cotangent, (list, tuple)) else cotangent
+    s = _sigmoid(x)
+    return g * (s * (1.0 + x * (1.0 - s)))
+
+
 def logits_nll(logits: mx.array, y: mx.array, reduction: str = "mean") -> mx.array:
     """(..., V) logits (any float dtype; computed in fp32) and (...) targets -> mean or summed NLL."""
     V = logits.shape[-1]
