@@ -282,7 +282,10 @@ def pretrain_mixture(cfg: Config, data: PreparedData, resume: bool = True, log=p
     vwin = eval_windows(generic.tokens("valid"), t.seq_len)
     vlab = clusters.labels(GENERIC, "valid")[:len(vwin)]
     args = model_args(cfg, data.tokenizer.vocab_size)
-    for i in ([expert] if expert is not None else range(k)):
+    from mlx_pn.train import distributed as dist
+
+    # Launched on several ranks (mlx.launch), the experts are shared out round-robin, each trained alone.
+    for i in ([expert] if expert is not None else dist.my_share(range(k))):
         out = mixture.expert_dir(root, i)
         if _finished(out, steps, resume, log, f"pretrain slm-mix expert {i}"):
             continue
@@ -296,8 +299,10 @@ def pretrain_mixture(cfg: Config, data: PreparedData, resume: bool = True, log=p
         valid = vwin[vlab == i] if len(vlab) == len(vwin) and (vlab == i).any() else None
         model = new_model(cfg, data, seed=t.seed + i)
         r = train(model, texp, batches, out, valid_tokens=valid, resume=resume, desc=f"pretrain expert {i}",
-                  extra_config={"mlx_pn_method": "slm-mix", "expert": i, "k": k}, log=log)
+                  extra_config={"mlx_pn_method": "slm-mix", "expert": i, "k": k}, log=log, group=dist.SOLO)
         _add_cost(out, training_cost(args, r.tokens, t.seq_len, r.wall_s))
+    if expert is None:
+        dist.barrier(dist.world()[0])  # every rank's experts are written before the summary is made
     experts = [mixture.expert_dir(root, i) for i in range(k)]
     have = [json.loads((e / "summary.json").read_text()) for e in experts
             if (e / "summary.json").exists() and (e / "final" / "model.safetensors").exists()]
@@ -305,7 +310,7 @@ def pretrain_mixture(cfg: Config, data: PreparedData, resume: bool = True, log=p
     summary = {"method": "slm-mix", "k": k, "expert_steps": steps, "planned_steps": t.steps,
                "steps": steps * len(have), "experts_done": len(have), "cost": cost.as_dict(),
                "best_valid_nll": _mean([h["best_valid_nll"] for h in have])}
-    if len(have) == k:
+    if len(have) == k and dist.is_main():
         write_json_atomic(root / "summary.json", summary)
     else:
         log(f"[pretrain slm-mix] {len(have)}/{k} experts done; train the others with --expert i")

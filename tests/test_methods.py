@@ -240,3 +240,20 @@ def cfg_path():
     from conftest import TINY
 
     return TINY
+
+
+def test_mixture_experts_are_shared_out_over_ranks(clustered, tmp_path, monkeypatch):
+    """Launched on 2 ranks, rank 1 trains experts 1 and 3 (each alone), and writes no mixture summary."""
+    import mlx_pn.stages as stages
+    from mlx_pn.train import distributed as dist
+
+    monkeypatch.setattr(dist, "world", lambda: (None, 1, 2))
+    trained = []
+    real_train = stages.train
+    monkeypatch.setattr(stages, "train", lambda model, t, b, o, **kw: trained.append((o.name, kw["group"])) or
+                        real_train(model, t, b, o, **kw))
+    cfg = _method_cfg(clustered, tmp_path, "slm-mix")
+    cfg.pretrain.steps = 8
+    s = stages.pretrain(cfg, clustered[1], log=lambda *a: None)
+    assert trained == [("expert-01", dist.SOLO), ("expert-03", dist.SOLO)]
+    assert s["experts_done"] == 2 and not (tmp_path / "pretrain-slm-mix" / "summary.json").exists()
