@@ -88,6 +88,7 @@ def test_two_ranks_take_the_single_process_update(tmp_path):
     env = dict(os.environ, MLX_DISABLE_COMPILE="1", PYTHONPATH=os.getcwd())
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    assert (p.stdout + p.stderr).count("[train] step 2:") == 1  # printed by rank 0 only
 
     # the single-process reference, same code, this process alone
     ns: dict = {}

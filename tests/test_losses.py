@@ -61,3 +61,28 @@ def test_fast_silu_matches_nn_silu():
     g1 = mx.grad(lambda a: (silu(a) * u).sum())(x)
     g2 = mx.grad(lambda a: (nn.silu(a) * u).sum())(x)
     np.testing.assert_allclose(np.array(g1), np.array(g2), atol=2e-6, rtol=1e-5)
+
+
+def test_compiled_path_matches_reference(tmp_path):
+    """The fused exp only runs with mx.compile on (the test session disables it): check it in a subprocess,
+    over two shapes (one trace each) and through a compiled training step."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import mlx_pn, mlx.core as mx, mlx.nn as nn, numpy as np
+from mlx_pn.train.losses import nll_rows, silu
+for n, v in ((6, 50), (9, 70)):
+    x = mx.random.normal((n, v)) * 5; y = mx.random.randint(0, v, (n,))
+    f = mx.compile(mx.value_and_grad(lambda a: nll_rows(a, y).mean()))
+    r = mx.value_and_grad(lambda a: nn.losses.cross_entropy(a, y, reduction="mean"))
+    (l1, g1), (l2, g2) = f(x), r(x)
+    assert abs(l1.item() - l2.item()) < 1e-5 and mx.abs(g1 - g2).max().item() < 1e-6
+    s = mx.compile(mx.grad(lambda a: silu(a).sum()))(x)
+    assert mx.abs(s - mx.grad(lambda a: nn.silu(a).sum())(x)).max().item() < 1e-5
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MLX_DISABLE_COMPILE"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-3000:]

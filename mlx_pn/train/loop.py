@@ -181,6 +181,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     stopped_early, step = False, start
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                disable=not main)
+    say = bar.write if main else _quiet  # tqdm.write prints even from a disabled bar
     try:
         for step in range(start + 1, cfg.steps + 1):
             i, batch = pf.get()
@@ -206,13 +207,13 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 v = evaluate_now(step)
                 if v is not None:
-                    bar.write(f"[{desc}] step {step}: loss {loss_val:.4f}, valid ppl {math.exp(v):.2f}")
+                    say(f"[{desc}] step {step}: loss {loss_val:.4f}, valid ppl {math.exp(v):.2f}")
                 if use_early_stop and trainer["bad_evals"] >= cfg.patience:
                     stopped_early = True
             if (step % cfg.save_every == 0 or step == cfg.steps or stopped_early) and main:
                 last_ckpt = save_checkpoint(ckpt_root, step, model, optimizer, trainer, cfg.keep_checkpoints)
             if stopped_early:
-                bar.write(f"[{desc}] early stop at step {step}: no improvement in {cfg.patience} evaluations; "
+                say(f"[{desc}] early stop at step {step}: no improvement in {cfg.patience} evaluations; "
                           f"keeping step {trainer['best_step']}")
                 break
     finally:
