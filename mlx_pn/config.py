@@ -123,7 +123,7 @@ class DistillConfig:
                         "compact form that the disk cache stores")
     cache: str = _f("auto", "slm-d teacher outputs: disk (computed once per fine-tuning window, stored as top-k "
                             "fp16 in OUT/specialize-slm-d/DOMAIN/teacher/) | live (teacher run inside every step) | "
-                            "auto (disk)")
+                            "auto (disk when fine-tuning may read every window at least once, else live)")
     teacher: str = _f("", "slm-d: folder of the fine-tuned teacher; empty = OUT/specialize-llm/DOMAIN/final "
                           "(`python -m recipes.specialize --method llm` makes it)")
 
@@ -223,7 +223,12 @@ def parse_value(text: str, tp, key: str, where: str):
                 return False
             raise ValueError(text)
         if base is int:
-            return int(float(text)) if "e" in text.lower() else int(text)
+            if "e" in text.lower():  # 1e5
+                f = float(text)
+                if not f.is_integer():
+                    raise ValueError(text)
+                return int(f)
+            return int(text)
         if base is float:
             return float(text)
         if base is dict or typing.get_origin(base) is dict:
@@ -238,7 +243,7 @@ def parse_value(text: str, tp, key: str, where: str):
                 out[name.strip()] = val.strip()
             return out
         return str(text)
-    except (ValueError, json.JSONDecodeError):
+    except (ValueError, OverflowError, json.JSONDecodeError, RecursionError):
         raise ConfigError(f"{where}: '{key}' expects {getattr(base, '__name__', base)}, got {text!r}") from None
 
 
@@ -296,8 +301,8 @@ def load_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist; pass --config with a file from recipes/configs/")
-    text = path.read_text()
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             d = json.loads(text)
         else:
@@ -343,8 +348,11 @@ def validate(cfg: Config) -> None:
         for k in ("steps", "batch_size", "seq_len", "grad_accum"):
             if getattr(t, k) < 1:
                 raise ConfigError(f"{name}.{k} must be >= 1, got {getattr(t, k)}")
-        if t.lr <= 0:
-            raise ConfigError(f"{name}.lr must be > 0, got {t.lr}")
+        if not 0 < t.lr < float("inf"):
+            raise ConfigError(f"{name}.lr must be a finite number > 0, got {t.lr}")
+    bad = {k: v for k, v in cfg.data.domains.items() if not isinstance(k, str) or not isinstance(v, str) or not v}
+    if bad:
+        raise ConfigError(f"data.domains: each entry must be NAME: SOURCES (a non-empty string), got {bad!r}")
     if not 0 <= cfg.data.valid_fraction < 0.5 or not 0 <= cfg.data.test_fraction < 0.5:
         raise ConfigError("data.valid_fraction and data.test_fraction must be in [0, 0.5)")
     if cfg.cluster.embedder not in ("minilm", "static"):

@@ -445,7 +445,8 @@ def _distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, r
     teacher_results = tdir.parent / "results.json"
     if teacher_results.exists() and not dc.teacher:
         parts["teacher_finetune"] = StageCost.from_dict(json.loads(teacher_results.read_text()).get("cost"))
-    mode = "live" if dc.cache == "live" else "disk"
+    visits = t.steps * t.batch_size * t.grad_accum  # windows fine-tuning may read (fewer with early stopping)
+    mode = dc.cache if dc.cache != "auto" else ("disk" if visits >= base.n_windows else "live")
     if mode == "disk":
         tokens = domain_train_tokens(data, domain, domain_tokens)
         cache = TeacherCache(out / "teacher", base.n_windows, t.seq_len, k)

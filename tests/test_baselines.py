@@ -111,12 +111,13 @@ def test_every_baseline_end_to_end(clustered_is, tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines")
     domain = "legal"
     ppl = {}
-    for method, kw in [("llm", {}), ("slm-d", {}), ("slm-d", {"distill.cache": "live"}), ("slm-nopt", {}),
-                       ("slm-is", {})]:
+    for method, kw in [("llm", {}), ("slm-d", {"distill.cache": "disk"}), ("slm-d", {"distill.cache": "live"}),
+                       ("slm-nopt", {}), ("slm-is", {})]:
         cfg = _cfg(clustered_is, out, method, **kw)
         s = pretrain(cfg, data, **QUIET)
         assert "cost" in s
-        r = specialize(cfg, data, domain, resume=not kw, **QUIET)  # the live run redoes the disk run's stage
+        live = kw.get("distill.cache") == "live"
+        r = specialize(cfg, data, domain, resume=not live, **QUIET)  # the live run redoes the disk run's stage
         assert r["method"] == method and r["after"][domain]["ppl"] < r["before"][domain]["ppl"]
         assert r["cost"]["flops"] > 0 and r["cost"]["tokens"] > 0
         ppl[method + kw.get("distill.cache", "")] = r["after"][domain]["ppl"]
@@ -128,7 +129,7 @@ def test_every_baseline_end_to_end(clustered_is, tmp_path_factory):
             rep = export_mlx_lm(model, cfg.data_dir / "tokenizer" / "hf", tmp_path_factory.mktemp("exp"), force=True)
             assert rep["max_abs_logit_diff"] < 1e-4
         if method == "slm-d":
-            assert r["distill"]["mode"] == (kw.get("distill.cache") or "disk")
+            assert r["distill"]["mode"] == kw["distill.cache"]
             assert set(r["cost_parts"]) == {"teacher_finetune", "teacher_forward", "finetune"}
         if method == "slm-is":
             s = json.loads((out / "pretrain-slm-is" / domain / "summary.json").read_text())
