@@ -2,17 +2,40 @@
 
 Files and folders are written under a temporary name in the same directory, fsynced, then renamed
 (an atomic operation on POSIX file systems), so a crash leaves either the old or the new version.
+
+Temporary names are ``.NAME.tmp-PID-RANDOM``: a process killed mid-write (kill -9, power loss) leaves
+one behind, and the next durable write into the same folder removes those whose process is gone, so
+leftovers never pile up and are never mistaken for outputs (every reader ignores dot-names).
+Replacing an existing folder swaps old and new in one step where the OS can (Linux renameat2
+RENAME_EXCHANGE, macOS renamex_np RENAME_SWAP), so the folder is never absent either.
+
+``MLX_PN_CRASH_AT_WRITE=N`` (tests only) kills the process with SIGKILL at the N-th durable write of
+the process, just before its rename (``N``) or just after it (``N+``): tools/killtest.py uses it to
+put crashes exactly at each write boundary.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Callable
+
+_TMP = re.compile(r"^\..+\.(tmp|old)-(\d+)-[^/]*$")
+_writes = 0
+
+
+class DiskSpaceError(OSError):
+    """Not enough free disk space for an output; the message names the folder, the sizes and the fix."""
 
 
 def file_sha256(path: str | Path) -> str:
@@ -32,18 +55,85 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def stale_temps(folder: str | Path) -> list[Path]:
+    """Temporary files/folders in `folder` left by processes that no longer run."""
+    folder = Path(folder)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        m = _TMP.match(n)
+        if m and not _alive(int(m.group(2))):
+            out.append(folder / n)
+    return sorted(out)
+
+
+def sweep_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove what `stale_temps` finds; returns the removed paths."""
+    removed = stale_temps(folder)
+    for p in removed:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+    return removed
+
+
+def _tmp_prefix(path: Path, kind: str = "tmp") -> str:
+    return f".{path.name}.{kind}-{os.getpid()}-"
+
+
+def _crash_point(after: bool) -> None:
+    """The MLX_PN_CRASH_AT_WRITE test hook (see the module docstring)."""
+    spec = os.environ.get("MLX_PN_CRASH_AT_WRITE")
+    if not spec:
+        return
+    n, plus = int(spec.rstrip("+")), spec.endswith("+")
+    if _writes == n and plus == after:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _begin(parent: Path) -> None:
+    global _writes
+    parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(parent)
+    _writes += 1
+
+
 def atomic_file(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Run write(binary_file) on a temp file beside `path`, fsync it, then rename it to `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    _begin(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are ordinary outputs
+        _crash_point(after=False)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        _crash_point(after=True)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -54,28 +144,84 @@ def write_json_atomic(path: str | Path, obj) -> None:
     atomic_file(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    atomic_file(path, lambda f: f.write(text.encode("utf-8")))
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically; False when the OS offers no way to (then the caller renames)."""
+    try:
+        libc = _libc()
+        if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+            AT_FDCWD, RENAME_EXCHANGE = -100, 2
+            rc = libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+        elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+            RENAME_SWAP = 0x2
+            rc = libc.renamex_np(os.fsencode(a), os.fsencode(b), RENAME_SWAP)
+        else:
+            return False
+    except (OSError, AttributeError, TypeError):
+        return False
+    return rc == 0  # EINVAL/ENOSYS (e.g. a file system without it): fall back
+
+
 def atomic_folder(dest: str | Path, write: Callable[[Path], None]) -> Path:
     """Run write(tmp_folder), fsync its files, then put it at `dest` (replacing any old one)."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    _begin(dest.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest), dir=dest.parent))
     try:
         write(tmp)
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
-        if dest.exists():
-            # rename the old one away first: at every instant `dest` is either complete or absent
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(tmp)
+        _crash_point(after=False)
+        if dest.exists() and _exchange(tmp, dest):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old version
+        elif dest.exists():
+            # No atomic swap here: rename the old one away first, so `dest` is complete or absent, never
+            # half-written. A crash in between leaves the old version under .NAME.old-PID-*.
+            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest, "old"), dir=dest.parent))
+            os.rmdir(old)
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
         _fsync_dir(dest.parent)
+        _crash_point(after=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def remove_tree(path: str | Path) -> None:
+    """Delete a folder so that it is never seen half-deleted: rename it to a temporary name first (a kill
+    during the deletion leaves a .NAME.old-PID-* that the next write in that folder sweeps)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    hidden = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path, "old"), dir=path.parent))
+    os.rmdir(hidden)
+    os.replace(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def check_disk_space(folder: str | Path, need_bytes: int, what: str, fix: str) -> None:
+    """Raise DiskSpaceError before writing `need_bytes` under `folder` when the disk has less free."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise DiskSpaceError(f"not enough disk space for {what} in {folder}: needs about {need_bytes / 1e6:,.1f} MB, "
+                             f"{free / 1e6:,.1f} MB free; {fix}")

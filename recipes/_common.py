@@ -9,9 +9,12 @@ from contextlib import contextmanager
 import mlx_pn  # noqa: F401  (sets up the BLAS before anything imports mlx.core)
 from mlx_pn.config import ConfigError
 from mlx_pn.data.sources import DataError
-from mlx_pn.export import ExportError
-from mlx_pn.train.checkpoint import CheckpointError
-from mlx_pn.train.loop import TrainingError
+from mlx_pn.io import DiskSpaceError
+
+# Error classes of heavier modules, looked up only when something was raised: importing mlx_pn.export
+# (mlx_lm, transformers) costs ~2 s, and an error of a module never imported cannot have been raised.
+_LAZY = {"mlx_pn.export": "ExportError", "mlx_pn.train.checkpoint": "CheckpointError",
+         "mlx_pn.train.loop": "TrainingError"}
 
 
 def add_resume(p: argparse.ArgumentParser) -> None:
@@ -19,11 +22,19 @@ def add_resume(p: argparse.ArgumentParser) -> None:
                    help="continue from the newest good checkpoint / skip finished stages (--no-resume starts over)")
 
 
+def known_errors() -> tuple[type, ...]:
+    """The user-fixable error classes: what, where, how to fix in one message."""
+    lazy = tuple(getattr(sys.modules[m], name) for m, name in _LAZY.items() if m in sys.modules)
+    return (ConfigError, DataError, DiskSpaceError) + lazy
+
+
 @contextmanager
 def clear_errors():
     """Known, user-fixable errors print one line (what, where, how to fix) and exit 2."""
     try:
         yield
-    except (ConfigError, DataError, ExportError, CheckpointError, TrainingError) as e:
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is one of ours
+        if not isinstance(e, known_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

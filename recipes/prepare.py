@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from mlx_pn.cli import build_parser, parse
+from mlx_pn.io import write_text_atomic
 from recipes._common import clear_errors
 
 SUBSETS = {"1M": 1_000_000}
@@ -138,9 +139,7 @@ def write_report(path: Path, manifest: dict, prepared: dict) -> None:
                  for k in [*SUBSETS, "max"]]
         L.append(f"| {n} | " + " | ".join(cells) + " |")
     L += ["", f"Prepared in {prepared['seconds']:.0f} s.", ""]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(L), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(L))
 
 
 def main(argv=None):

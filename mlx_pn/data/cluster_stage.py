@@ -25,7 +25,7 @@ from mlx_pn.config import Config
 from mlx_pn.data.clusters import MIN_WINDOWS_PER_CLUSTER, assign, cluster_report, histogram, kmeans, nmi
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sampling import resample, resample_stats
-from mlx_pn.io import atomic_file, write_json_atomic
+from mlx_pn.io import atomic_file, remove_tree, write_json_atomic
 
 PART = 4096  # windows per resumable embedding part
 
@@ -75,7 +75,7 @@ def embed_split(data: PreparedData, corpus: str, split: str, embedder, name: str
     emb = np.concatenate(out)
     _save_npy_atomic(final, emb)
     write_json_atomic(meta_path, meta)
-    shutil.rmtree(parts, ignore_errors=True)
+    remove_tree(parts)
     return emb
 
 

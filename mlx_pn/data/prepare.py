@@ -1,7 +1,8 @@
 """The data stage: documents -> tokenizer -> shards, cached and resumable.
 
 Each corpus is rebuilt only when its manifest is missing or was made from another source spec,
-split or tokenizer; an interrupted run leaves no half-written shard (temp folder + rename).
+split or tokenizer, or when a shard fails its size/sha256 check (said in the log); an interrupted run
+leaves no half-written shard (temp folder + rename).
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
             raise DataError(
                 f"{tok_dir}: tokenizer has {tok.vocab_size} ids but data.vocab_size={cfg.data.vocab_size}; "
                 f"delete {tok_dir} (and the shards) to retrain it, or set data.vocab_size={tok.vocab_size}")
-        if meta.exists() and json.loads(meta.read_text()) != tok_key:
+        if not meta.exists():
+            # made by an older version (or one killed between the two writes): adopt the current settings
+            log(f"[data] {meta} is missing; assuming {tok_dir} was trained on data.generic as configured now")
+            write_json_atomic(meta, tok_key)
+        elif json.loads(meta.read_text()) != tok_key:
             raise DataError(
                 f"{tok_dir} was trained on other generic text or settings than data.generic={cfg.data.generic!r} "
                 f"now gives; delete {tok_dir} to retrain it (models trained with the old one need it), or use "
@@ -68,8 +73,7 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         splits = split_documents(generic_docs, cfg.data.valid_fraction, cfg.data.test_fraction)
         log(f"[data] training a {cfg.data.vocab_size}-piece SentencePiece tokenizer on generic text")
         tok = train_tokenizer((d.text for d in splits["train"]), cfg.data.vocab_size, tok_dir,
-                              cfg.data.tokenizer_sample_mb)
-        write_json_atomic(meta, tok_key)
+                              cfg.data.tokenizer_sample_mb, meta=tok_key)
 
     corpora = {}
     for name in wanted:
@@ -78,6 +82,13 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         m = read_manifest(folder)
         fresh = (m is not None and m.get("source") == spec and m.get("tokenizer_sha256") == tok.sha256
                  and m.get("split") == split_key and m.get("fingerprint") == prints[name])
+        if fresh:
+            try:
+                Corpus(folder, tok, verify_hashes=True)
+            except DataError as e:
+                log(f"[data] {e}")
+                log(f"[data] {name}: rebuilding the damaged shards from {field}")
+                fresh = False
         if not fresh:
             docs = generic_docs if (name == GENERIC and generic_docs is not None) else \
                 load_documents(spec, field, cfg.data.max_docs)
@@ -86,4 +97,19 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
             log(f"[data] {name}: {sizes}")
         corpora[name] = Corpus(folder, tok)
+        _check_splits(corpora[name], spec, field, cfg)
     return PreparedData(tok, corpora)
+
+
+def _check_splits(corpus: Corpus, spec: str, field: str, cfg: Config) -> None:
+    """Every split a stage reads must hold tokens: a corpus of one or two documents cannot be split into
+    train/valid/test (perplexity of an empty split is undefined); say so here, naming the source."""
+    wanted = {"train": 1.0, "valid": cfg.data.valid_fraction, "test": cfg.data.test_fraction}
+    splits = corpus.manifest["splits"]
+    docs = sum(s["documents"] for s in splits.values())
+    for split, frac in wanted.items():
+        if frac > 0 and splits.get(split, {}).get("tokens", 0) < 2:
+            raise DataError(
+                f"{field}: '{spec}' has {docs} document(s), too few to fill the {split} split (valid_fraction="
+                f"{cfg.data.valid_fraction}, test_fraction={cfg.data.test_fraction} of the documents are held out); "
+                f"add documents (a few dozen at least), or split one long text into several files/lines")

@@ -3,6 +3,11 @@
 Layout: ``DATA/shards/NAME/{train,valid,test}.bin`` + ``manifest.json`` holding sizes, sha256
 hashes, the tokenizer's hash and the source spec. Each document is stored as ``ids + [eos]``; the
 stream is then cut into fixed-length windows by :mod:`mlx_pn.data.batches`.
+
+Every reuse checks sizes; the sha256 of each split is checked again whenever the file's size or mtime
+differs from the last check (``verified.json``), so a truncated or corrupted shard is found with a
+message naming it, and the data stage rebuilds it from the source text. Before writing, the free
+disk space is checked against the worst case (one token per UTF-8 byte).
 """
 
 from __future__ import annotations
@@ -15,9 +20,24 @@ from tqdm import tqdm
 
 from mlx_pn.data.sources import DataError, Document
 from mlx_pn.data.tokenizer import Tokenizer
-from mlx_pn.io import atomic_folder, file_sha256, write_json_atomic  # noqa: F401 (re-exported)
+from mlx_pn.io import DiskSpaceError, atomic_folder, check_disk_space, file_sha256, write_json_atomic  # noqa: F401
 
 MANIFEST = "manifest.json"
+VERIFIED = "verified.json"  # {split: [size, mtime_ns]} of the files whose sha256 was last checked good
+
+
+def _stamps(folder: Path, splits) -> dict:
+    out = {}
+    for split in splits:
+        st = (folder / f"{split}.bin").stat()
+        out[split] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def shard_bytes_needed(splits: dict[str, list[Document]], itemsize: int) -> int:
+    """Upper bound of the shard files' size: byte fallback gives at most one token per UTF-8 byte, plus
+    the dummy-prefix piece and the eos of every document."""
+    return sum((len(d.text.encode("utf-8")) + 2) * itemsize for docs in splits.values() for d in docs) + (1 << 20)
 
 
 def _dtype(vocab_size: int) -> np.dtype:
@@ -28,6 +48,11 @@ def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, f
                  source: str, extra: dict | None = None, batch_docs: int = 256) -> dict:
     """Tokenize every split into ``folder/name`` (written to a temp folder, then renamed)."""
     dtype = _dtype(tok.vocab_size)
+    try:
+        check_disk_space(folder, shard_bytes_needed(splits, dtype.itemsize), f"the token shards of '{name}'",
+                         "free some space, or set data.dir to a folder on a larger disk")
+    except DiskSpaceError as e:
+        raise DataError(str(e)) from None
     manifest = {"name": name, "source": source, "tokenizer_sha256": tok.sha256, "vocab_size": tok.vocab_size,
                 "dtype": dtype.name, "eos_id": tok.eos_id, **(extra or {}), "splits": {}}
 
@@ -50,6 +75,7 @@ def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, f
                     "sha256": file_sha256(tmp / f"{split}.bin"),
                 }
         write_json_atomic(tmp / MANIFEST, manifest)
+        write_json_atomic(tmp / VERIFIED, _stamps(tmp, manifest["splits"]))
 
     atomic_folder(folder / name, write)
     return manifest
@@ -84,8 +110,32 @@ class Corpus:
             expected = info["tokens"] * np.dtype(m["dtype"]).itemsize
             if not path.exists() or path.stat().st_size != expected:
                 raise DataError(f"{path}: missing or truncated (expected {expected} bytes); rerun the data stage")
-            if verify_hashes and file_sha256(path) != info["sha256"]:
-                raise DataError(f"{path}: sha256 differs from {MANIFEST}; the file is corrupted, rerun the data stage")
+        if verify_hashes:
+            self.verify()
+
+    def verify(self, force: bool = False) -> None:
+        """Check every split's sha256 against the manifest (skipped for files unchanged since the last good
+        check, unless `force`); raises DataError naming the damaged file."""
+        m, stamp_path = self.manifest, self.folder / VERIFIED
+        try:
+            known = json.loads(stamp_path.read_text()) if stamp_path.exists() and not force else {}
+        except (OSError, json.JSONDecodeError):
+            known = {}
+        now = _stamps(self.folder, m["splits"])
+        changed = False
+        for split, info in m["splits"].items():
+            if known.get(split) == now[split]:
+                continue
+            path = self.folder / f"{split}.bin"
+            if file_sha256(path) != info["sha256"]:
+                raise DataError(f"{path}: corrupted (its sha256 differs from the one in {self.folder / MANIFEST}); "
+                                f"the data stage rebuilds it from the source text, or delete {self.folder}")
+            changed = True
+        if changed or known != now:
+            try:
+                write_json_atomic(stamp_path, now)
+            except OSError:
+                pass  # a read-only data folder: verify again next time
 
     def tokens(self, split: str) -> np.ndarray:
         if split not in self.manifest["splits"]:

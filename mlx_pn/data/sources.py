@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -53,20 +54,39 @@ def _decode(raw: bytes, where: str) -> str:
         ) from None
 
 
-def _jsonl(path: Path, field: str = "text") -> Iterator[Document]:
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered raw lines of a .jsonl or a .jsonl.gz; a damaged gzip stream is a DataError."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(_decode(raw, where))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(obj, dict) or field not in obj or not isinstance(obj[field], str):
-                raise DataError(f"{where}: expected an object with a string field '{field}'")
-            yield Document(str(obj.get("id", f"{path.name}:{n}")), obj[field])
+    n = 0
+    try:
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                yield n, raw
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a valid gzip file after line {n} ({e or type(e).__name__}); re-create it "
+                        f"(`gzip -t {path.name}` checks one) or use the uncompressed .jsonl") from None
+
+
+def _jsonl(path: Path, field: str = "text") -> Iterator[Document]:
+    for n, raw in _lines(path):
+        if not raw.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(_decode(raw, where))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+        except RecursionError:
+            raise DataError(f"{where}: JSON nested too deeply; each line must be one flat JSON object") from None
+        if not isinstance(obj, dict) or field not in obj or not isinstance(obj[field], str):
+            raise DataError(f"{where}: expected an object with a string field '{field}'")
+        text = obj[field]
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a "\ud800" escape: a lone surrogate is no UTF-8 text
+            raise DataError(f"{where}: field '{field}' holds an invalid \\u escape (lone surrogate at character "
+                            f"{e.start}); fix the escape in that line") from None
+        yield Document(str(obj.get("id", f"{path.name}:{n}")), text)
 
 
 def _parquet(path: Path) -> Iterator[Document]:

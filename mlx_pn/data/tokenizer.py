@@ -32,7 +32,11 @@ class Tokenizer:
         model = self.folder / "spm.model"
         if not model.exists():
             raise DataError(f"{model} is missing; run the data stage (recipes.pretrain builds it) first")
-        self.sp = spm.SentencePieceProcessor(model_file=str(model))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(model))
+        except (RuntimeError, OSError) as e:
+            raise DataError(f"{model} is damaged and cannot be loaded ({str(e).splitlines()[0][:120]}); delete "
+                            f"{self.folder} and rerun the data stage to retrain it (then retokenize)") from None
         self.vocab_size = self.sp.get_piece_size()
         self.sha256 = file_sha256(model)
         self.bos_id, self.eos_id = BOS_ID, EOS_ID
@@ -51,8 +55,10 @@ class Tokenizer:
         return self.sp.decode([int(i) for i in ids])
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | Path, max_mb: float = 32.0) -> Tokenizer:
-    """Train spm on `texts` (first `max_mb` MB), write spm.model and hf/tokenizer.json atomically."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | Path, max_mb: float = 32.0,
+                    meta: dict | None = None) -> Tokenizer:
+    """Train spm on `texts` (first `max_mb` MB), write spm.model and hf/tokenizer.json atomically (with
+    `meta` as source.json in the same folder, so the tokenizer never exists without it)."""
     import sentencepiece as spm
 
     folder = Path(folder)
@@ -84,6 +90,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | Path, m
             raise
         (tmp / "spm.model").write_bytes(proto.getvalue())
         write_hf_tokenizer(tmp / "spm.model", tmp / "hf")
+        if meta is not None:
+            (tmp / "source.json").write_text(json.dumps(meta))
 
     atomic_folder(folder, write)
     return Tokenizer(folder)

@@ -8,14 +8,13 @@ truncated checkpoint is reported and the previous good one is used.
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_pn.io import atomic_folder, file_sha256
+from mlx_pn.io import atomic_folder, file_sha256, remove_tree
 from mlx_pn.models.transformer import Transformer, model_from_config
 
 
@@ -56,17 +55,31 @@ def load_model(folder: str | Path) -> Transformer:
 
 def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 2) -> Path:
     def write(tmp: Path):
-        mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
-        opt = dict(tree_flatten(optimizer.state))
+        # sorted keys: a resumed run writes byte-identical files (a restored optimizer state is ordered
+        # differently from a fresh one), so equal checkpoints have equal hashes
+        mx.save_safetensors(str(tmp / "model.safetensors"), dict(sorted(tree_flatten(model.parameters()))))
+        opt = dict(sorted(tree_flatten(optimizer.state)))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
         state = {"step": step, "trainer": trainer_state,
                  "sha256": {f: file_sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")}}
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        # Prune the older checkpoints to keep - 1 *before* the new one appears, so that a crash right after
+        # the rename leaves exactly `keep` (a run that resumes at its last step never saves, so never prunes)
+        _prune(root, max(keep - 1, 1), before=name)
 
-    path = atomic_folder(root / f"step_{step:07d}", write)
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    name = f"step_{step:07d}"
+    path = atomic_folder(root / name, write)
+    _prune(root, keep)
     return path
+
+
+def _prune(root: Path, keep: int, before: str | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints (among those older than `before`, when given)."""
+    if keep <= 0:
+        return
+    ckpts = [p for p in list_checkpoints(root) if before is None or p.name < before]
+    for old in ckpts[:-keep]:
+        remove_tree(old)  # renamed away first: a kill mid-deletion leaves no half-deleted checkpoint
 
 
 def list_checkpoints(root: Path) -> list[Path]:
