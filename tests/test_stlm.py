@@ -239,3 +239,19 @@ def test_byte_export_loads_in_mlx_lm_with_remote_code(byte_model, tok, tmp_path)
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Generation:" in r.stdout or "tokens-per-sec" in r.stdout
+
+
+def test_stlm_sizes_table(tok):
+    from mlx_pn.models.transformer import PRESETS
+    from tools.stlm_sizes import rows
+
+    rs = {r["variant"]: r for r in rows("tiny", tok.vocab_size)}
+    base = rs["tied (baseline)"]["params"]
+    for name, r in rs.items():
+        if "equal params" in name:
+            assert abs(r["params"] - base) <= 0.01 * base, name
+    assert rs["untied"]["saved"] == -tok.vocab_size * 64
+    assert rs["share_ffn"]["saved"] == 3 * 64 * 256  # (layers - 1) * one SwiGLU, 2 layers
+    for name in ("byte", "share_ffn, equal params (deeper)"):
+        args = make_args({**PRESETS["tiny"], **rs[name]["overrides"]}, tok.vocab_size)
+        assert build_model(args, tokenizer=tok).num_params() == rs[name]["params"]
