@@ -13,7 +13,6 @@ what slm-mix/slm-pn route by and what slm-is resamples. Files, all resumable:
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from mlx_pn.config import Config
 from mlx_pn.data.clusters import MIN_WINDOWS_PER_CLUSTER, assign, cluster_report, histogram, kmeans, nmi
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sampling import resample, resample_stats
-from mlx_pn.io import atomic_file, remove_tree, write_json_atomic
+from mlx_pn.io import atomic_file, remove_tree, write_json_atomic, write_text_atomic
 
 PART = 4096  # windows per resumable embedding part
 
@@ -59,7 +58,7 @@ def embed_split(data: PreparedData, corpus: str, split: str, embedder, name: str
     parts = folder / f"{corpus}.{split}.parts"
     parts.mkdir(parents=True, exist_ok=True)
     if (parts / "meta.json").exists() and json.loads((parts / "meta.json").read_text()) != meta:
-        shutil.rmtree(parts)
+        remove_tree(parts)  # renamed away first: a kill mid-deletion must not leave old parts to be reused
         parts.mkdir()
     write_json_atomic(parts / "meta.json", meta)
     bar = tqdm(total=n, desc=f"embed {corpus}.{split}", unit="win", leave=False)
@@ -207,4 +206,4 @@ def _write_report(folder, data, labels, k, k_req, manifest, cfg) -> None:
     for d, s in manifest["importance_resampling"].items():
         lines.append(f"| {d} | {s['top_cluster_share']:.2f} | {s['ess_fraction']:.3f} | {s['unique_fraction']:.2f} | "
                      f"{s['max_repeats']} | {s['tv_distance']:.3f} | {s['lost_mass']:.3f} |")
-    (folder / "report.md").write_text("\n".join(lines) + "\n\n" + body + "\n")
+    write_text_atomic(folder / "report.md", "\n".join(lines) + "\n\n" + body + "\n")

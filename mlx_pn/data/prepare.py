@@ -97,7 +97,8 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
             log(f"[data] {name}: {sizes}")
         corpora[name] = Corpus(folder, tok)
-        _check_splits(corpora[name], spec, field, cfg)
+        if only is not None and name in only:  # a domain about to be specialized to: every split is read
+            _check_splits(corpora[name], spec, field, cfg)
     return PreparedData(tok, corpora)
 
 
