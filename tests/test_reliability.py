@@ -38,7 +38,7 @@ QUICK_STAGES = {
 # A run resumed from its *last* checkpoint (killed after it, before summary.json) writes final_loss NaN:
 # mlx_pn/train/loop.py does not keep the last loss in the checkpoint (the change is requested in issue 9's
 # notes). Weights, metrics and results are unaffected; drop this filter once loop.py keeps it.
-KNOWN = ("summary.json: content differs",)
+KNOWN = ("summary.json: content differs; final_loss: ",)
 
 
 def test_kill_9_every_stage_resumes_to_identical_outputs(tmp_path):
@@ -51,7 +51,7 @@ def test_kill_9_every_stage_resumes_to_identical_outputs(tmp_path):
     for r in reports:
         assert r.kills >= 10, text
         assert r.rerun_unchanged, text
-        problems = [p for p in r.problems if not p.endswith(KNOWN)]
+        problems = [p for p in r.problems if not any(k in p and p.endswith(" vs nan") for k in KNOWN)]
         assert not problems, text
     assert sum(r.resumed_from_checkpoint for r in reports) >= 3, text  # training stages really resumed
 
@@ -66,7 +66,7 @@ def test_crash_at_every_early_write_boundary(tmp_path):
     text = format_report(reports, 0, "writes")
     for r in reports:
         assert r.kills >= 6 and r.crash_points[:2] == ["1", "1+"], text
-        assert not [p for p in r.problems if not p.endswith(KNOWN)], text
+        assert not [p for p in r.problems if not any(k in p and p.endswith(" vs nan") for k in KNOWN)], text
 
 
 # --- durable writes ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Crash test: kill -9 every stage at random moments, relaunch until it finishes, compare with a clean run.
 
     python -m tools.killtest                              # prepare, pretrain, specialize on tiny settings
-    python -m tools.killtest --kills 20 --seed 3 --stage pretrain
+    python -m tools.killtest --kills 20 --seed 3 --stage prepare --stage pretrain
+    python -m tools.killtest --stage compare --kills 5       # recipes.compare on a reduced tiny grid
     python -m tools.killtest --mode writes                # crash exactly at durable-write boundaries
     python -m tools.killtest --add "compare=python -m recipes.compare --config recipes/configs/compare-tiny.yaml"
 
@@ -53,8 +54,11 @@ STAGES = {
     "prepare": f"python -m recipes.prepare --corpus config {TINY}",
     "pretrain": f"python -m recipes.pretrain {TINY} {TRAIN}",
     "specialize": f"python -m recipes.specialize {TINY} {TRAIN} --domain legal",
-    # once recipes/compare.py exists:
-    # "compare": "python -m recipes.compare --config recipes/configs/compare-tiny.yaml --out {out}",
+}
+# Not in the default run (minutes per launch on 2 cores): `--stage compare`, with its own data and output.
+EXTRA = {
+    "compare": "python -m recipes.compare --config recipes/configs/compare-tiny.yaml --out {out} "
+               "--grid.domains legal --grid.methods slm,slm-pn --grid.variants {}",
 }
 VOLATILE = {"seconds", "timestamp"}  # and every key ending in _s (wall_s, elapsed_s, tokens_per_s, ...)
 IGNORED_FILES = {"verified.json"}  # shard-check stamps hold file mtimes
@@ -197,9 +201,20 @@ def _normalize(obj, outs: tuple[str, ...]):
 
 
 def _mask_text(text: str, outs: tuple[str, ...]) -> str:
+    """Output folders -> OUT, durations ("2 s", "3 min") -> T, and markdown table columns headed in seconds
+    ("pretrain s", "wall s") -> T."""
     for o in outs:
         text = text.replace(o, "OUT")
-    return re.sub(r"\d+(\.\d+)?\s?(s|min)\b", "T", text)  # "Prepared in 2 s."
+    lines, timed = text.splitlines(), set()
+    for n, line in enumerate(lines):
+        cells = line.split("|")
+        if not line.startswith("|"):
+            timed = set()
+        elif n + 1 < len(lines) and set(lines[n + 1].replace("|", "").strip()) <= set("-: ") and "-" in lines[n + 1]:
+            timed = {i for i, c in enumerate(cells) if re.search(r"(^|\s)(s|seconds|wall s|min)$", c.strip())}
+        elif timed:
+            lines[n] = "|".join("T" if i in timed else c for i, c in enumerate(cells))
+    return re.sub(r"\d+(\.\d+)?\s?(s|min)\b", "T", "\n".join(lines))  # "Prepared in 2 s."
 
 
 def compare_trees(ref: Path, got: Path, atol: float = 0.0) -> tuple[list[str], int, float]:
@@ -230,8 +245,12 @@ def compare_trees(ref: Path, got: Path, atol: float = 0.0) -> tuple[list[str], i
                 if x.shape != y.shape or d > atol:
                     diffs.append(f"{name}:{k} differs (max abs {d:.3g})")
         elif fa.suffix == ".json":
-            if _normalize(json.loads(fa.read_text()), outs) != _normalize(json.loads(fb.read_text()), outs):
-                diffs.append(f"{name}: content differs")
+            ja, jb = _normalize(json.loads(fa.read_text()), outs), _normalize(json.loads(fb.read_text()), outs)
+            if ja != jb:
+                keys = sorted(k for k in ja.keys() | jb.keys() if ja.get(k) != jb.get(k)) if isinstance(ja, dict) \
+                    and isinstance(jb, dict) else []
+                diffs.append(f"{name}: content differs" + "".join(
+                    f"; {k}: {str(ja.get(k))[:60]} vs {str(jb.get(k))[:60]}" for k in keys[:4]))
         elif fa.suffix == ".jsonl":
             la = [_normalize(json.loads(x), outs) for x in fa.read_text().splitlines() if x.strip()]
             lb = [_normalize(json.loads(x), outs) for x in fb.read_text().splitlines() if x.strip()]
@@ -382,20 +401,21 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     p.add_argument("--mode", choices=["time", "writes"], default="time",
                    help="time: SIGKILL after a random delay; writes: the process kills itself at a durable write")
-    p.add_argument("--stage", action="append", default=None, help="stop after these stages (repeatable; earlier ones run too, they make the inputs)")
+    p.add_argument("--stage", action="append", default=None, help="run only these stages (repeatable); a stage reading an earlier one's outputs needs it listed too")
     p.add_argument("--add", action="append", default=[], metavar="NAME=COMMAND",
                    help="another stage: a command line with {out} for the output folder")
     p.add_argument("--work", default="runs/killtest", help="scratch folder (deleted and rewritten)")
     p.add_argument("--atol", type=float, default=0.0, help="tolerated absolute difference of weights (default 0)")
     a = p.parse_args(argv)
-    stages = dict(STAGES)
+    stages = dict(STAGES) | (EXTRA if a.stage and set(a.stage) & set(EXTRA) else {})
     for spec in a.add:
         name, _, cmd = spec.partition("=")
         stages[name.strip()] = cmd.strip()
     if a.stage:
-        # the earlier stages run too (with kills): their outputs are the chosen stages' inputs
-        stages = {k: v for k, v in stages.items() if k in a.stage or list(stages).index(k) < max(
-            list(stages).index(s) for s in a.stage)}
+        unknown = set(a.stage) - set(stages)
+        if unknown:
+            p.error(f"unknown stage {', '.join(sorted(unknown))}; have {', '.join(stages)}")
+        stages = {k: v for k, v in stages.items() if k in a.stage}
     work = Path(a.work)
     reports = run(stages, work, a.kills, a.seed, a.mode, a.atol)
     text = format_report(reports, a.seed, a.mode)
