@@ -16,6 +16,7 @@ incl. the LM head).
   slm-pn    the projected network, per-sequence routing (h = k) and one cluster per micro-batch (grouped);
             peer: slm
   slm-mix   one expert of the hard mixture (an SLM trained on its cluster: the same step as slm, k of them)
+  ab        a short slm table (ours, ours with nn.losses CE, mlx-lm llama as shipped, PyTorch): more rounds
 Generation (`--generate`): tokens/s of greedy decoding through mlx_lm.generate_step, of our model exported
 with mlx_pn.export and loaded by mlx_lm.load, vs a freshly built mlx-lm llama of the same size, in fp32, bf16
 and 4-bit. Data pipeline (`--pipeline`): time the loop's Prefetcher made the step wait, in a real train() run.
@@ -58,6 +59,7 @@ def main(argv=None):
     ap.add_argument("--no-torch-compile", action="store_true", help="PyTorch eager only (compiling takes ~30 s)")
     ap.add_argument("--generate", action="store_true", help="also measure generation through mlx_lm")
     ap.add_argument("--gen-tokens", type=int, default=64, help="generated tokens per run (default 64)")
+    ap.add_argument("--gen-repeats", type=int, default=5, help="interleaved generation runs per candidate (default 5)")
     ap.add_argument("--pipeline", action="store_true", help="also measure the data pipeline in a train() run")
     ap.add_argument("--threads", type=int, default=0,
                     help="BLAS / PyTorch threads for both sides (default: each library's own, = cores); 1 gives a "
@@ -248,6 +250,11 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
             cands["mlx-lm llama, our loss"] = mlx_candidate(mlx_lm_llama(margs)[0], cross_entropy, batch)
             cands["mlx-lm llama, nn.losses CE"] = mlx_candidate(mlx_lm_llama(margs)[0], reference_cross_entropy,
                                                                 batch)
+        elif method == "ab":  # the headline pairs only (more rounds in the same time)
+            cands["mlx_pn (ours)"] = mlx_candidate(build_model(margs), cross_entropy, batch)
+            cands["mlx_pn, nn.losses CE"] = mlx_candidate(build_model(margs), reference_cross_entropy, batch)
+            cands["mlx-lm llama, nn.losses CE"] = mlx_candidate(mlx_lm_llama(margs)[0], reference_cross_entropy,
+                                                                batch)
         elif method == "slm-pn":
             ids = mx.array(rng.integers(0, args.k, (1, B)).astype(np.int32))
             cands["slm (peer)"] = mlx_candidate(build_model(margs), cross_entropy, batch)
@@ -260,7 +267,7 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
             cands["slm (peer)"] = mlx_candidate(build_model(margs), cross_entropy, batch)
             cands["slm-mix, one expert"] = mlx_candidate(build_model(margs, seed=1), cross_entropy, batch)
         torch_peer = None
-        if tp and method in ("slm", "llm"):
+        if tp and method in ("slm", "llm", "ab"):
             job = dict(margs.to_dict(), batch=B, seq=L, warmup=3, threads=args.threads,
                        modes=["eager"] + ([] if args.no_torch_compile else ["compile"]))
             print(f"[{preset} {method}] starting the PyTorch peer (torch.compile warm-up ~30 s) ...", flush=True)
@@ -274,11 +281,16 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
         tmodes = [] if torch_peer is None else list(torch_peer.info["warmup_s"])  # the modes that built
         for m in tmodes:
             times[f"PyTorch {torch_peer.info['torch']} {m}"] = []
-        for _ in range(args.rounds):
-            for name, (run, _) in cands.items():
-                times[name] += run(args.steps)
-            for m in tmodes:
-                times[f"PyTorch {torch_peer.info['torch']} {m}"] += torch_peer.run(m, args.steps)
+        jobs = [(name, run) for name, (run, _) in cands.items()]
+        jobs += [(f"PyTorch {torch_peer.info['torch']} {m}", lambda n, m=m: torch_peer.run(m, n)) for m in tmodes]
+        per_round = {name: [] for name in times}
+        for r in range(args.rounds):
+            # rotate the order every round: no candidate always follows the same one (e.g. PyTorch, whose
+            # OpenMP threads keep spinning for a while after a step)
+            for name, run in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
+                ts = run(args.steps)
+                times[name] += ts
+                per_round[name].append(float(np.median(ts)))
         if torch_peer:
             torch_peer.close()
         fpt = model_flops_per_token(margs, L)
@@ -286,18 +298,21 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
         ref = float(np.median(times[ref_name]))
         print(f"\n### {method} ({p}: d={margs.hidden_size}, {margs.num_hidden_layers} layers, "
               f"F={margs.intermediate_size}, V={V}), B={B}, L={L}, fp32, {args.rounds} rounds x {args.steps} steps")
-        print(f"| candidate | step ms (median) | tokens/s | MFU | MLX peak step MB | {ref_name} speed / candidate's |")
-        print("|---|---|---|---|---|---|")
+        print(f"| candidate | step ms (median) | tokens/s | MFU | MLX peak step MB | step / {ref_name}'s "
+              f"(ratio of medians) | same, median of per-round ratios |")
+        print("|---|---|---|---|---|---|---|")
         for name, ts in times.items():
             med = float(np.median(ts))
+            paired = float(np.median(np.array(per_round[name]) / np.array(per_round[ref_name])))
             mem = cands[name][1] / 2**20 if name in cands else None
             row = dict(preset=p, method=method, candidate=name, step_ms=med * 1e3, tokens_per_s=tokens / med,
                        mfu=fpt * tokens / med / peak, peak_step_mb=mem, ratio_vs_first=med / ref,
-                       batch=B, seq=L, vocab=V, samples=len(ts))
+                       paired_ratio_vs_first=paired, batch=B, seq=L, vocab=V, samples=len(ts))
             rows.append(row)
             print(f"| {name} | {med * 1e3:.1f} | {tokens / med:,.0f} | {row['mfu'] * 100:.1f}% | "
-                  f"{'–' if mem is None else f'{mem:.0f}'} | {med / ref:.2f}x |")
-        print("(last column: candidate step time / first row's; > 1 means the first row is faster)", flush=True)
+                  f"{'–' if mem is None else f'{mem:.0f}'} | {med / ref:.2f}x | {paired:.2f}x |")
+        print("(> 1: the first row is faster. Per-round ratios compare neighbouring measurements, which a drifting "
+              "load on a shared machine distorts less)", flush=True)
     return rows
 
 
@@ -354,7 +369,7 @@ def bench_generation(preset: str, args) -> list[dict]:
             cands[label] = {"mlx_pn export via mlx_lm.load": exported, "mlx-lm llama (peer)": peer}
         for label, models in cands.items():
             times = {name: [] for name in models}
-            for _ in range(3):
+            for _ in range(args.gen_repeats):
                 for name, m in models.items():
                     times[name].append(_decode_rate(m, prompt, args.gen_tokens))
             peer_rate = float(np.median(times["mlx-lm llama (peer)"]))
@@ -363,7 +378,7 @@ def bench_generation(preset: str, args) -> list[dict]:
                 rows.append(dict(preset=preset, dtype=label, candidate=name, tokens_per_s=rate,
                                  ratio_vs_peer=rate / peer_rate))
     print(f"\n### generation, {preset} (V={args.vocab}), greedy, 32-token prompt, {args.gen_tokens} new tokens, "
-          f"median of 3 interleaved runs")
+          f"median of {args.gen_repeats} interleaved runs")
     print("| weights | candidate | decode tokens/s | / peer |")
     print("|---|---|---|---|")
     for r in rows:

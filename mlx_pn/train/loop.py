@@ -177,18 +177,20 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
 
     # Every rank evaluates the same validation windows (deterministic: the same early-stopping decisions).
     pf = Prefetcher(dist.sharded_source(batches, cfg.grad_accum, rank, world_size), start, cfg.steps)
-    t0, window_t, window_tokens, loss_val = time.perf_counter(), time.perf_counter(), 0, float("nan")
-    stopped_early, step = False, start
+    # A run resumed from its last checkpoint trains no step: it reports the loss that checkpoint recorded.
+    loss_val = trainer.get("last_loss", float("nan"))
+    t0, window_t, window_tokens = time.perf_counter(), time.perf_counter(), 0
+    stopped_early, step = bool(trainer.get("stopped_early")), start
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                disable=not main)
     say = bar.write if main else _quiet  # tqdm.write prints even from a disabled bar
     try:
-        for step in range(start + 1, cfg.steps + 1):
+        for step in range(start + 1, cfg.steps + 1) if not stopped_early else ():
             i, batch = pf.get()
             arrays = batch if isinstance(batch, tuple) else (batch,)
             loss, gnorm = step_fn(*(mx.array(a) for a in arrays))
             mx.eval(loss, gnorm, model.state, optimizer.state)
-            loss_val = loss.item()
+            loss_val = trainer["last_loss"] = loss.item()
             trainer["tokens"] += tokens_per_step
             window_tokens += tokens_per_step
             if not math.isfinite(loss_val):
@@ -209,7 +211,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
                 if v is not None:
                     say(f"[{desc}] step {step}: loss {loss_val:.4f}, valid ppl {math.exp(v):.2f}")
                 if use_early_stop and trainer["bad_evals"] >= cfg.patience:
-                    stopped_early = True
+                    stopped_early = trainer["stopped_early"] = True  # kept in the checkpoint: a resume stays stopped
             if (step % cfg.save_every == 0 or step == cfg.steps or stopped_early) and main:
                 last_ckpt = save_checkpoint(ckpt_root, step, model, optimizer, trainer, cfg.keep_checkpoints)
             if stopped_early:
@@ -264,8 +266,13 @@ def _sync_state(model, optimizer, trainer: dict, start: int, resumed: bool, grou
     # fp32 carries integers exactly up to 2**24: the token count goes as two 2**20-sized digits
     vals = dist.broadcast_floats([start, resumed, math.nan if best is None else best,
                                   -1 if best_step is None else best_step, trainer["bad_evals"],
-                                  trainer["tokens"] // 2**20, trainer["tokens"] % 2**20], group)
+                                  trainer["tokens"] // 2**20, trainer["tokens"] % 2**20,
+                                  trainer.get("last_loss", math.nan), bool(trainer.get("stopped_early"))], group)
     trainer.update(best_valid_nll=None if math.isnan(vals[2]) else vals[2],
                    best_step=None if vals[3] < 0 else int(vals[3]), bad_evals=int(vals[4]),
                    tokens=int(vals[5]) * 2**20 + int(vals[6]))
+    if not math.isnan(vals[7]):
+        trainer["last_loss"] = vals[7]
+    if vals[8]:
+        trainer["stopped_early"] = True
     return int(vals[0]), bool(vals[1])
