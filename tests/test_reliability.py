@@ -35,10 +35,6 @@ QUICK_STAGES = {
     "pretrain": f"python -m recipes.pretrain {QUICK} {QUICK_TRAIN}",
     "specialize": f"python -m recipes.specialize {QUICK} {QUICK_TRAIN} --domain legal",
 }
-# A run resumed from its *last* checkpoint (killed after it, before summary.json) writes final_loss NaN:
-# mlx_pn/train/loop.py does not keep the last loss in the checkpoint (the change is requested in issue 9's
-# notes). Weights, metrics and results are unaffected; drop this filter once loop.py keeps it.
-KNOWN = ("summary.json: content differs; final_loss: ",)
 
 
 def test_kill_9_every_stage_resumes_to_identical_outputs(tmp_path):
@@ -51,8 +47,7 @@ def test_kill_9_every_stage_resumes_to_identical_outputs(tmp_path):
     for r in reports:
         assert r.kills >= 10, text
         assert r.rerun_unchanged, text
-        problems = [p for p in r.problems if not any(k in p and p.endswith(" vs nan") for k in KNOWN)]
-        assert not problems, text
+        assert not r.problems, text
     assert sum(r.resumed_from_checkpoint for r in reports) >= 3, text  # training stages really resumed
 
 
@@ -66,7 +61,7 @@ def test_crash_at_every_early_write_boundary(tmp_path):
     text = format_report(reports, 0, "writes")
     for r in reports:
         assert r.kills >= 6 and r.crash_points[:2] == ["1", "1+"], text
-        assert not [p for p in r.problems if not any(k in p and p.endswith(" vs nan") for k in KNOWN)], text
+        assert not r.problems, text
 
 
 # --- durable writes ---------------------------------------------------------------------------------
@@ -306,10 +301,9 @@ def test_non_finite_loss_through_the_recipe(pretrained, tmp_path, capsys):
     assert "non-finite loss nan at step 1 (batch index 0); last good checkpoint: none" in err, err
 
 
-# --- loop.py resume gaps (requested changes; xfail until applied) -----------------------------------
+# --- resuming at the very end (gaps the kill test found in loop.py, fixed there) ------------------------
 
 
-@pytest.mark.xfail(reason="loop.py: the last loss is not kept in checkpoints (issue 9 notes)", strict=False)
 def test_resume_from_the_last_checkpoint_keeps_final_loss(tiny_run, tmp_path):
     from test_train import small_model, tcfg
     from mlx_pn.data.batches import PackedBatches
@@ -326,7 +320,6 @@ def test_resume_from_the_last_checkpoint_keeps_final_loss(tiny_run, tmp_path):
     assert r2.final_loss == r1.final_loss
 
 
-@pytest.mark.xfail(reason="loop.py: a run resumed after its early stop trains on (issue 9 notes)", strict=False)
 def test_resume_after_early_stop_stays_stopped(tiny_run, tmp_path):
     from test_train import small_model, tcfg
     from mlx_pn.data.batches import PackedBatches
