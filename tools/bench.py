@@ -369,8 +369,9 @@ def bench_generation(preset: str, args) -> list[dict]:
             cands[label] = {"mlx_pn export via mlx_lm.load": exported, "mlx-lm llama (peer)": peer}
         for label, models in cands.items():
             times = {name: [] for name in models}
-            for _ in range(args.gen_repeats):
-                for name, m in models.items():
+            order = list(models.items())
+            for r in range(args.gen_repeats):
+                for name, m in order[r % 2:] + order[:r % 2]:  # alternate which one goes first
                     times[name].append(_decode_rate(m, prompt, args.gen_tokens))
             peer_rate = float(np.median(times["mlx-lm llama (peer)"]))
             for name, rs in times.items():
