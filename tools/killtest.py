@@ -4,7 +4,7 @@
     python -m tools.killtest --kills 20 --seed 3 --stage prepare --stage pretrain
     python -m tools.killtest --stage compare --kills 5       # recipes.compare on a reduced tiny grid
     python -m tools.killtest --mode writes                # crash exactly at durable-write boundaries
-    python -m tools.killtest --add "compare=python -m recipes.compare --config recipes/configs/compare-tiny.yaml"
+    python -m tools.killtest --add "mine=python -m recipes.pretrain --config my.yaml --out {out}" --stage mine
 
 For each stage (run in order; each one works on the outputs of the previous ones):
 1. the *reference*: the command run once, uninterrupted, in REF/ (its wall time T), then once more to
