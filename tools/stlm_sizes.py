@@ -151,11 +151,11 @@ def measure(rs: list[dict], args) -> dict:
         t = dataclasses.replace(cfg.pretrain, steps=args.steps, batch_size=args.batch, seq_len=args.seq,
                                 warmup=max(1, args.steps // 10), eval_every=args.steps, save_every=args.steps,
                                 lr=args.lr, min_lr=args.lr / 10)
-        model = build_model(model_args(cfg, data.tokenizer.vocab_size), seed=0, tokenizer=data.tokenizer)
+        model = build_model(model_args(cfg, data.tokenizer.vocab_size), seed=args.seed, tokenizer=data.tokenizer)
         g = data.corpora[GENERIC]
         slug = r["variant"].replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("+", "and")
         res = train(model, t, PackedBatches(g.tokens("train"), t.seq_len, t.batch_size, t.seed, "generic"),
-                    Path(args.out) / f"{r['preset']}-{slug}", resume=False, log=lambda *a: None)
+                    Path(args.out) / f"{r['preset']}-{slug}-seed{args.seed}", resume=False, log=lambda *a: None)
         nats, n = test_nll(model, eval_windows(g.tokens("test"), t.seq_len))
         # whole split: the window cut drops < seq_len tokens at the end (bits_per_byte's caveat)
         out[(r["preset"], r["variant"])] = bpb = bits_per_byte(nats / n, n, g.bytes_utf8("test"))
@@ -173,9 +173,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=300, help="--measure: training steps per row")
     ap.add_argument("--batch", type=int, default=16, help="--measure: sequences per step")
     ap.add_argument("--seq", type=int, default=128, help="--measure: tokens per sequence")
+    ap.add_argument("--seed", type=int, default=0, help="--measure: model initialisation seed")
     ap.add_argument("--lr", type=float, default=3e-3, help="--measure: peak learning rate")
     ap.add_argument("--max-docs", type=int, default=0, help="--measure: documents per corpus (0 = all)")
-    ap.add_argument("--only", default="", help="--measure: comma-separated variant names to train (default all)")
+    ap.add_argument("--only", default="", help="--measure: variant names to train, separated by ';' (default all)")
     ap.add_argument("--out", default="runs/stlm-measure", help="--measure: output folder")
     args = ap.parse_args(argv)
     rs = []
@@ -183,7 +184,7 @@ def main(argv=None):
         rs += rows(preset, args.vocab or VOCAB.get(preset, 4096))
     bpb = None
     if args.measure:
-        todo = [r for r in rs if not args.only or r["variant"] in args.only.split(",")]
+        todo = [r for r in rs if not args.only or r["variant"] in args.only.split(";")]
         bpb = measure(todo, args)
         for r in rs:
             r["test_bpb"] = bpb.get((r["preset"], r["variant"]))
