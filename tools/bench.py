@@ -16,7 +16,8 @@ incl. the LM head).
   slm-pn    the projected network, per-sequence routing (h = k) and one cluster per micro-batch (grouped);
             peer: slm
   slm-mix   one expert of the hard mixture (an SLM trained on its cluster: the same step as slm, k of them)
-  ab        a short slm table (ours, ours with nn.losses CE, mlx-lm llama as shipped, PyTorch): more rounds
+  ab        a short slm table (ours, ours + fast silu, ours with nn.losses CE, mlx-lm llama as shipped,
+            PyTorch): more rounds in the same time
 Generation (`--generate`): tokens/s of greedy decoding through mlx_lm.generate_step, of our model exported
 with mlx_pn.export and loaded by mlx_lm.load, vs a freshly built mlx-lm llama of the same size, in fp32, bf16
 and 4-bit. Data pipeline (`--pipeline`): time the loop's Prefetcher made the step wait, in a real train() run.
@@ -252,6 +253,8 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
                                                                 batch)
         elif method == "ab":  # the headline pairs only (more rounds in the same time)
             cands["mlx_pn (ours)"] = mlx_candidate(build_model(margs), cross_entropy, batch)
+            cands["mlx_pn + fast silu (proposed model change)"] = mlx_candidate(build_model(margs), cross_entropy,
+                                                                               batch, fast_silu=True)
             cands["mlx_pn, nn.losses CE"] = mlx_candidate(build_model(margs), reference_cross_entropy, batch)
             cands["mlx-lm llama, nn.losses CE"] = mlx_candidate(mlx_lm_llama(margs)[0], reference_cross_entropy,
                                                                 batch)
