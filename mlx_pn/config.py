@@ -339,6 +339,17 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{sec}.preset: unknown preset '{preset}'{_suggest(preset, PRESETS)}")
         if getattr(cfg, sec).frontend not in ("token", "byte"):
             raise ConfigError(f"{sec}.frontend must be 'token' or 'byte', got {getattr(cfg, sec).frontend!r}")
+    stlm = [k for k in ("share_ffn", "share_attn_out") if getattr(cfg.model, k)] + (
+        ["frontend=byte"] if cfg.model.frontend == "byte" else [])
+    if stlm and cfg.method in ("slm-pn", "slm-hn"):
+        raise ConfigError(f"model.{', model.'.join(stlm)}: method {cfg.method} projects every layer's own MLP from a "
+                          f"token-level trunk; use these STLM options with slm, slm-mix, slm-is, slm-nopt or llm")
+    if cfg.model.frontend == "byte" and cfg.method == "slm-d":
+        raise ConfigError("model.frontend=byte: slm-d distils next-token distributions, which a byte model scores "
+                          "with one full vocabulary pass per position; distil a token model (model.frontend=token)")
+    if cfg.model.frontend == "byte" and (cfg.model.share_ffn or cfg.model.share_attn_out):
+        raise ConfigError("model.frontend=byte cannot be combined with model.share_ffn/share_attn_out (not "
+                          "implemented for the byte model's trunk)")
     if cfg.distill.cache not in ("auto", "disk", "live"):
         raise ConfigError(f"distill.cache must be auto, disk or live, got {cfg.distill.cache!r}")
     if not 0 <= cfg.distill.alpha <= 1 or cfg.distill.temperature <= 0 or cfg.distill.top_k < 1:

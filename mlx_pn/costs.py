@@ -22,15 +22,28 @@ from dataclasses import asdict, dataclass
 
 def forward_flops_per_token(args, seq_len: int) -> float:
     """One token through the model (ModelArgs or any args with the llama field names), context seq_len."""
-    custom = getattr(args, "flops_per_token", None)
-    if callable(custom):  # e.g. the byte-level model: its byte encoder/decoder are not a llama
-        return float(custom(seq_len))
     d, n_layers, f, v = args.hidden_size, args.num_hidden_layers, args.intermediate_size, args.vocab_size
     kv = args.num_key_value_heads * (d // args.num_attention_heads)
     proj = 2 * (d * d + 2 * d * kv + d * d)  # q, k, v (GQA: kv wide), o
     scores = 4 * seq_len * d  # q.k over L keys and the weighted sum of L values, every head
     mlp = 2 * 3 * d * f
-    return float(n_layers * (proj + scores + mlp) + 2 * d * v)
+    trunk = n_layers * (proj + scores + mlp)
+    if getattr(args, "frontend", "token") == "byte":
+        return float(trunk + byte_frontend_flops_per_token(args))
+    return float(trunk + 2 * d * v)
+
+
+def byte_frontend_flops_per_token(args) -> float:
+    """The byte model's encoder and (teacher-forced) decoder instead of the embedding and head: C byte positions
+    per token, blocks of width Db (q, k, v, o and a 4 Db MLP: 12 Db^2 weights, scores over the C positions), the
+    Db -> d pooling projection, the d -> Db decoder input and the Db -> symbols output (mlx_pn.models.byte_lm)."""
+    from mlx_pn.models.byte_lm import N_SYMBOLS
+
+    C, Db, d = args.byte_chunk_len, args.byte_dim, args.hidden_size
+    block = 2 * 12 * Db * Db + 4 * C * Db  # per byte position
+    encoder = C * block * args.byte_encoder_layers + 2 * Db * d
+    decoder = 2 * d * Db + C * (block * args.byte_decoder_layers + 2 * Db * N_SYMBOLS)
+    return float(encoder + decoder)
 
 
 def train_flops_per_token(args, seq_len: int) -> float:

@@ -124,3 +124,11 @@ def verify_export(model, out: Path, exact: bool = True, n_tokens: int = 32) -> d
     if exact and max_diff > tol:
         raise ExportError(f"{out}: mlx-lm logits differ from the source model by {max_diff:.3g} (> {tol})")
     return {"max_abs_logit_diff": max_diff, "argmax_agreement": agree}
+
+
+def generate_command(folder: str | Path, prompt: str = "The", max_tokens: int = 60) -> str:
+    """The mlx-lm command that runs an exported folder (byte models need --trust-remote-code)."""
+    remote = "model_file" in json.loads((Path(folder) / "config.json").read_text())
+    return (f"python -m mlx_lm generate --model {folder} --prompt {prompt!r} --max-tokens {max_tokens}"
+            + (" --trust-remote-code" if remote else ""))
+

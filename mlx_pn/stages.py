@@ -61,10 +61,8 @@ def as_method(cfg: Config, method: str) -> Config:
 
 def new_model(cfg: Config, data: PreparedData, section: str = "model", seed: int = 0):
     """A freshly initialised model of cfg.<section> (model: the SLM, large: the LLM) for this tokenizer."""
-    args = model_args(cfg, data.tokenizer.vocab_size, section)
-    if getattr(args, "frontend", "token") != "token":  # the byte model reads the tokenizer's pieces
-        return build_model(args, seed=seed, tokenizer=data.tokenizer)
-    return build_model(args, seed=seed)
+    # the tokenizer: the byte model reads its pieces' bytes (the others ignore it)
+    return build_model(model_args(cfg, data.tokenizer.vocab_size, section), seed=seed, tokenizer=data.tokenizer)
 
 
 def _add_cost(out: Path, cost: StageCost, **extra) -> dict:

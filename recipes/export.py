@@ -33,7 +33,7 @@ def main(argv=None):
     parser = build_parser(__doc__, extra=extra)
     cfg, args = parse(parser, argv)
     with clear_errors():
-        from mlx_pn.export import export_mlx_lm
+        from mlx_pn.export import export_mlx_lm, generate_command
         from mlx_pn.stages import specialized_model_dir
         from mlx_pn.train.checkpoint import load_model
 
@@ -48,7 +48,7 @@ def main(argv=None):
         report = export_mlx_lm(load_model(src), tok, dest, quantize=args.quantize, group_size=args.group_size,
                                dtype=args.dtype, force=args.force)
         print(json.dumps(report, indent=2))
-        print(f"try it: python -m mlx_lm generate --model {dest} --prompt 'The' --max-tokens 60")
+        print(f"try it: {generate_command(dest)}")
 
 
 if __name__ == "__main__":

@@ -92,8 +92,9 @@ def main(argv=None):
             {"specialize": r, "export": report, "samples": samples, "timings": timings, "blas": blas_in_use()},
             indent=2))
         print("\n" + "\n".join(md))
-        print(f"\nRun it yourself:\n  python -m mlx_lm generate --model {export_dir} "
-              f"--prompt '{PROMPTS.get(d, ['The'])[0]}' --max-tokens 60")
+        from mlx_pn.export import generate_command
+
+        print(f"\nRun it yourself:\n  {generate_command(export_dir, PROMPTS.get(d, ['The'])[0])}")
 
 
 if __name__ == "__main__":

@@ -51,9 +51,12 @@ def test_missing_config_file_is_clear():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_preset_yaml_parses_and_builds(path):
-    cfg = load_config(path)
-    args = model_args(cfg, vocab_size=cfg.data.vocab_size)
-    assert args.vocab_size == cfg.data.vocab_size and args.hidden_size % args.num_attention_heads == 0
+    from mlx_pn.compare import CompareConfig
+
+    cfg = load_config(path, cls=CompareConfig if path.name.startswith("compare-") else Config)
+    for section in ("model", "large"):
+        args = model_args(cfg, cfg.data.vocab_size, section)
+        assert args.vocab_size == cfg.data.vocab_size and args.hidden_size % args.num_attention_heads == 0
     assert path.read_text().startswith("#"), "each preset opens with a comment saying what it runs and how"
 
 
@@ -76,3 +79,15 @@ def test_fuzzed_overrides_either_load_or_raise_config_error(overrides):
         load_config(None, overrides)
     except ConfigError:
         pass
+
+
+def test_stlm_options_refused_where_they_cannot_work():
+    with pytest.raises(ConfigError, match="slm-pn projects"):
+        load_config(None, {"method": "slm-pn", "model.share_ffn": "true"})
+    with pytest.raises(ConfigError, match="slm-d distils"):
+        load_config(None, {"method": "slm-d", "model.frontend": "byte"})
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        load_config(None, {"model.frontend": "byte", "model.share_attn_out": "true"})
+    with pytest.raises(ConfigError, match="frontend must be"):
+        load_config(None, {"model.frontend": "bytes"})
+    assert load_config(None, {"method": "slm-mix", "model.share_ffn": "true"}).model.share_ffn

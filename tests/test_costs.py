@@ -40,3 +40,15 @@ def _named(model):
     from mlx.utils import tree_flatten
 
     return tree_flatten(model.parameters())
+
+
+def test_byte_model_flops_replace_the_head_with_the_byte_frontend():
+    from mlx_pn.models.transformer import make_args
+
+    base = dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4)
+    tok = make_args(base, 97)
+    byte = make_args({**base, "frontend": "byte", "byte_dim": 16, "byte_chunk_len": 8}, 97)
+    trunk = forward_flops_per_token(tok, 10) - 2 * 32 * 97
+    block = 2 * 12 * 16 * 16 + 4 * 8 * 16  # per byte position: 12 Db^2 weights, scores over 8 positions
+    frontend = (8 * block + 2 * 16 * 32) + (2 * 32 * 16 + 8 * (block + 2 * 16 * 262))
+    assert forward_flops_per_token(byte, 10) == trunk + frontend
