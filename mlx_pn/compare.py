@@ -230,7 +230,8 @@ def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> di
                      "pretrain_wall_s": 0.0 if pre is None else pre["cost"]["wall_s"],
                      "generic_valid_ppl": None if not pre or pre.get("best_valid_nll") is None
                      else math.exp(pre["best_valid_nll"]),
-                     "before": {}, "after": {}, "specialize_flops": {}, "specialize_wall_s": {}}
+                     "before": {}, "after": {}, "bpb_after": {}, "specialize_flops": {}, "specialize_wall_s": {},
+                     "params": None}
             for n in ns:
                 got = {}
                 for d in domains:
@@ -239,6 +240,7 @@ def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> di
                         continue
                     r = json.loads(p.read_text())
                     got[d] = r
+                    entry["params"] = entry["params"] or _params(p.parent / "final" / "model.safetensors")
                     cells.append({"row": row.name, "method": row.method, "budget": b, "domain": d,
                                   "domain_tokens": r["domain_train_tokens"], "size": n,
                                   "before_nll": r["before"][d]["nll"], "after_nll": r["after"][d]["nll"],
@@ -253,11 +255,22 @@ def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> di
                     entry["before"][str(n)] = _macro([g["before"][d]["nll"] for d, g in got.items()])
                     entry["after"][str(n)] = _macro([g["after"][d]["nll"] for d, g in got.items()])
                     entry["specialize_flops"][str(n)] = float(np.mean([g["cost"]["flops"] for g in got.values()]))
+                    bpb = [g["after"][d].get("bpb") for d, g in got.items()]
+                    entry["bpb_after"][str(n)] = float(np.mean(bpb)) if None not in bpb else None
                     entry["specialize_wall_s"][str(n)] = float(np.mean([g["cost"]["wall_s"] or 0
                                                                         for g in got.values()]))
             summary.append(entry)
     return {"domains": domains, "sizes": ns, "budgets": bs, "rows": summary, "cells": cells,
             "config": to_dict(cfg)}
+
+
+def _params(weights: Path) -> int | None:
+    """Parameters of a deployed model (its safetensors, less the byte model's constant byte table)."""
+    import mlx.core as mx
+
+    if not weights.exists():
+        return None
+    return int(sum(v.size for k, v in mx.load(str(weights)).items() if not k.endswith("byte_table")))
 
 
 def _macro(nlls: list[float]) -> float:
@@ -315,17 +328,18 @@ def results_markdown(results: dict, cfg: CompareConfig) -> str:
              "Macro-averaged test perplexity over the domains (exp of the mean per-token NLL); pretraining FLOPs "
              "matched per budget (mlx_pn.costs); fine-tuning with early stopping on each domain's validation "
              "split. Generic: validation perplexity of the pretrained model (routed by cluster for slm-pn/hn/mix).",
-             "", "| method | budget | pretrain steps | pretrain FLOPs | pretrain s | generic ppl | no fine-tune | "
-             + " | ".join(f"fine-tuned {_size_name(n)} tok" for n in ns) + " | spec. FLOPs/domain |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(ns) + "---|"]
+             "", "| method | budget | params | pretrain steps | pretrain FLOPs | pretrain s | generic ppl | no fine-tune | "
+             + " | ".join(f"fine-tuned {_size_name(n)} tok" for n in ns)
+             + f" | bits/byte ({_size_name(ns[-1])}) | spec. FLOPs/domain |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(ns) + "---|---|"]
     for e in results["rows"]:
         first = str(ns[0])
         lines.append(
-            f"| {e['row']} | {_budget(e['budget'])} | {e['pretrain_steps']} | "
+            f"| {e['row']} | {_budget(e['budget'])} | {_fmt(e['params'], ',')} | {e['pretrain_steps']} | "
             f"{e['pretrain_flops']:.3g} | {_fmt(e['pretrain_wall_s'], '.0f')} | "
             f"{_fmt(e['generic_valid_ppl'])} | {_fmt(e['before'].get(first))} | "
             + " | ".join(_fmt(e["after"].get(str(n))) for n in ns)
-            + f" | {_fmt(e['specialize_flops'].get(first), '.3g')} |")
+            + f" | {_fmt(e['bpb_after'].get(str(ns[-1])), '.3f')} | {_fmt(e['specialize_flops'].get(first), '.3g')} |")
     for n in ns:
         lines += ["", f"## Per domain, fine-tuned on {_size_name(n)} tokens (test perplexity before -> after)", "",
                   "| method | budget | " + " | ".join(domains) + " |", "|---|---|" + "---|" * len(domains)]

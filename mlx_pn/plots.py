@@ -6,6 +6,13 @@ import json
 from pathlib import Path
 
 
+def _save(fig, path: Path) -> None:
+    """PNG written atomically: a crash never leaves half a plot."""
+    from mlx_pn.io import atomic_file
+
+    atomic_file(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
@@ -34,7 +41,7 @@ def plot_training_curves(runs: dict[str, str | Path], out_png: str | Path, title
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    _save(fig, out_png)
     plt.close(fig)
     return out_png
 
@@ -77,7 +84,7 @@ def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Pa
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     p1 = out_dir / "macro_ppl_vs_pretrain_cost.png"
-    fig.savefig(p1, dpi=110)
+    _save(fig, p1)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -94,6 +101,6 @@ def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Pa
     ax.legend(fontsize=8)
     fig.tight_layout()
     p2 = out_dir / "total_cost_vs_domains.png"
-    fig.savefig(p2, dpi=110)
+    _save(fig, p2)
     plt.close(fig)
     return [p1, p2]

@@ -94,7 +94,9 @@ def _finished(out: Path, steps: int, resume: bool, log, what: str) -> dict | Non
     summary = out / "summary.json"
     if resume and summary.exists() and (out / "final" / "model.safetensors").exists():
         s = json.loads(summary.read_text())
-        if s.get("steps") == steps or s.get("planned_steps") == steps:
+        # "cost" is added after the loop's summary: without it the stage was killed in between (resuming
+        # from the final checkpoint rewrites both)
+        if (s.get("steps") == steps or s.get("planned_steps") == steps) and "cost" in s:
             log(f"[{what}] already done ({out}); delete it to retrain")
             return s
     return None

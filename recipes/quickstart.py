@@ -9,7 +9,6 @@ export to mlx-lm -> generate through mlx-lm. Results: OUT/quickstart.json, OUT/q
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -51,6 +50,7 @@ def main(argv=None):
     with clear_errors():
         from mlx_pn.data.prepare import prepare_data
         from mlx_pn.export import export_mlx_lm
+        from mlx_pn.io import write_json_atomic, write_text_atomic
         from mlx_pn.platform import blas_in_use
         from mlx_pn.stages import pretrain, specialize, specialized_model_dir
         from mlx_pn.train.checkpoint import load_model
@@ -87,10 +87,9 @@ def main(argv=None):
         md += ["", f"Wall time: {timings['total_s']:.0f} s (data {timings['data_s']:.0f} s, pretrain "
                f"{timings['pretrain_s']:.0f} s, specialize {timings['specialize_s']:.0f} s)."]
         out = Path(cfg.out)
-        (out / "quickstart.md").write_text("\n".join(md) + "\n")
-        (out / "quickstart.json").write_text(json.dumps(
-            {"specialize": r, "export": report, "samples": samples, "timings": timings, "blas": blas_in_use()},
-            indent=2))
+        write_text_atomic(out / "quickstart.md", "\n".join(md) + "\n")
+        write_json_atomic(out / "quickstart.json", {"specialize": r, "export": report, "samples": samples,
+                                                    "timings": timings, "blas": blas_in_use()})
         print("\n" + "\n".join(md))
         from mlx_pn.export import generate_command
 

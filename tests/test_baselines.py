@@ -9,8 +9,7 @@ import pytest
 
 from mlx_pn.config import ConfigError
 from mlx_pn.models.transformer import ModelArgs, build_model
-from mlx_pn.train.distill import (TeacherCache, TeacherCacheBatches, distill_loss, live_distill_loss,
-                                  teacher_topk)
+from mlx_pn.train.distill import TeacherCache, TeacherCacheBatches, distill_loss, teacher_topk
 
 from conftest import tiny_config
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mlx_pn.compare import CompareConfig, Row, equal_quality, grid_rows, row_config
+from mlx_pn.compare import CompareConfig, equal_quality, grid_rows, row_config
 from mlx_pn.config import ConfigError, load_config
 from mlx_pn.costs import train_flops_per_token
 from mlx_pn.config import model_args

@@ -158,3 +158,21 @@ def test_schedule_and_decay_groups():
     assert abs(float(s(mx.array(100))) - 0.1) < 1e-6
     assert no_decay("model.norm.weight", None) and no_decay("model.embed_tokens.weight", None)
     assert not no_decay("model.layers.0.mlp.up_proj.weight", None)
+
+
+def test_resuming_with_another_architecture_names_the_folder(tmp_path):
+    from mlx_pn.config import TrainConfig
+    from mlx_pn.data.batches import PackedBatches
+    from mlx_pn.models.transformer import ModelArgs, build_model
+    from mlx_pn.train.checkpoint import CheckpointError
+    from mlx_pn.train.loop import train
+
+    tokens = np.random.default_rng(0).integers(0, 97, 4000).astype(np.int32)
+    t = TrainConfig(steps=2, batch_size=4, seq_len=16, warmup=1, save_every=1, eval_every=100, compile=False)
+    args = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, vocab_size=97)
+    train(build_model(ModelArgs(intermediate_size=64, **args)), t, PackedBatches(tokens, 16, 4), tmp_path,
+          log=lambda *a: None)
+    t.steps = 4
+    with pytest.raises(CheckpointError, match="another shape or kind"):
+        train(build_model(ModelArgs(intermediate_size=32, **args)), t, PackedBatches(tokens, 16, 4), tmp_path,
+              log=lambda *a: None)

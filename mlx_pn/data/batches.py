@@ -146,7 +146,7 @@ def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int = 0) -> np.n
 
     If the split is shorter than one window, one shorter window is returned (never silently nothing).
     """
-    n = (len(tokens) - 1) // seq_len
+    n = max(0, (len(tokens) - 1) // seq_len)
     if n == 0:
         if len(tokens) < 2:
             raise DataError(f"held-out split has {len(tokens)} tokens; it needs at least 2 to measure perplexity")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from mlx_pn.config import Config
 from mlx_pn.data.shards import Corpus, build_shards, read_manifest

@@ -111,7 +111,12 @@ def latest_good_checkpoint(root: Path) -> tuple[Path, dict] | None:
 
 
 def restore_checkpoint(path: Path, model, optimizer) -> None:
-    model.load_weights(str(path / "model.safetensors"), strict=True)
+    try:
+        model.load_weights(str(path / "model.safetensors"), strict=True)
+    except ValueError as e:  # another architecture wrote this run folder
+        raise CheckpointError(f"{path} was written by a model of another shape or kind than this config builds "
+                              f"({str(e).splitlines()[0][:160]}); use another --out, or delete {path.parent.parent} "
+                              f"to train this config from scratch") from None
     opt = mx.load(str(path / "optimizer.safetensors"))
     optimizer.state = tree_unflatten(list(opt.items()))
     mx.eval(model.parameters(), optimizer.state)

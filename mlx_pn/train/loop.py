@@ -31,7 +31,7 @@ from tqdm import tqdm
 from mlx_pn.config import TrainConfig, to_dict
 from mlx_pn.data.batches import PackedBatches, Prefetcher
 from mlx_pn.evaluate import nll
-from mlx_pn.io import write_json_atomic
+from mlx_pn.io import write_json_atomic, write_text_atomic
 from mlx_pn.train import distributed as dist
 from mlx_pn.train.checkpoint import latest_good_checkpoint, restore_checkpoint, save_checkpoint, save_model
 from mlx_pn.train.losses import cross_entropy
@@ -54,6 +54,14 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+def _row_step(line: str) -> float:
+    """The step of a metrics line; a torn last line (a crash mid-append) counts as past any checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
 class MetricsLog:
     """Append-only JSONL; on resume, lines past the checkpoint's step are dropped (they will recur)."""
 
@@ -61,10 +69,10 @@ class MetricsLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            path.write_text("")
+            write_text_atomic(path, "")
         elif path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
-            path.write_text("".join(k + "\n" for k in keep))
+            keep = [ln for ln in path.read_text().splitlines() if _row_step(ln) <= resume_step]
+            write_text_atomic(path, "".join(k + "\n" for k in keep))  # a kill here must not empty the log
 
     def write(self, **row) -> None:
         with open(self.path, "a") as f:
