@@ -21,8 +21,9 @@ def _cfg(out, **ov):
 def test_rows_and_matched_flops(tmp_path):
     cfg = _cfg(tmp_path, **{"grid.methods": "slm-d,slm-pn"})
     rows = grid_rows(cfg)
-    assert [r.name for r in rows] == ["slm", "llm", "slm-d", "slm-pn", "slm-untied"]  # slm-d brings its parts
-    assert rows[-1].overrides == {"model.tie_word_embeddings": "false"}
+    assert [r.name for r in rows] == ["slm", "llm", "slm-d", "slm-pn", "slm-untied", "slm-shared-ffn",
+                                      "slm-shared-attn-out", "slm-byte"]  # slm-d brings its parts
+    assert rows[4].overrides == {"model.tie_word_embeddings": "false", "model.intermediate_size": "44"}
     V, L = 512, cfg.pretrain.seq_len
     f_slm = train_flops_per_token(model_args(cfg, V), L)
     for b in (1.0, 2.0):
@@ -32,7 +33,9 @@ def test_rows_and_matched_flops(tmp_path):
         assert llm.pretrain.steps < slm.pretrain.steps
         assert abs(llm.pretrain.steps * f_llm / (slm.pretrain.steps * f_slm) - 1) < 0.25  # rounding of few steps
         assert row_config(cfg, rows[3], b, V, 4).pretrain.steps < slm.pretrain.steps  # the projection costs
-    assert row_config(cfg, rows[-1], 1.0, V, 4).out.endswith("b1/variant-slm-untied")
+    assert row_config(cfg, rows[4], 1.0, V, 4).out.endswith("b1/variant-slm-untied")
+    byte = row_config(cfg, rows[-1], 1.0, V, 4)  # the byte front end costs more FLOPs per token: fewer steps
+    assert byte.model.frontend == "byte" and byte.pretrain.steps < slm.pretrain.steps / 2
     with pytest.raises(ConfigError, match="unknown method 'slm-x'"):
         grid_rows(_cfg(tmp_path, **{"grid.methods": "slm,slm-x"}))
     bad = _cfg(tmp_path)
