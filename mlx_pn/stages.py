@@ -55,6 +55,13 @@ def pretrain_dir(cfg: Config, domain: str | None = None) -> Path:
     return root / (domain or cfg.domain) if cfg.method == "slm-is" else root
 
 
+def main_rank_log(log):
+    """Under mlx.launch only rank 0 talks (every rank runs the same stages)."""
+    from mlx_pn.train import distributed as dist
+
+    return log if dist.is_main() else (lambda *a, **k: None)
+
+
 def as_method(cfg: Config, method: str) -> Config:
     return dataclasses.replace(cfg, method=method)
 
@@ -146,6 +153,7 @@ def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, ex
     """Pretrain cfg.method's generic model -> pretrain_dir(cfg) (slm: OUT/pretrain/final).
 
     expert: slm-mix only, train just that expert (k processes can share the work)."""
+    log = main_rank_log(log)
     if expert is not None and cfg.method != "slm-mix":
         raise ConfigError(f"--expert only applies to --method slm-mix (got --method {cfg.method})")
     if cfg.method == "slm-mix":
@@ -385,6 +393,7 @@ def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True
                domain_tokens: int = 0) -> dict:
     """Fine-tune cfg.method's SLM (llm: the large model) on one domain with early stopping; measure before and
     after; results.json with the stage's cost. domain_tokens: fine-tune on only the first N train tokens."""
+    log = main_rank_log(log)
     check_domain(cfg, data, domain)
     out = specialize_dir(cfg, domain, domain_tokens)
     results_path = out / "results.json"
