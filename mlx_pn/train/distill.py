@@ -2,9 +2,12 @@
 
 loss = (1 - alpha) * CE(student, next token) + alpha * T^2 * KL(p_T || q_T)
 
-p_T: the teacher's next-token distribution at temperature T, kept as its top-k entries renormalised
-(the compact form, both live and on disk); q_T: the student's at the same temperature, read at the
-teacher's top-k ids. T^2 keeps the gradient scale of the soft term independent of T (Hinton et al.).
+p_T: the teacher's next-token distribution at temperature T, kept as its top-k log-probabilities (the
+compact form, both live and on disk) plus the mass of all other tokens as one "rest" bucket; q_T: the
+student's at the same temperature over the same k + 1 outcomes. (Renormalising the top-k instead would
+ask the student to put all its mass on k tokens: with a soft T=2 teacher over a large vocabulary the top-k
+hold a fraction of it, and that target made fine-tuning worse in our tiny runs.) T^2 keeps the gradient
+scale of the soft term independent of T (Hinton et al.).
 
 Teacher outputs come either from a disk cache (every domain training window run through the teacher once,
 stored as top-k ids + fp16 log-probs in resumable parts) or live (the teacher runs inside every step).
@@ -27,12 +30,12 @@ PART_WINDOWS = 256  # windows per cache part: the unit of resumption
 
 
 def teacher_topk(teacher, x: mx.array, k: int, temperature: float) -> tuple[mx.array, mx.array]:
-    """x (B, L) -> ids (B, L, k) int32 and log-probs (B, L, k) float32 of the teacher's top-k at temperature T,
-    renormalised over those k."""
+    """x (B, L) -> ids (B, L, k) int32 and log-probs (B, L, k) float32 of the teacher's top-k at temperature T
+    (normalised over the whole vocabulary: the rest of the mass is 1 - sum of their probabilities)."""
     logits = teacher(x).astype(mx.float32) / temperature  # (B, L, V)
     ids = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
     top = mx.take_along_axis(logits, ids, axis=-1)
-    return ids.astype(mx.int32), top - mx.logsumexp(top, axis=-1, keepdims=True)
+    return ids.astype(mx.int32), top - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
 def distill_loss(model, x: mx.array, y: mx.array, ids: mx.array, logp: mx.array, *, alpha: float,
@@ -45,8 +48,11 @@ def distill_loss(model, x: mx.array, y: mx.array, ids: mx.array, logp: mx.array,
     s = logits / temperature
     logq = mx.take_along_axis(s, ids, axis=-1) - mx.logsumexp(s, axis=-1, keepdims=True)  # (B, L, k)
     logp = logp.astype(mx.float32)
-    kl = mx.sum(mx.exp(logp) * (logp - logq), axis=-1).mean()
-    return (1 - alpha) * ce + alpha * temperature**2 * kl
+    p = mx.exp(logp)
+    p_rest = mx.maximum(1.0 - p.sum(axis=-1), 1e-7)  # the teacher's mass outside its top-k
+    q_rest = mx.maximum(1.0 - mx.exp(logq).sum(axis=-1), 1e-7)
+    kl = mx.sum(p * (logp - logq), axis=-1) + p_rest * (mx.log(p_rest) - mx.log(q_rest))
+    return (1 - alpha) * ce + alpha * temperature**2 * kl.mean()
 
 
 def live_distill_loss(teacher, k: int, alpha: float, temperature: float):
