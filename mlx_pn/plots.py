@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import numpy as np
 from pathlib import Path
 
 
@@ -64,22 +66,27 @@ def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Pa
     out_dir = Path(out_dir)
     sizes = [str(n) for n in results["sizes"]]
     names = list(dict.fromkeys(e["row"] for e in results["rows"]))
-    colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    colors = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
     fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(5 * (len(sizes) + 1), 4.2), squeeze=False)
     panels = [("before", sizes[0], "no fine-tuning")] + [
         ("after", s, f"fine-tuned, {'all' if s == '0' else s} domain tokens") for s in sizes]
     for ax, (key, size, title) in zip(axes[0], panels):
+        vals = [e[key][size] for e in results["rows"] if size in e[key]]
+        top = min(max(vals), 2.5 * float(np.median(vals))) if vals else None  # an undertrained row: off the chart
         for name in names:
             es = [e for e in results["rows"] if e["row"] == name and size in e[key]]
             if not es:
                 continue
             pts = sorted((e["pretrain_flops"], e[key][size]) for e in es)
+            label = name if min(p for _, p in pts) <= top else f"{name} (off the chart)"
             if pts[0][0] == 0:  # no generic pretraining: a flat line at its best value
-                ax.axhline(min(p for _, p in pts), ls="--", color=colors[name], label=name)
+                ax.axhline(min(p for _, p in pts), ls="--", color=colors[name], label=label)
             else:
-                ax.plot(*zip(*pts), "o-", color=colors[name], label=name)
+                ax.plot(*zip(*pts), "o-", color=colors[name], label=label)
         ax.set(title=title, xlabel="pretraining FLOPs", ylabel="macro perplexity")
         ax.set_xscale("log")
+        if top:
+            ax.set_ylim(0.95 * min(vals), top * 1.05)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
