@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mlx_pn.config import Config, ConfigError, _f, leaf_keys, model_args, parse_value, set_key, to_dict, validate
-from mlx_pn.costs import c_total, projection_flops_per_token, train_flops_per_token
+from mlx_pn.costs import StageCost, c_total, projection_flops_per_token, train_flops_per_token
 from mlx_pn.io import atomic_file, write_json_atomic
 
 ROUTED = ("slm-pn", "slm-hn", "slm-mix")
@@ -140,10 +140,7 @@ def run_grid(cfg: CompareConfig, log=print) -> dict:
 
     rows, bs, ns = grid_rows(cfg), budgets(cfg), sizes(cfg)
     data = prepare_data(cfg, log=log)
-    domains = _csv(cfg.grid.domains, "domains") or data.domain_names()
-    for d in domains:
-        if d not in data.domain_names():
-            raise ConfigError(f"grid.domains: '{d}' is not in data.domains ({', '.join(data.domain_names())})")
+    domains = grid_domains(cfg, data)
     k = _clusters(cfg, data, rows, log)
     vocab = data.tokenizer.vocab_size
     cells = [(r, b) for b in bs for r in rows if r.method != "slm-nopt"]
@@ -168,6 +165,15 @@ def run_grid(cfg: CompareConfig, log=print) -> dict:
     return results
 
 
+def grid_domains(cfg: CompareConfig, data) -> list[str]:
+    """grid.domains (checked against data.domains), or every domain."""
+    domains = _csv(cfg.grid.domains, "domains") or data.domain_names()
+    for d in domains:
+        if d not in data.domain_names():
+            raise ConfigError(f"grid.domains: '{d}' is not in data.domains ({', '.join(data.domain_names())})")
+    return domains
+
+
 def report_only(cfg: CompareConfig) -> dict:
     """Rebuild the results files from whatever cells have finished; trains nothing."""
     from mlx_pn.data.cluster_stage import load_clustering
@@ -175,7 +181,7 @@ def report_only(cfg: CompareConfig) -> dict:
 
     rows, bs, ns = grid_rows(cfg), budgets(cfg), sizes(cfg)
     data = prepare_data(cfg, log=lambda *a: None)  # cached: only checks that the data is there
-    domains = _csv(cfg.grid.domains, "domains") or data.domain_names()
+    domains = grid_domains(cfg, data)
     try:
         k = load_clustering(cfg, cfg.cluster.k).k
     except FileNotFoundError:
@@ -209,8 +215,8 @@ def _pretrain_summary(c: Config) -> dict | None:
         s, t = _pretrain_summary(as_method(c, "slm")), _pretrain_summary(as_method(c, "llm"))
         if s is None or t is None:
             return None
-        cost = {key: (s["cost"][key] or 0) + (t["cost"][key] or 0) for key in ("flops", "tokens", "wall_s")}
-        return {**s, "cost": cost, "steps": s["steps"] + t["steps"]}
+        cost = StageCost.from_dict(s["cost"]) + StageCost.from_dict(t["cost"])  # student + teacher
+        return {**s, "cost": cost.as_dict(), "steps": s["steps"] + t["steps"]}
     p = pretrain_dir(c) / "summary.json"
     return json.loads(p.read_text()) if p.exists() else None
 

@@ -86,15 +86,18 @@ def specialize_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
     return Path(cfg.out) / ("specialize" if cfg.method == "slm" else f"specialize-{cfg.method}") / name
 
 
-def load_clusters(cfg: Config):
-    """The cluster.k clustering the routed methods need; a ConfigError says how to make it."""
+def load_clusters(cfg: Config, key: str = "k"):
+    """The cluster.<key> clustering a method needs (k: the routed methods; k_importance: slm-is); a
+    ConfigError says how to make it."""
     from mlx_pn.data.cluster_stage import load_clustering
 
+    k = getattr(cfg.cluster, key)
     try:
-        return load_clustering(cfg, cfg.cluster.k)
+        return load_clustering(cfg, k)
     except FileNotFoundError as e:
-        raise ConfigError(f"method {cfg.method} routes windows by cluster: {e} (same --out/--data.dir and "
-                          f"--cluster.k {cfg.cluster.k})") from None
+        why = "resamples generic windows" if key == "k_importance" else "routes windows"
+        raise ConfigError(f"method {cfg.method} {why} by cluster: {e} (same --out/--data.dir and "
+                          f"--cluster.{key} {k})") from None
 
 
 def _finished(out: Path, steps: int, resume: bool, log, what: str) -> dict | None:
@@ -125,13 +128,13 @@ def check_domain(cfg: Config, data: PreparedData, domain: str) -> None:
 
 def evaluate_split(model, data: PreparedData, corpus: str, split: str, cfg: Config, max_windows: int = 0) -> dict:
     """NLL, perplexity and bits per byte of a held-out split (its first max_windows windows; 0 = all)."""
-    c, L = data.corpora[corpus], cfg.finetune.seq_len
-    r = nll(model, c.tokens(split), L, cfg.finetune.batch_size, max_windows)
+    c = data.corpora[corpus]
+    windows = eval_windows(c.tokens(split), cfg.finetune.seq_len, max_windows)  # (N, L + 1)
+    r = nll(model, windows, cfg.finetune.seq_len, cfg.finetune.batch_size)
     if max_windows == 0:  # the whole split: its UTF-8 size from the data manifest
         r["bpb"] = bits_per_byte(r["nll"], r["tokens"], c.bytes_utf8(split))
     else:  # the bytes the evaluated target tokens stand for
-        targets = eval_windows(c.tokens(split), L, max_windows)[:, 1:]
-        r["bpb"] = bits_per_byte(r["nll"], r["tokens"], int(piece_bytes(data.tokenizer)[targets].sum()))
+        r["bpb"] = bits_per_byte(r["nll"], r["tokens"], int(piece_bytes(data.tokenizer)[windows[:, 1:]].sum()))
     return r
 
 
@@ -139,13 +142,15 @@ _PIECE_BYTES: dict[str, np.ndarray] = {}
 
 
 def piece_bytes(tokenizer) -> np.ndarray:
-    """(V,) UTF-8 bytes of text each token id stands for: byte pieces 1, control ids (eos) 0, '▁' a space."""
+    """(V,) UTF-8 bytes of text each token id stands for (the byte model's reading of a piece: byte pieces 1,
+    '▁' a space), control and unknown ids 0."""
+    from mlx_pn.models.byte_lm import piece_symbols
+
     key = str(tokenizer.folder)
     if key not in _PIECE_BYTES:
         sp = tokenizer.sp
-        _PIECE_BYTES[key] = np.array([
-            0 if sp.is_control(i) or sp.is_unknown(i) else 1 if sp.is_byte(i)
-            else len(sp.id_to_piece(i).replace("\u2581", " ").encode()) for i in range(tokenizer.vocab_size)])
+        _PIECE_BYTES[key] = np.array([0 if sp.is_control(i) or sp.is_unknown(i) else len(piece_symbols(sp, i))
+                                      for i in range(tokenizer.vocab_size)])
     return _PIECE_BYTES[key]
 
 
@@ -197,14 +202,9 @@ def pretrain_plain(cfg: Config, data: PreparedData, resume: bool = True, log=pri
 def importance_indices(cfg: Config, data: PreparedData, domain: str) -> tuple[np.ndarray, dict]:
     """Generic training windows resampled to the domain's cluster.k_importance histogram (with replacement, as
     many as the generic split has windows) -> (window indices, resampling statistics)."""
-    from mlx_pn.data.cluster_stage import load_clustering
     from mlx_pn.data.sampling import resample, resample_stats
 
-    try:
-        clusters = load_clustering(cfg, cfg.cluster.k_importance)
-    except FileNotFoundError as e:
-        raise ConfigError(f"slm-is resamples generic windows by cluster: {e} (same --out/--data.dir and "
-                          f"--cluster.k_importance {cfg.cluster.k_importance})") from None
+    clusters = load_clusters(cfg, "k_importance")
     hist = np.asarray(clusters.histograms[domain], dtype=np.float64)
     labels = clusters.labels(GENERIC, "train")
     idx = resample(labels, hist, n=len(labels), seed=cfg.pretrain.seed)
