@@ -176,7 +176,7 @@ def grid_domains(cfg: CompareConfig, data) -> list[str]:
 
 def report_only(cfg: CompareConfig) -> dict:
     """Rebuild the results files from whatever cells have finished; trains nothing."""
-    from mlx_pn.data.cluster_stage import load_clustering
+    from mlx_pn.clustering.stage import load_clustering
     from mlx_pn.data.prepare import prepare_data
 
     rows, bs, ns = grid_rows(cfg), budgets(cfg), sizes(cfg)
@@ -193,7 +193,7 @@ def report_only(cfg: CompareConfig) -> dict:
 
 def _clusters(cfg: Config, data, rows: list[Row], log) -> int:
     """Cluster once if a row needs it (routed methods: cluster.k; slm-is: cluster.k_importance) -> the k used."""
-    from mlx_pn.data.cluster_stage import load_clustering, run_clustering
+    from mlx_pn.clustering.stage import load_clustering, run_clustering
 
     ks = sorted(({cfg.cluster.k} if any(r.method in ROUTED for r in rows) else set())
                 | ({cfg.cluster.k_importance} if any(r.method == "slm-is" for r in rows) else set()))

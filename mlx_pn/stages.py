@@ -36,7 +36,7 @@ from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches, eval_windo
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
 from mlx_pn.io import file_sha256, write_json_atomic
-from mlx_pn.evaluate import bits_per_byte, nll
+from mlx_pn.train.evaluate import bits_per_byte, nll
 from mlx_pn.models import mixture
 from mlx_pn.models.projected import (ProjectedArgs, build_projected, load_projected, projected_config,
                                      projected_cross_entropy)
@@ -89,7 +89,7 @@ def specialize_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
 def load_clusters(cfg: Config, key: str = "k"):
     """The cluster.<key> clustering a method needs (k: the routed methods; k_importance: slm-is); a
     ConfigError says how to make it."""
-    from mlx_pn.data.cluster_stage import load_clustering
+    from mlx_pn.clustering.stage import load_clustering
 
     k = getattr(cfg.cluster, key)
     try:
@@ -202,7 +202,7 @@ def pretrain_plain(cfg: Config, data: PreparedData, resume: bool = True, log=pri
 def importance_indices(cfg: Config, data: PreparedData, domain: str) -> tuple[np.ndarray, dict]:
     """Generic training windows resampled to the domain's cluster.k_importance histogram (with replacement, as
     many as the generic split has windows) -> (window indices, resampling statistics)."""
-    from mlx_pn.data.sampling import resample, resample_stats
+    from mlx_pn.clustering.sampling import resample, resample_stats
 
     clusters = load_clusters(cfg, "k_importance")
     hist = np.asarray(clusters.histograms[domain], dtype=np.float64)

@@ -22,7 +22,7 @@ def main(argv=None):
     parser = build_parser(__doc__, extra=extra)
     cfg, args = parse(parser, argv)
     with clear_errors():
-        from mlx_pn.data.cluster_stage import clusters_folder, run_clustering
+        from mlx_pn.clustering.stage import clusters_folder, run_clustering
         from mlx_pn.data.prepare import prepare_data
 
         data = prepare_data(cfg)

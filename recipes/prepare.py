@@ -148,13 +148,13 @@ def main(argv=None):
     t0 = time.time()
     corpus_dir = Path(args.corpus_dir) if args.corpus_dir else Path(cfg.out) / "corpus"
     with clear_errors():
-        from mlx_pn.data.offline_mix import write_manifest
+        from mlx_pn.corpus.offline_mix import write_manifest
         from mlx_pn.data.prepare import prepare_data
         from mlx_pn.data.shards import read_manifest
         from mlx_pn.data.sources import DataError
 
         if args.corpus == "offline-mix":
-            from mlx_pn.data.offline_mix import build_offline_mix
+            from mlx_pn.corpus.offline_mix import build_offline_mix
 
             work = Path(args.work) if args.work else Path(cfg.out) / "work"
             manifest = build_offline_mix(corpus_dir, work, portable=args.portable, include_gcide=args.gcide)

@@ -118,7 +118,7 @@ def test_domain_of_one_document(run_copy, capsys):
 def test_k_larger_than_the_number_of_windows():
     """k-means itself refuses; the cluster stage lowers an impossible k with a message instead (README:
     cluster.k_importance; tested in test_cluster_stage with k=2048 on the tiny data)."""
-    from mlx_pn.data.clusters import kmeans
+    from mlx_pn.clustering.kmeans import kmeans
 
     with pytest.raises(ValueError, match="k=10 is larger than the number of windows N=5; lower k"):
         kmeans(np.random.default_rng(0).random((5, 3), dtype=np.float32), 10)

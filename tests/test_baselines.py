@@ -76,7 +76,7 @@ def test_teacher_cache_equals_live_and_resumes(tmp_path):
 
 @pytest.fixture(scope="module")
 def clustered_is(tiny_run):
-    from mlx_pn.data.cluster_stage import run_clustering
+    from mlx_pn.clustering.stage import run_clustering
 
     cfg, data = tiny_run
     run_clustering(cfg, data, ks=[4], log=lambda *a: None)
@@ -92,7 +92,7 @@ def _cfg(tiny_run, out, method, **kw):
 
 
 def test_importance_windows_follow_the_domain_histogram(clustered_is, tmp_path):
-    from mlx_pn.data.cluster_stage import load_clustering
+    from mlx_pn.clustering.stage import load_clustering
     from mlx_pn.stages import importance_indices
 
     _, data = clustered_is

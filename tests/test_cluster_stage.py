@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from mlx_pn.data.cluster_stage import load_clustering, run_clustering, window_len
+from mlx_pn.clustering.stage import load_clustering, run_clustering, window_len
 
 
 def test_every_window_labelled_and_histograms_sum_to_one(tiny_run):

@@ -3,8 +3,8 @@ import warnings
 import numpy as np
 import pytest
 
-from mlx_pn.data.clusters import (assign, cluster_report, histogram, kmeans, nmi, warn_if_k_too_large)
-from mlx_pn.data.sampling import importance_weights, lost_mass, resample, resample_stats
+from mlx_pn.clustering.kmeans import (assign, cluster_report, histogram, kmeans, nmi, warn_if_k_too_large)
+from mlx_pn.clustering.sampling import importance_weights, lost_mass, resample, resample_stats
 
 
 def blobs(n=1200, k=6, d=16, spread=8.0, seed=0):
@@ -62,7 +62,7 @@ def test_n_init_keeps_best():
 
 
 def test_empty_cluster_is_reseeded():
-    from mlx_pn.data import clusters
+    from mlx_pn.clustering import kmeans as clusters
 
     x, y = blobs(n=600, k=3, seed=4)
     # Force the case: a k-means++ that puts one centre far from every point makes it empty at step 1.

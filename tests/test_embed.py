@@ -1,4 +1,4 @@
-"""mlx_pn.data.embed: MiniLM in MLX against sentence-transformers' vectors, and the static embedder.
+"""mlx_pn.clustering.embed: MiniLM in MLX against sentence-transformers' vectors, and the static embedder.
 
 The reference vectors in fixtures/minilm_reference.npz were made once by sentence-transformers on torch
 CPU (fixtures/make_minilm_reference.py); the MLX port matches them to ~2e-7. Needs the model package:
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_pn.data import embed as E
+from mlx_pn.clustering import embed as E
 from mlx_pn.data.sources import DataError, load_documents
 
 REF = Path(__file__).parent / "fixtures" / "minilm_reference.npz"

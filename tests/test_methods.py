@@ -151,7 +151,7 @@ def _method_cfg(tiny_run, out, method, **ov):
 
 @pytest.fixture(scope="module")
 def clustered(tiny_run):
-    from mlx_pn.data.cluster_stage import run_clustering
+    from mlx_pn.clustering.stage import run_clustering
 
     cfg, data = tiny_run
     run_clustering(cfg, data, ks=[4], log=lambda *a: None)
@@ -166,7 +166,7 @@ def clustered(tiny_run):
 def test_pretrain_specialize_export_each_method(clustered, tmp_path_factory, method, select, domain, grouped,
                                                 monkeypatch):
     import mlx_pn.stages as stages
-    from mlx_pn.data.cluster_stage import load_clustering
+    from mlx_pn.clustering.stage import load_clustering
     from mlx_pn.export import export_mlx_lm
 
     _, data = clustered

@@ -14,12 +14,12 @@ import pytest
 
 from conftest import TINY
 
-from mlx_pn.data import offline_mix as om
-from mlx_pn.data.extract import (bbc_docs, brown_detokenize, brown_docs, clean, html_to_text, kernel_docs,
+from mlx_pn.corpus import offline_mix as om
+from mlx_pn.corpus.extract import (bbc_docs, brown_detokenize, brown_docs, clean, html_to_text, kernel_docs,
                                  mail_body, split_long, strip_mail_footer)
-from mlx_pn.data.extract_domains import (hpo_term_lines, is_test_path, kjv_chapters, license_candidates,
+from mlx_pn.corpus.domains import (hpo_term_lines, is_test_path, kjv_chapters, license_candidates,
                                          license_text, metamath_docs, parse_obo_terms)
-from mlx_pn.data.fetch import FetchError, Package, deb_members
+from mlx_pn.corpus.fetch import FetchError, Package, deb_members
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def test_fetch_npm_relative_dest_and_pin_check(tmp_path, monkeypatch):
     import hashlib
     import os
 
-    from mlx_pn.data.fetch import PinError, fetch_npm
+    from mlx_pn.corpus.fetch import PinError, fetch_npm
 
     bindir = tmp_path / "bin"
     bindir.mkdir()

@@ -185,7 +185,7 @@ def test_byte_kv_cache_matches_full_forward(byte_model):
 
 def test_byte_model_trains_saves_and_loads(tiny_run, tmp_path):
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.evaluate import nll
+    from mlx_pn.train.evaluate import nll
     from mlx_pn.train.checkpoint import load_model
     from mlx_pn.train.loop import train
 

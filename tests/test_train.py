@@ -146,7 +146,7 @@ def test_early_stopping_keeps_best_weights(tiny_run, tmp_path):
               PackedBatches(toks, 32, 4, 0), tmp_path, valid_tokens=data.corpora["legal"].tokens("valid"),
               log=lambda *a: None)
     assert r.stopped_early and r.steps < 60
-    from mlx_pn.evaluate import nll
+    from mlx_pn.train.evaluate import nll
 
     got = nll(m, data.corpora["legal"].tokens("valid"), 32, 4, 8)["nll"]
     assert math.isclose(got, r.best_valid_nll, rel_tol=1e-5)

@@ -27,9 +27,9 @@ def main(argv=None):
     from mlx_pn.cli import build_parser, parse
 
     cfg, args = parse(build_parser(__doc__, extra=extra), argv)
-    from mlx_pn.data.cluster_stage import window_len, window_texts
-    from mlx_pn.data.clusters import kmeans, nmi
-    from mlx_pn.data.embed import get_embedder
+    from mlx_pn.clustering.stage import window_len, window_texts
+    from mlx_pn.clustering.kmeans import kmeans, nmi
+    from mlx_pn.clustering.embed import get_embedder
     from mlx_pn.data.prepare import prepare_data
 
     data = prepare_data(cfg)

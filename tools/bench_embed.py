@@ -1,4 +1,4 @@
-"""Sentence-embedding throughput and agreement on real bundled text (mlx_pn.data.embed).
+"""Sentence-embedding throughput and agreement on real bundled text (mlx_pn.clustering.embed).
 
 Throughput, in windows/s at 128 and 256 tokens ([CLS] ... [SEP] included), same windows and batch size:
   - MiniLM in MLX (MiniLMEmbedder), fp32;
@@ -64,7 +64,7 @@ def make_windows(n: int, tokens: int, seed: int = 0) -> tuple[list[str], list[in
     DOMAINS; returns (texts, domain labels). Documents shorter than one window give none."""
     from tokenizers import Tokenizer
 
-    from mlx_pn.data.embed import find_minilm_dir
+    from mlx_pn.clustering.embed import find_minilm_dir
     from mlx_pn.data.sources import load_documents
 
     tok = Tokenizer.from_file(str(find_minilm_dir() / "tokenizer.json"))
@@ -193,7 +193,7 @@ def main(argv=None) -> None:
     import mlx_pn  # noqa: F401  (optimized BLAS before mlx.core)
     import numpy as np
 
-    from mlx_pn.data.embed import MiniLMEmbedder, StaticEmbedder, find_minilm_dir
+    from mlx_pn.clustering.embed import MiniLMEmbedder, StaticEmbedder, find_minilm_dir
 
     model_dir = find_minilm_dir()
     windows = {L: make_windows(args.n, L, args.seed) for L in args.tokens}

@@ -1,4 +1,4 @@
-"""k-means wall time and inertia: mlx_pn.data.clusters.kmeans next to scikit-learn's KMeans (the peer),
+"""k-means wall time and inertia: mlx_pn.clustering.kmeans.kmeans next to scikit-learn's KMeans (the peer),
 same data, same k, k-means++ init, n_init=1, same max_iter, measured in the same run.
 
     python -m tools.bench_kmeans [--n 20000] [--dim 384] [--ks 16 256] [--iters 50] [--vectors emb.npy]
@@ -47,7 +47,7 @@ def inertia64(x: np.ndarray, c: np.ndarray, rows: int = 8192) -> float:
 
 def run_mlx(x, k, iters, tol, seed):
     """-> (total s, k-means++ s, centroids, Lloyd iterations)"""
-    from mlx_pn.data.clusters import kmeans
+    from mlx_pn.clustering.kmeans import kmeans
 
     t = time.perf_counter()
     r = kmeans(x, k, iters=iters, tol=tol, seed=seed)

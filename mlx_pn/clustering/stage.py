@@ -21,9 +21,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mlx_pn.config import Config
-from mlx_pn.data.clusters import MIN_WINDOWS_PER_CLUSTER, assign, cluster_report, histogram, kmeans, nmi
+from mlx_pn.clustering.kmeans import MIN_WINDOWS_PER_CLUSTER, assign, cluster_report, histogram, kmeans, nmi
 from mlx_pn.data.prepare import GENERIC, PreparedData
-from mlx_pn.data.sampling import resample, resample_stats
+from mlx_pn.clustering.sampling import resample, resample_stats
 from mlx_pn.io import atomic_file, remove_tree, write_json_atomic, write_text_atomic
 
 PART = 4096  # windows per resumable embedding part
@@ -103,7 +103,7 @@ def load_clustering(cfg: Config, k: int) -> Clustering:
 
 def run_clustering(cfg: Config, data: PreparedData, ks: list[int] | None = None, log=print) -> dict[int, dict]:
     """Embed all windows, then for each k fit/assign/report. Returns {k: manifest}."""
-    from mlx_pn.data.embed import get_embedder
+    from mlx_pn.clustering.embed import get_embedder
 
     cc, window = cfg.cluster, window_len(cfg)
     emb_dir = cfg.data_dir / "clusters" / f"emb-{cc.embedder}-w{window}"
