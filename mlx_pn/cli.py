@@ -1,23 +1,48 @@
-"""Command-line front end shared by every recipe: ``--config FILE`` plus one flag per config key."""
+"""Command-line front end shared by every recipe: ``--config FILE`` plus one flag per config key.
+
+Every recipe builds its parser the same way::
+
+    parser = build_parser(__doc__, extra=add_options, default_config=CONFIGS / "quickstart.yaml")
+    cfg, args = parse(parser, argv)
+
+`default_config` is the file read when no --config is given (None: the dataclass defaults alone); --help
+shows it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import typing
+from pathlib import Path
 
-from mlx_pn.config import Config, ConfigError, _base_type, leaf_keys, load_config
+from mlx_pn.config import Config, ConfigError, _base_type, leaf_keys
 
 
-def build_parser(description: str, cls=Config, extra: typing.Callable | None = None) -> argparse.ArgumentParser:
-    """An argparse parser whose --help lists every config key with its default and meaning."""
+def _shown(path: Path) -> str:
+    """A default config as --help shows it: relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def build_parser(description: str, cls=Config, extra: typing.Callable | None = None,
+                 default_config: str | Path | None = None) -> argparse.ArgumentParser:
+    """An argparse parser whose --help lists every config key with its default and meaning.
+
+    cls: the config dataclass (Config, or a subclass with more sections); extra(parser) adds the recipe's own
+    flags; default_config: the file read when the command line has no --config (None: defaults only)."""
     p = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
         epilog="Precedence: command line > --config file > defaults. Keys are dotted: --pretrain.lr 3e-4.",
     )
-    p.add_argument("--config", help="YAML or JSON config file (see recipes/configs/)", default=None)
+    shown = "" if default_config is None else f"; default: {_shown(default_config)}"
+    p.add_argument("--config", help=f"YAML or JSON config file (see recipes/configs/){shown}",
+                   default=None if default_config is None else str(default_config))
+    p.config_class = cls  # parse() builds this class
     if extra:
         extra(p)
     defaults = cls()
@@ -36,9 +61,10 @@ def build_parser(description: str, cls=Config, extra: typing.Callable | None = N
     return p
 
 
-def parse(parser: argparse.ArgumentParser, argv=None, cls=Config):
-    """-> (config, namespace). Exits with a clear message on any config error."""
+def parse(parser: argparse.ArgumentParser, argv=None, cls=None):
+    """-> (config, namespace). Exits with a clear message on any config error. cls: the parser's by default."""
     args, unknown = parser.parse_known_args(argv)
+    cls = cls or getattr(parser, "config_class", Config)
     if unknown:
         flag = unknown[0]
         key = flag.lstrip("-").split("=")[0]
@@ -48,6 +74,8 @@ def parse(parser: argparse.ArgumentParser, argv=None, cls=Config):
         hint = f"; did you mean '--{close[0]}'?" if close else "; see --help for the valid options"
         parser.error(f"unknown option '{flag}'{hint}")
     overrides = {k[3:]: v for k, v in vars(args).items() if k.startswith("ov:") and v is not None}
+    from mlx_pn.methods import load_config  # with the method's own rules (imports mlx: after --help)
+
     try:
         cfg = load_config(args.config, overrides, cls)
     except ConfigError as e:

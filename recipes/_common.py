@@ -1,15 +1,18 @@
-"""What every recipe shares: flags for resuming, and turning library errors into clear exits."""
+"""What every recipe shares: the preset folder, flags for resuming, and turning library errors into clear exits."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlx_pn  # noqa: F401  (sets up the BLAS before anything imports mlx.core)
 from mlx_pn.config import ConfigError
 from mlx_pn.data.sources import DataError
 from mlx_pn.io import DiskSpaceError
+
+CONFIGS = Path(__file__).parent / "configs"  # the preset files; a recipe's default_config is one of them
 
 # Error classes of heavier modules, looked up only when something was raised: importing mlx_pn.export
 # (mlx_lm, transformers) costs ~2 s, and an error of a module never imported cannot have been raised.

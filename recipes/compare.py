@@ -15,6 +15,8 @@ domain_tokens, domains. Everything else is the usual config (data, model, large,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mlx_pn.cli import build_parser, parse
 from recipes._common import clear_errors
 
@@ -25,18 +27,16 @@ def extra(p):
 
 
 def main(argv=None):
-    from mlx_pn.compare import CompareConfig
+    from mlx_pn.compare import CompareConfig, report_only, run_grid  # the grid
 
     parser = build_parser(__doc__, cls=CompareConfig, extra=extra)
-    cfg, args = parse(parser, argv, cls=CompareConfig)
+    cfg, args = parse(parser, argv)
     with clear_errors():
-        from mlx_pn import compare
-
         if args.report_only:
-            compare.report_only(cfg)
+            report_only(cfg)
         else:
-            compare.run_grid(cfg)
-        print((compare.Path(cfg.out) / "results.md").read_text())
+            run_grid(cfg)
+        print((Path(cfg.out) / "results.md").read_text())
 
 
 if __name__ == "__main__":

@@ -42,13 +42,23 @@ def test_fine_tuning_lowers_domain_perplexity(run_dir):
 
 
 def test_export_generates_through_mlx_lm_cli(run_dir):
-    folder = run_dir / "export" / "legal"
+    """`python -m mlx_lm generate` on the export prints the same greedy continuation, with the same token
+    count, as mlx-lm's Python API: 12 tokens unless the model ended the text (EOS) sooner."""
+    from mlx_lm import load, stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    folder, prompt = run_dir / "export" / "legal", "Permission is hereby granted"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     p = subprocess.run([sys.executable, "-m", "mlx_lm", "generate", "--model", str(folder), "--prompt",
-                        "Permission is hereby granted", "--max-tokens", "12", "--temp", "0"],
+                        prompt, "--max-tokens", "12", "--temp", "0"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "Generation: 12 tokens" in p.stdout or "Generation:" in p.stdout
+    model, tokenizer = load(str(folder))
+    steps = list(stream_generate(model, tokenizer, prompt, max_tokens=12, sampler=make_sampler(temp=0.0)))
+    text, last = "".join(s.text for s in steps), steps[-1]
+    assert last.generation_tokens == 12 or last.finish_reason == "stop"
+    assert text.strip() and f"==========\n{text}\n==========" in p.stdout, p.stdout
+    assert f"Generation: {last.generation_tokens} tokens," in p.stdout, p.stdout
 
 
 def test_rerun_skips_finished_stages(run_dir, capsys):
@@ -73,11 +83,35 @@ def test_unknown_domain_is_clear(run_dir, capsys):
     assert "domain 'lega' is not in data.domains" in capsys.readouterr().err
 
 
-def test_every_recipe_has_help():
-    for name in ("pretrain", "specialize", "export", "quickstart"):
-        p = subprocess.run([sys.executable, "-m", f"recipes.{name}", "--help"], capture_output=True, text=True,
-                           cwd=REPO, timeout=120)
-        assert p.returncode == 0 and "--pretrain.lr" in p.stdout and "--config" in p.stdout, name
+RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.py") if not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_has_help(name):
+    p = subprocess.run([sys.executable, "-m", f"recipes.{name}", "--help"], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "--pretrain.lr" in p.stdout and "--config" in p.stdout, name
+
+
+def test_default_config_is_read_and_shown(tmp_path):
+    """A recipe's default config (quickstart: recipes/configs/quickstart.yaml) applies without --config,
+    is replaced by --config, and --help names it."""
+    import re
+
+    from mlx_pn.cli import build_parser, parse
+    from mlx_pn.config import load_file
+    from recipes import quickstart
+
+    steps = {f: load_file(f)["pretrain"]["steps"] for f in (quickstart.DEFAULT_CONFIG, TINY)}
+    assert steps[quickstart.DEFAULT_CONFIG] != steps[TINY]
+    parser = build_parser("x", default_config=quickstart.DEFAULT_CONFIG)
+    cfg, _ = parse(parser, ["--out", str(tmp_path)])
+    assert cfg.pretrain.steps == steps[quickstart.DEFAULT_CONFIG] and cfg.out == str(tmp_path)
+    cfg, _ = parse(parser, ["--config", str(TINY)])
+    assert cfg.pretrain.steps == steps[TINY]
+    assert re.search(r"default: \S*recipes/configs/quickstart\.yaml", " ".join(parser.format_help().split()))
+    assert build_parser("x").parse_args([]).config is None  # no default: the dataclass defaults alone
 
 
 def test_training_curves_png(run_dir, tmp_path):

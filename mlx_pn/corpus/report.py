@@ -1,0 +1,113 @@
+"""What a prepared corpus holds, counted and written down: tokens per split and per generic source, the
+per-domain train subsets used for specialization, and CORPUS_DIR/report.md (recipes.prepare)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlx_pn.io import write_text_atomic
+
+SUBSETS = {"1M": 1_000_000}
+
+
+def token_breakdown(cfg, domains: list[str], by_source: bool) -> tuple[dict, dict]:
+    """Per generic source tokens per split (offline mix: ids are "source/...") and, per domain, the
+    number of train documents (in shard order) needed to reach each SUBSETS size.
+
+    Re-reads and re-splits the documents exactly as the data stage does, so the sums must equal the
+    shard manifests (check_recount)."""
+    from mlx_pn.data.sources import load_documents, split_documents
+    from mlx_pn.data.tokenizer import Tokenizer
+
+    tok = Tokenizer(cfg.data_dir / "tokenizer")
+    v, t = cfg.data.valid_fraction, cfg.data.test_fraction
+
+    def lengths(docs) -> list[int]:
+        out = []
+        for i in range(0, len(docs), 512):
+            out += [len(ids) + 1 for ids in tok.encode_batch([d.text for d in docs[i:i + 512]])]  # + eos
+        return out
+
+    sources: dict[str, dict] = {}
+    if by_source:
+        splits = split_documents(load_documents(cfg.data.generic, "data.generic", cfg.data.max_docs), v, t)
+        for split, docs in splits.items():
+            for d, n in zip(docs, lengths(docs)):
+                s = sources.setdefault(d.id.split("/", 1)[0], {"documents": 0, "bytes_utf8": 0, "tokens": {}})
+                s["documents"] += 1
+                s["bytes_utf8"] += len(d.text.encode("utf-8"))
+                s["tokens"][split] = s["tokens"].get(split, 0) + n
+    subsets = {}
+    for name in domains:
+        train = split_documents(load_documents(cfg.data.domains[name], f"data.domains.{name}", cfg.data.max_docs),
+                                v, t)["train"]
+        lens = lengths(train)
+        entry, cum = {}, 0
+        for label, target in SUBSETS.items():
+            cum, k = 0, 0
+            while k < len(lens) and cum < target:
+                cum, k = cum + lens[k], k + 1
+            entry[label] = {"tokens": cum, "documents": k, "reached": cum >= target}
+        entry["max"] = {"tokens": sum(lens), "documents": len(lens)}
+        subsets[name] = entry
+    return sources, subsets
+
+
+def check_recount(sources: dict, subsets: dict, shards: dict, data_dir: Path) -> None:
+    """The recount of token_breakdown must equal the shard manifests; a DataError says how to recover."""
+    from mlx_pn.data.sources import DataError
+
+    for n, e in subsets.items():
+        if e["max"]["tokens"] != shards[n]["splits"]["train"]["tokens"]:
+            raise DataError(f"{n}: recount gives {e['max']['tokens']} train tokens, shards have "
+                            f"{shards[n]['splits']['train']['tokens']}; delete {data_dir}/shards and rerun")
+    if sources:
+        total = sum(s["tokens"].get("train", 0) for s in sources.values())
+        if total != shards["generic"]["splits"]["train"]["tokens"]:
+            raise DataError(f"generic: per-source recount ({total}) differs from the shards; rerun with a "
+                            f"fresh {data_dir}")
+
+
+def write_report(path: Path, manifest: dict, prepared: dict) -> None:
+    """report.md: the build's parts (offline mix), the token shards, the sources, the specialization subsets."""
+    mb = lambda n: f"{n / 1e6:.2f}"  # noqa: E731
+    L = [f"# Corpus report: {manifest.get('name', 'corpus')}", ""]
+    parts = manifest.get("parts", {})
+    if parts:
+        L += ["## Parts", "", "| part | kind | docs | MB (UTF-8) | duplicates removed | licence |",
+              "|---|---|---:|---:|---:|---|"]
+        for n, p in parts.items():
+            flag = f" **restricted: {p['restricted']}**" if p.get("restricted") else ""
+            L.append(f"| {n} | {p['kind']} | {p['documents']:,} | {mb(p['bytes_utf8'])} | {p['dedup']['removed']:,} "
+                     f"| {p['licence']}{flag} |")
+        g = manifest["generic"]
+        L += ["", f"Generic total: {g['documents']:,} documents, {mb(g['bytes_utf8'])} MB.", ""]
+        d = manifest["dedup"]
+        L += [f"De-duplication ({d['near']}, threshold {d['threshold']}): " + ", ".join(
+            f"{k.replace('_', ' ')} {v:,}" for k, v in d.get("totals", {}).items()) + ".", ""]
+    if manifest.get("failed"):
+        L += ["## Not built", ""] + [f"- **{k}**: {v.splitlines()[0]}" for k, v in manifest["failed"].items()] + [""]
+    L += ["## Token shards", "", f"Tokenizer: {prepared['vocab_size']} pieces, sha256 `{prepared['tokenizer_sha256'][:16]}…`, "
+          f"shards in `{prepared['data_dir']}`.", "",
+          "| corpus | train docs | train tokens | valid docs | valid tokens | test docs | test tokens | MB |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, c in prepared["corpora"].items():
+        s = c["splits"]
+        L.append(f"| {n} | " + " | ".join(f"{s[k]['documents']:,} | {s[k]['tokens']:,}" for k in ("train", "valid", "test"))
+                 + f" | {mb(sum(x['bytes_utf8'] for x in s.values()))} |")
+    if prepared.get("sources"):
+        L += ["", "Generic by source:", "", "| source | docs | MB | train tokens | valid tokens | test tokens |",
+              "|---|---:|---:|---:|---:|---:|"]
+        for n, s in prepared["sources"].items():
+            L.append(f"| {n} | {s['documents']:,} | {mb(s['bytes_utf8'])} | "
+                     + " | ".join(f"{s['tokens'].get(k, 0):,}" for k in ("train", "valid", "test")) + " |")
+    L += ["", "## Specialization subsets", "",
+          "Train documents of each domain, in shard order, needed to reach the size (`max` = the whole train split).", "",
+          "| domain | " + " | ".join(f"{k} docs | {k} tokens" for k in [*SUBSETS, "max"]) + " |",
+          "|---|" + "---:|---:|" * (len(SUBSETS) + 1)]
+    for n, e in prepared["subsets"].items():
+        cells = [f"{e[k]['documents']:,} | {e[k]['tokens']:,}{'' if e[k].get('reached', True) else ' (short)'}"
+                 for k in [*SUBSETS, "max"]]
+        L.append(f"| {n} | " + " | ".join(cells) + " |")
+    L += ["", f"Prepared in {prepared['seconds']:.0f} s.", ""]
+    write_text_atomic(path, "\n".join(L))
