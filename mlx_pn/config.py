@@ -46,6 +46,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    """A preset (mlx_pn.models.build.PRESETS) and overrides of its fields, which keep the names of
+    transformer.ModelArgs / byte_lm.ModelArgs (None: the preset's value); tests/test_model.py checks them."""
+
     preset: str = _f("cpu", "architecture preset: tiny | cpu | cpu-large | slm (paper, 126M) | llm (paper, 771M)")
     hidden_size: Optional[int] = _f(None, "override the preset's hidden size d")
     num_hidden_layers: Optional[int] = _f(None, "override the number of layers")
@@ -329,14 +332,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
 
 def validate(cfg: Config) -> None:
     """Cross-field checks with actionable messages."""
-    from mlx_pn.models.transformer import PRESETS
-
     if not isinstance(cfg, Config):
         return
-    for sec in ("model", "large"):
-        preset = getattr(cfg, sec).preset
-        if preset not in PRESETS:
-            raise ConfigError(f"{sec}.preset: unknown preset '{preset}'{_suggest(preset, PRESETS)}")
+    for sec in ("model", "large"):  # presets are checked where they are read: mlx_pn.models.build.check_preset
         if getattr(cfg, sec).frontend not in ("token", "byte"):
             raise ConfigError(f"{sec}.frontend must be 'token' or 'byte', got {getattr(cfg, sec).frontend!r}")
     stlm = [k for k in ("share_ffn", "share_attn_out") if getattr(cfg.model, k)] + (
@@ -386,16 +384,3 @@ def validate(cfg: Config) -> None:
                           "projected.hypernet_hidden >= 1")
     if cfg.data.vocab_size < 260:
         raise ConfigError(f"data.vocab_size={cfg.data.vocab_size} is too small: byte fallback alone needs 259 ids")
-
-
-def model_args(cfg: Config, vocab_size: int, section: str = "model"):
-    """The preset of cfg.<section> (model: the SLM, large: the LLM) with its overrides applied, sized for
-    the tokenizer's vocabulary."""
-    from mlx_pn.models.transformer import PRESETS, make_args
-
-    m = getattr(cfg, section)
-    d = dict(PRESETS[m.preset])
-    for k, v in to_dict(m).items():
-        if k != "preset" and v is not None:
-            d[k] = v
-    return make_args(d, vocab_size)

@@ -35,7 +35,7 @@ def main(argv=None):
     with clear_errors():
         from mlx_pn.export import export_mlx_lm, generate_command
         from mlx_pn.stages import specialized_model_dir
-        from mlx_pn.train.checkpoint import load_model
+        from mlx_pn.models.build import load_model
 
         src = Path(args.model) if args.model else specialized_model_dir(cfg, cfg.domain)
         if not (src / "model.safetensors").exists():

@@ -199,7 +199,7 @@ def test_tokenizer_and_model_mismatch(pretrained, tmp_path):
     from mlx_pn.data.prepare import PreparedData
     from mlx_pn.export import ExportError, export_mlx_lm
     from mlx_pn.stages import check_vocab
-    from mlx_pn.train.checkpoint import load_model
+    from mlx_pn.models.build import load_model
 
     cfg, data, _ = pretrained
     model = load_model(f"{cfg.out}/pretrain/final")

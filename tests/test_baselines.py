@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mlx_pn.config import ConfigError
-from mlx_pn.models.transformer import ModelArgs, build_model
+from mlx_pn.models.build import build_model
+from mlx_pn.models.transformer import ModelArgs
 from mlx_pn.train.distill import TeacherCache, TeacherCacheBatches, distill_loss, teacher_topk
 
 from conftest import tiny_config
@@ -112,7 +113,7 @@ def test_every_baseline_end_to_end(clustered_is, tmp_path_factory):
     """llm, slm-d (disk and live teacher), slm-nopt and slm-is: pretrain, specialize, export through mlx-lm."""
     from mlx_pn.export import export_mlx_lm
     from mlx_pn.stages import pretrain, specialize
-    from mlx_pn.train.checkpoint import load_model
+    from mlx_pn.models.build import load_model
 
     _, data = clustered_is
     out = tmp_path_factory.mktemp("baselines")

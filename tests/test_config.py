@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlx_pn.cli import build_parser, parse
-from mlx_pn.config import Config, ConfigError, leaf_keys, load_config, model_args
+from mlx_pn.config import Config, ConfigError, leaf_keys, load_config
+from mlx_pn.models.build import model_args
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
 
@@ -40,8 +41,9 @@ def test_wrong_type_is_clear(tmp_path):
 
 
 def test_unknown_preset_suggests():
-    with pytest.raises(ConfigError, match="did you mean 'tiny'"):
-        load_config(None, {"model.preset": "tinyy"})
+    cfg = load_config(None, {"model.preset": "tinyy"})  # presets are the models' (mlx_pn.models.build)
+    with pytest.raises(ConfigError, match="model.preset: unknown preset 'tinyy'; did you mean 'tiny'"):
+        model_args(cfg.model, 1000)
 
 
 def test_missing_config_file_is_clear():
@@ -55,7 +57,7 @@ def test_every_preset_yaml_parses_and_builds(path):
 
     cfg = load_config(path, cls=CompareConfig if path.name.startswith("compare-") else Config)
     for section in ("model", "large"):
-        args = model_args(cfg, cfg.data.vocab_size, section)
+        args = model_args(getattr(cfg, section), cfg.data.vocab_size, section)
         assert args.vocab_size == cfg.data.vocab_size and args.hidden_size % args.num_attention_heads == 0
     assert path.read_text().startswith("#"), "each preset opens with a comment saying what it runs and how"
 

@@ -4,7 +4,8 @@ import pytest
 
 from mlx_pn.costs import (StageCost, c_total, forward_flops_per_token, projection_flops_per_token,
                           train_flops_per_token, training_cost)
-from mlx_pn.models.transformer import ModelArgs, build_model
+from mlx_pn.models.build import build_model
+from mlx_pn.models.transformer import ModelArgs
 
 ARGS = ModelArgs(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4, vocab_size=97)
 
@@ -43,7 +44,7 @@ def _named(model):
 
 
 def test_byte_model_flops_replace_the_head_with_the_byte_frontend():
-    from mlx_pn.models.transformer import make_args
+    from mlx_pn.models.build import make_args
 
     base = dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4)
     tok = make_args(base, 97)

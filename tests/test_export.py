@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mlx_pn.export import ExportError, export_mlx_lm
-from mlx_pn.models.transformer import ModelArgs, build_model
+from mlx_pn.models.build import build_model
+from mlx_pn.models.transformer import ModelArgs
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ from mlx.utils import tree_flatten
 
 from mlx_pn.config import ConfigError, TrainConfig
 from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches
-from mlx_pn.models.hypernet import hypernet_args
+from mlx_pn.models.build import build_model
 from mlx_pn.models.mixture import HardMixture, expert_windows
-from mlx_pn.models.projected import ProjectedArgs, build_projected, load_projected, projected_cross_entropy
-from mlx_pn.models.transformer import ModelArgs, Transformer, build_model
+from mlx_pn.models.projected import ProjectedArgs, build_projected, load_projected
+from mlx_pn.models.transformer import ModelArgs, Transformer
+from mlx_pn.train.losses import cross_entropy
 from mlx_pn.train.loop import train
 
 from conftest import tiny_config
@@ -25,7 +26,8 @@ def _tokens(B=3, L=12, seed=0):
     return mx.array(np.random.default_rng(seed).integers(0, ARGS.vocab_size, (B, L)).astype(np.int32))
 
 
-@pytest.mark.parametrize("pargs", [ProjectedArgs(k=4, m=3, h=5), hypernet_args(4, h=3, hidden=16)],
+@pytest.mark.parametrize("pargs", [ProjectedArgs(k=4, m=3, h=5),
+                                   ProjectedArgs(k=4, h=3, coefficients="hypernet", hypernet_hidden=16)],
                          ids=["pn", "hn"])
 def test_materialised_slm_equals_projected_network(pargs):
     model = build_projected(ARGS, pargs, seed=1)
@@ -108,7 +110,7 @@ def test_projected_training_falls_and_resumes_exactly(tiny_run, tmp_path):
     vlabels = np.arange(len(valid) // 32, dtype=np.int32) % 4
     args = ModelArgs(hidden_size=48, num_hidden_layers=2, intermediate_size=96, num_attention_heads=4,
                      vocab_size=data.tokenizer.vocab_size)
-    quiet = dict(valid_tokens=valid, valid_labels=vlabels, loss_fn=projected_cross_entropy, log=lambda *a: None)
+    quiet = dict(valid_tokens=valid, valid_labels=vlabels, loss_fn=cross_entropy, log=lambda *a: None)
     batches = lambda: PackedBatches(toks, 32, 4, 1, labels=labels)  # noqa: E731
 
     full = build_projected(args, ProjectedArgs(k=4), seed=0)
@@ -201,7 +203,7 @@ def test_pretrain_specialize_export_each_method(clustered, tmp_path_factory, met
         assert r["selected_cluster"] == int(min(r["candidates_valid_nll"], key=r["candidates_valid_nll"].get))
     final = out / f"specialize-{method}" / domain / "final"
     assert json.loads((final.parent / "results.json").read_text())["after"][domain]["ppl"] > 1
-    from mlx_pn.train.checkpoint import load_model
+    from mlx_pn.models.build import load_model
 
     report = export_mlx_lm(load_model(final), cfg.data_dir / "tokenizer" / "hf", tmp_path_factory.mktemp("exp"),
                            force=True)  # verify=True: mlx_lm.load + logits compared

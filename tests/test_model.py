@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from mlx_pn.models.transformer import PRESETS, ModelArgs, Transformer, build_model
+from mlx_pn.models import byte_lm
+from mlx_pn.models.build import PRESETS, build_model, model_args
+from mlx_pn.models.transformer import ModelArgs, Transformer
 
 
 def tiny_args(**kw):
@@ -84,3 +86,59 @@ def test_paper_sizes():
 def test_bad_heads_clear_error():
     with pytest.raises(ValueError, match="num_attention_heads"):
         ModelArgs(hidden_size=30, num_attention_heads=4)
+
+
+def test_model_config_keys_are_the_model_args_fields():
+    """config.ModelConfig (the --model.X keys) repeats the models' field names and defaults (config imports
+    no model code): every key but the preset is a field of the token or the byte ModelArgs, and a set default
+    is the model's own."""
+    import dataclasses
+
+    from mlx_pn.config import ModelConfig
+
+    token = {f.name: f.default for f in dataclasses.fields(ModelArgs)}
+    byte = {f.name: f.default for f in dataclasses.fields(byte_lm.ModelArgs)}
+    for f in dataclasses.fields(ModelConfig):
+        if f.name == "preset":
+            continue
+        assert f.name in token or f.name in byte, f"ModelConfig.{f.name} is no model field"
+        if f.default is not None and f.name != "frontend":
+            assert f.default == {**byte, **token}[f.name], f.name
+    assert ModelConfig().frontend == "token" and byte["frontend"] == "byte"
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_through_its_config_section(preset):
+    from mlx_pn.config import ModelConfig
+
+    a = model_args(ModelConfig(preset=preset, num_key_value_heads=1), 300)
+    assert isinstance(a, ModelArgs) and a.vocab_size == 300 and a.num_key_value_heads == 1
+    assert {k: getattr(a, k) for k in PRESETS[preset]} == PRESETS[preset]
+    b = model_args(ModelConfig(preset=preset, frontend="byte", byte_dim=32), 300)
+    assert isinstance(b, byte_lm.ModelArgs) and b.byte_dim == 32 and b.hidden_size == a.hidden_size
+
+
+def test_unknown_preset_names_the_section():
+    from mlx_pn.config import ConfigError, ModelConfig
+
+    with pytest.raises(ConfigError, match=r"large.preset: unknown preset 'cpu-larg'; did you mean 'cpu-large'"):
+        model_args(ModelConfig(preset="cpu-larg"), 300, "large")
+
+
+def test_multi_token_step_on_a_filled_cache_uses_mlx_lm_mask():
+    """Several new positions after cached ones (offset > 0): mlx-lm's "causal" mask, aligned to the end, gives
+    the logits of a boolean mask built by hand (the trunk's own mask before it used mlx-lm's)."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    model = build_model(tiny_args(), seed=4)
+    x = mx.array(np.random.default_rng(2).integers(0, 97, (1, 8)))
+    cache = make_prompt_cache(model)
+    model(x[:, :5], cache=cache)
+    got = model(x[:, 5:], cache=cache)
+    ref_cache = make_prompt_cache(model)
+    model(x[:, :5], cache=ref_cache)
+    h = model.model.embed_tokens(x[:, 5:])
+    mask = mx.arange(8)[None, :] <= mx.arange(5, 8)[:, None]  # (3, 8): new position i sees keys <= 5 + i
+    for layer, c in zip(model.layers, ref_cache):
+        h = layer(h, mask, c)
+    assert mx.array_equal(got, model.head(model.model.norm(h))).item()

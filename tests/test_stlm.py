@@ -12,7 +12,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_pn.models import byte_lm
-from mlx_pn.models.transformer import ModelArgs, Transformer, build_model, make_args, model_from_config, unshared
+from mlx_pn.models.build import build_model, load_model, make_args, model_from_config, save_model
+from mlx_pn.models.transformer import ModelArgs, Transformer, unshared
 from mlx_pn.train.losses import cross_entropy
 
 
@@ -60,8 +61,6 @@ def test_shared_gradient_is_the_sum_over_layers():
 
 
 def test_shared_model_folder_round_trip(tmp_path):
-    from mlx_pn.train.checkpoint import load_model, save_model
-
     model = build_model(shared_args(share_ffn=True), seed=3)
     save_model(tmp_path / "m", model)
     back = load_model(tmp_path / "m")
@@ -186,7 +185,6 @@ def test_byte_kv_cache_matches_full_forward(byte_model):
 def test_byte_model_trains_saves_and_loads(tiny_run, tmp_path):
     from mlx_pn.data.batches import PackedBatches
     from mlx_pn.train.evaluate import nll
-    from mlx_pn.train.checkpoint import load_model
     from mlx_pn.train.loop import train
 
     cfg, data = tiny_run
@@ -242,7 +240,7 @@ def test_byte_export_loads_in_mlx_lm_with_remote_code(byte_model, tok, tmp_path)
 
 
 def test_stlm_sizes_table(tok):
-    from mlx_pn.models.transformer import PRESETS
+    from mlx_pn.models.build import PRESETS
     from tools.stlm_sizes import rows
 
     rs = {r["variant"]: r for r in rows("tiny", tok.vocab_size)}

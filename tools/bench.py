@@ -228,7 +228,7 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
     import mlx.core as mx
     import numpy as np
 
-    from mlx_pn.models.projected import ProjectedArgs, build_projected, projected_cross_entropy
+    from mlx_pn.models.projected import ProjectedArgs, build_projected
     from mlx_pn.models.transformer import PRESETS, ModelArgs, build_model
     from mlx_pn.train.losses import cross_entropy, reference_cross_entropy
 
@@ -262,9 +262,9 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
             ids = mx.array(rng.integers(0, args.k, (1, B)).astype(np.int32))
             cands["slm (peer)"] = mlx_candidate(build_model(margs), cross_entropy, batch)
             cands[f"slm-pn per sequence, k={args.k} h={args.k}"] = mlx_candidate(
-                build_projected(margs, ProjectedArgs(k=args.k)), projected_cross_entropy, batch, (ids,))
+                build_projected(margs, ProjectedArgs(k=args.k)), cross_entropy, batch, (ids,))
             cands[f"slm-pn grouped, k={args.k} h={args.grouped_h}"] = mlx_candidate(
-                build_projected(margs, ProjectedArgs(k=args.k, h=args.grouped_h)), projected_cross_entropy, batch,
+                build_projected(margs, ProjectedArgs(k=args.k, h=args.grouped_h)), cross_entropy, batch,
                 (mx.array([3], dtype=mx.int32),))
         elif method == "slm-mix":
             cands["slm (peer)"] = mlx_candidate(build_model(margs), cross_entropy, batch)

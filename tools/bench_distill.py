@@ -36,7 +36,8 @@ def main(argv=None):
     import numpy as np
 
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.models.transformer import ModelArgs, build_model
+    from mlx_pn.models.build import build_model
+    from mlx_pn.models.transformer import ModelArgs
     from mlx_pn.train.distill import TeacherCache, TeacherCacheBatches, cached_distill_loss, live_distill_loss
     from mlx_pn.train.loop import make_step
 

@@ -29,7 +29,8 @@ def count(overrides: dict, preset: str, vocab: int) -> dict:
     weight matrix times the positions it is applied to; attention scores left out)."""
     import mlx_pn  # noqa: F401  (BLAS set-up before mlx.core)
     from mlx_pn.models import byte_lm
-    from mlx_pn.models.transformer import PRESETS, Transformer, is_byte_args, make_args
+    from mlx_pn.models.build import PRESETS, is_byte_args, make_args
+    from mlx_pn.models.transformer import Transformer
 
     args = make_args({**PRESETS[preset], **overrides}, vocab)
     d, L, F = args.hidden_size, args.num_hidden_layers, args.intermediate_size
@@ -61,7 +62,7 @@ def _fit(base: int, overrides: dict, knob: str, values, preset: str, vocab: int)
 
 
 def rows(preset: str, vocab: int) -> list[dict]:
-    from mlx_pn.models.transformer import PRESETS
+    from mlx_pn.models.build import PRESETS
 
     p = PRESETS[preset]
     L, F = p["num_hidden_layers"], p["intermediate_size"]
@@ -133,12 +134,12 @@ def measure(rs: list[dict], args) -> dict:
     """Train every row for args.steps on the bundled text; -> {(preset, variant): generic test bits/byte}."""
     import dataclasses
 
-    from mlx_pn.config import load_config, model_args
+    from mlx_pn.config import load_config
     from mlx_pn.data.batches import PackedBatches
     from mlx_pn.data.prepare import GENERIC, prepare_data
     from mlx_pn.data.batches import eval_windows
     from mlx_pn.train.evaluate import bits_per_byte
-    from mlx_pn.models.transformer import build_model
+    from mlx_pn.models.build import build_model, model_args
     from mlx_pn.train.loop import train
 
     out = {}
@@ -151,7 +152,7 @@ def measure(rs: list[dict], args) -> dict:
         t = dataclasses.replace(cfg.pretrain, steps=args.steps, batch_size=args.batch, seq_len=args.seq,
                                 warmup=max(1, args.steps // 10), eval_every=args.steps, save_every=args.steps,
                                 lr=args.lr, min_lr=args.lr / 10)
-        model = build_model(model_args(cfg, data.tokenizer.vocab_size), seed=args.seed, tokenizer=data.tokenizer)
+        model = build_model(model_args(cfg.model, data.tokenizer.vocab_size), seed=args.seed, tokenizer=data.tokenizer)
         g = data.corpora[GENERIC]
         slug = r["variant"].replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("+", "and")
         res = train(model, t, PackedBatches(g.tokens("train"), t.seq_len, t.batch_size, t.seed, "generic"),

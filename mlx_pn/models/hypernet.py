@@ -17,17 +17,17 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_pn.models.projected import ProjectedArgs
-
 
 class HyperNetwork(nn.Module):
-    """cond (B,) ids (one-hot) or (B, k) histograms -> alpha (Nl, B, h): out(silu(in(hist)))."""
+    """cond (B,) ids (one-hot) or (B, k) histograms -> alpha (Nl, B, h): out(silu(in(hist))).
 
-    def __init__(self, pargs: ProjectedArgs, num_layers: int):
+    k clusters, h basis matrices per MLP matrix, `hidden` units (Hh), num_layers (Nl) layers."""
+
+    def __init__(self, k: int, h: int, hidden: int, num_layers: int):
         super().__init__()
-        self.k, self.num_layers, self.h = pargs.k, num_layers, pargs.h
-        self.in_proj = nn.Linear(pargs.k, pargs.hypernet_hidden)
-        self.out_proj = nn.Linear(pargs.hypernet_hidden, num_layers * pargs.h)
+        self.k, self.num_layers, self.h = k, num_layers, h
+        self.in_proj = nn.Linear(k, hidden)
+        self.out_proj = nn.Linear(hidden, num_layers * h)
 
     def init_weights(self) -> None:
         # Same target as slm-pn's codes: for a one-hot input, Var(alpha_r) = 1/h so that each generated
@@ -47,8 +47,3 @@ class HyperNetwork(nn.Module):
         if a.ndim == 1:
             return a.reshape(self.num_layers, self.h)
         return a.reshape(-1, self.num_layers, self.h).transpose(1, 0, 2)  # (Nl, B, h)
-
-
-def hypernet_args(k: int, h: int = 0, hidden: int = 64) -> ProjectedArgs:
-    """ProjectedArgs for slm-hn (m is unused: the hypernetwork replaces the codes)."""
-    return ProjectedArgs(k=k, h=h, coefficients="hypernet", hypernet_hidden=hidden)

@@ -27,8 +27,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+from mlx_pn.models.hypernet import HyperNetwork
 from mlx_pn.models.transformer import DictArgs, LlamaModel, ModelArgs, Transformer, init_trunk_weights
-from mlx_pn.train.losses import cross_entropy
 
 
 @dataclass
@@ -114,6 +114,9 @@ class ProjectedTransformer(nn.Module):
 
     def __init__(self, args: ModelArgs, pargs: ProjectedArgs):
         super().__init__()
+        if args.share_ffn or args.share_attn_out:
+            raise ValueError("a projected network projects every layer's own MLP: build it without "
+                             "share_ffn / share_attn_out")
         self.args, self.pargs = args, pargs
         self.model = LlamaModel(args)  # attention, norms, embeddings: shared by every expert
         for layer in self.model.layers:
@@ -121,9 +124,7 @@ class ProjectedTransformer(nn.Module):
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         if pargs.coefficients == "hypernet":
-            from mlx_pn.models.hypernet import HyperNetwork
-
-            self.coefficients = HyperNetwork(pargs, args.num_hidden_layers)
+            self.coefficients = HyperNetwork(pargs.k, pargs.h, pargs.hypernet_hidden, args.num_hidden_layers)
         else:
             self.coefficients = ClusterCodes(pargs, args.num_hidden_layers)
         # Basis tensors keep the trunk's parameter names (mlp.down_proj.weight ...), so they get the trunk's
@@ -136,18 +137,11 @@ class ProjectedTransformer(nn.Module):
         return self.coefficients(mx.array(cond) if not isinstance(cond, mx.array) else cond)
 
     def hidden(self, inputs: mx.array, cond) -> mx.array:
-        h = self.model.embed_tokens(inputs)  # (B, L, D)
-        mask = "causal" if h.shape[1] > 1 else None
-        alphas = self.alphas(cond)  # (Nl, B, h)
-        for n, layer in enumerate(self.model.layers):
-            h = h + layer.self_attn(layer.input_layernorm(h), mask)
-            h = h + layer.mlp(layer.post_attention_layernorm(h), alphas[n])
-        return self.model.norm(h)
+        """(B, L) tokens -> final-norm hidden states (B, L, D): the trunk's forward, each layer's projected MLP
+        given its own coefficients alphas[l]."""
+        return self.model(inputs, mlp_args=self.alphas(cond))  # alphas (Nl, [B,] h)
 
-    def head(self, h: mx.array) -> mx.array:
-        if self.args.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(h)
-        return self.lm_head(h)
+    head = Transformer.head  # the trunk's LM head: the same attributes (args, model.embed_tokens, lm_head)
 
     def __call__(self, inputs: mx.array, cond) -> mx.array:
         return self.head(self.hidden(inputs, cond))
@@ -179,11 +173,6 @@ class ProjectedTransformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.size for _, p in tree_flatten(self.parameters()))
-
-
-def projected_cross_entropy(model, x: mx.array, y: mx.array, cluster: mx.array) -> mx.array:
-    """The loop's loss for cluster-routed models: each sequence uses its own cluster's expert."""
-    return cross_entropy(model, x, y, cluster)
 
 
 def build_projected(args: ModelArgs, pargs: ProjectedArgs, seed: int = 0) -> ProjectedTransformer:

@@ -9,11 +9,13 @@ Dh head dim, F MLP inner size, V vocabulary.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
+from mlx_lm.models.base import create_attention_mask
 
 
 class DictArgs:
@@ -68,29 +70,6 @@ class ModelArgs(DictArgs):
         return self.hidden_size // self.num_attention_heads
 
 
-# Sizes from the paper (Table 6) plus small presets for CPUs. The vocabulary comes from the
-# tokenizer (32k for the paper sizes); presets fix only the shape of the network.
-PRESETS: dict[str, dict[str, Any]] = {
-    # A few seconds per hundred steps on a laptop CPU: unit tests and smoke runs.
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=256, num_attention_heads=4,
-                 max_position_embeddings=256),
-    # The quickstart / CPU preset: ~3.6M non-embedding parameters.
-    "cpu": dict(hidden_size=256, num_hidden_layers=4, intermediate_size=1024, num_attention_heads=4,
-                max_position_embeddings=512),
-    # A larger CPU model for the CPU comparison grid (an hour-scale run on 2 cores).
-    "cpu-large": dict(hidden_size=512, num_hidden_layers=4, intermediate_size=2048,
-                      num_attention_heads=8, max_position_embeddings=512),
-    # The paper's SLM: 7 layers, d=1024, 8 heads, ctx 1024, a 4096-wide MLP (~121M with a 32k tied
-    # vocab by the paper's own 12*L*d^2 + V*d count). SwiGLU has three matrices, so its inner size is
-    # 2/3 of 4096 (rounded to 64: 2752) to keep the paper's parameters and FLOPs: 121.3M in all.
-    "slm": dict(hidden_size=1024, num_hidden_layers=7, intermediate_size=2752, num_attention_heads=8,
-                max_position_embeddings=1024),
-    # The paper's LLM: 7 layers, d=2816, 22 heads, an 11264-wide MLP -> SwiGLU 7552 (758.7M in all).
-    "llm": dict(hidden_size=2816, num_hidden_layers=7, intermediate_size=7552,
-                num_attention_heads=22, max_position_embeddings=1024),
-}
-
-
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, own_o_proj: bool = True):
         super().__init__()
@@ -138,7 +117,10 @@ class TransformerBlock(nn.Module):
     """Pre-norm block. With share_ffn / share_attn_out the block owns no MLP / o_proj: LlamaModel passes
     its single shared one to every layer, so the weights exist (and are trained) once and their gradient
     is the sum over layers. (Putting one Module object in several layers would not do: tree_flatten would
-    list it under every layer and the optimizer would update each copy separately.)"""
+    list it under every layer and the optimizer would update each copy separately.)
+
+    `mlp_arg`, when given, is passed to the MLP after its input: the projected network's coefficients
+    (mlx_pn.models.projected), so its MLPs run inside this same block."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -148,10 +130,11 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, x: mx.array, mask=None, cache=None, mlp=None, o_proj=None) -> mx.array:
+    def __call__(self, x: mx.array, mask=None, cache=None, mlp=None, o_proj=None, mlp_arg=None) -> mx.array:
         h = x + self.self_attn(self.input_layernorm(x), mask, cache, o_proj)
         mlp = self.mlp if mlp is None else mlp
-        return h + mlp(self.post_attention_layernorm(h))
+        h2 = self.post_attention_layernorm(h)
+        return h + (mlp(h2) if mlp_arg is None else mlp(h2, mlp_arg))
 
 
 class LlamaModel(nn.Module):
@@ -166,24 +149,17 @@ class LlamaModel(nn.Module):
             D = args.hidden_size
             self.shared_o_proj = nn.Linear(args.num_attention_heads * args.head_dim, D, bias=False)
 
-    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+    def __call__(self, inputs: mx.array, cache=None, mlp_args=None) -> mx.array:
+        """tokens (B, L) -> final-norm hidden states (B, L, D). mlp_args: indexed by layer, the extra argument
+        of each layer's MLP (the projected network's alphas (Nl, [B,] h)); None for a plain MLP."""
         h = self.embed_tokens(inputs)  # (B, L, D)
-        L = h.shape[1]
-        offset = cache[0].offset if cache is not None and cache[0] is not None else 0
-        # A causal mask only matters when several new positions attend among themselves.
-        mask = "causal" if (L > 1 and offset == 0) else _prefill_mask(L, offset) if L > 1 else None
         cache = cache if cache is not None else [None] * len(self.layers)
+        # mlx-lm's: None for one new position, else "causal" (aligned to the end when a cache holds keys)
+        mask = create_attention_mask(h, cache[0])
         shared = {k: self[v] for k, v in (("mlp", "shared_mlp"), ("o_proj", "shared_o_proj")) if v in self}
-        for layer, c in zip(self.layers, cache):
-            h = layer(h, mask, c, **shared)
+        for n, (layer, c) in enumerate(zip(self.layers, cache)):
+            h = layer(h, mask, c, mlp_arg=None if mlp_args is None else mlp_args[n], **shared)
         return self.norm(h)
-
-
-def _prefill_mask(L: int, offset: int) -> mx.array:
-    """Boolean (L, offset + L) mask: new position i sees cached keys and new keys <= i."""
-    rows = mx.arange(offset, offset + L)[:, None]
-    cols = mx.arange(offset + L)[None, :]
-    return cols <= rows
 
 
 class Transformer(nn.Module):
@@ -201,7 +177,7 @@ class Transformer(nn.Module):
         init_trunk_weights(self, self.args.num_hidden_layers, std)
 
     def hidden(self, inputs: mx.array, cache=None) -> mx.array:
-        """Final-norm hidden states (B, L, D): what the LM head reads (used by chunked losses)."""
+        """Final-norm hidden states (B, L, D): what the LM head reads."""
         return self.model(inputs, cache)
 
     def head(self, h: mx.array) -> mx.array:
@@ -219,7 +195,7 @@ class Transformer(nn.Module):
         return self.model.layers
 
     def num_params(self, embeddings: bool = True) -> int:
-        n = sum(p.size for _, p in _flat(self.parameters()))
+        n = sum(p.size for _, p in tree_flatten(self.parameters()))
         if not embeddings:
             n -= self.model.embed_tokens.weight.size
             if not self.args.tie_word_embeddings:
@@ -236,82 +212,12 @@ def init_trunk_weights(module: nn.Module, num_layers: int, std: float = 0.02) ->
     """
     resid_std = std / (2 * num_layers) ** 0.5
     new = {}
-    for name, p in _flat(module.parameters()):
+    for name, p in tree_flatten(module.parameters()):
         if name.endswith("norm.weight") or name.endswith("layernorm.weight") or not mx.issubdtype(p.dtype, mx.floating):
             continue  # gains stay 1; integer tables (the byte model's) are constants
         s = resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
         new[name] = mx.random.normal(p.shape, dtype=p.dtype) * s
     module.load_weights(list(new.items()), strict=False)
-
-
-def _flat(tree):
-    from mlx.utils import tree_flatten
-
-    return tree_flatten(tree)
-
-
-# Model-construction hooks: every model config (the SLM, the LLM, the STLM variants) goes through these,
-# so the stages, checkpoints and export never name a model class themselves.
-_BYTE_KEYS = ("byte_chunk_len", "byte_dim", "byte_encoder_layers", "byte_decoder_layers")
-
-
-def make_args(d: dict, vocab_size: int):
-    """Preset + overrides (config.model_args) -> the model's argument dataclass: ModelArgs (token front end,
-    optionally with shared FFN / attention output) or byte_lm.ModelArgs (frontend "byte")."""
-    d = dict(d)
-    frontend = d.pop("frontend", "token")
-    if frontend == "byte":
-        from mlx_pn.models import byte_lm
-
-        for k in ("share_ffn", "share_attn_out"):
-            if d.get(k):
-                raise NotImplementedError(f"model.{k} with model.frontend=byte is not implemented (the byte model's "
-                                          f"trunk is mlx-lm's llama, exported as remote code); use one or the other")
-        names = {f.name for f in fields(byte_lm.ModelArgs)}
-        return byte_lm.ModelArgs(**{k: v for k, v in d.items() if k in names}, vocab_size=vocab_size)
-    if frontend != "token":
-        raise ValueError(f"model.frontend must be 'token' or 'byte', got {frontend!r}")
-    for k in _BYTE_KEYS:  # byte-only knobs are meaningless for a token model: ignore them
-        d.pop(k, None)
-    return ModelArgs(**d, vocab_size=vocab_size)
-
-
-def is_byte_args(args) -> bool:
-    return getattr(args, "frontend", "token") == "byte"
-
-
-def model_from_config(config: dict):
-    """A model folder's config.json -> an (uninitialised) model of the right class."""
-    if config.get("frontend") == "byte":
-        from mlx_pn.models import byte_lm
-
-        return byte_lm.Model(byte_lm.ModelArgs.from_dict(config))
-    return Transformer(ModelArgs.from_dict(config))
-
-
-def build_model(args, seed: int = 0, tokenizer=None):
-    """A freshly initialised model; the same seed gives the same weights.
-
-    A byte-level model (byte_lm.ModelArgs) needs `tokenizer` (mlx_pn.data.tokenizer.Tokenizer): its frozen
-    byte table is each SentencePiece piece's bytes."""
-    mx.random.seed(seed)
-    if is_byte_args(args):
-        from mlx_pn.models import byte_lm
-
-        if tokenizer is None:
-            raise ValueError("build_model: a byte-level model (model.frontend=byte) needs the tokenizer for its "
-                             "byte table: build_model(args, seed, tokenizer=data.tokenizer)")
-        if tokenizer.vocab_size != args.vocab_size:
-            raise ValueError(f"build_model: tokenizer has {tokenizer.vocab_size} ids, model.vocab_size is "
-                             f"{args.vocab_size}")
-        model = byte_lm.Model(args)
-        init_trunk_weights(model, args.num_hidden_layers)
-        table, _ = byte_lm.build_byte_table(tokenizer.sp, args.byte_chunk_len)
-        model.byte_table = mx.array(table)
-    else:
-        model = Transformer(args)
-    mx.eval(model.parameters())
-    return model
 
 
 def unshare_weights(weights: dict, num_layers: int) -> dict:
@@ -333,10 +239,8 @@ def unshare_weights(weights: dict, num_layers: int) -> dict:
 
 def unshared(model: "Transformer") -> "Transformer":
     """The same function as a plain llama Transformer (no shared modules): what export writes."""
-    from dataclasses import replace
-
     args = replace(model.args, share_ffn=False, share_attn_out=False)
     plain = Transformer(args)
-    plain.load_weights(list(unshare_weights(dict(_flat(model.parameters())), args.num_hidden_layers).items()),
+    plain.load_weights(list(unshare_weights(dict(tree_flatten(model.parameters())), args.num_hidden_layers).items()),
                        strict=True)
     return plain

@@ -2,7 +2,8 @@
 
 A checkpoint folder ``step_0000100/`` holds ``model.safetensors``, ``optimizer.safetensors`` and
 ``state.json`` (step, trainer state, sha256 of both files). A damaged or
-truncated checkpoint is reported and the previous good one is used.
+truncated checkpoint is reported and the previous good one is used. Plain model folders (config.json +
+model.safetensors: ``final/``, ``best/``) are mlx_pn.models.build's save_model / load_model.
 """
 
 from __future__ import annotations
@@ -15,42 +16,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_pn.io import atomic_folder, file_sha256, remove_tree
-from mlx_pn.models.transformer import Transformer, model_from_config
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-# --- plain model folders (config.json + model.safetensors) --------------------------------------
-
-
-def write_model(folder: Path, model: Transformer, extra_config: dict | None = None) -> None:
-    weights = dict(tree_flatten(model.parameters()))
-    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
-    cfg = {**model.args.to_dict(), **(extra_config or {})}
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-
-
-def save_model(folder: str | Path, model: Transformer, extra_config: dict | None = None) -> Path:
-    return atomic_folder(Path(folder), lambda tmp: write_model(tmp, model, extra_config))
-
-
-def load_model(folder: str | Path) -> Transformer:
-    folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.exists():
-        raise CheckpointError(f"{folder}: no config.json; is this a model folder written by mlx_pn?")
-    model = model_from_config(json.loads(cfg_path.read_text()))
-    try:
-        model.load_weights(str(folder / "model.safetensors"), strict=True)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{folder}/model.safetensors: cannot load ({e})") from None
-    mx.eval(model.parameters())
-    return model
-
-
-# --- training checkpoints ------------------------------------------------------------------------
+from mlx_pn.models.build import CheckpointError
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 2) -> Path:

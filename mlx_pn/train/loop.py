@@ -32,8 +32,9 @@ from mlx_pn.config import TrainConfig, to_dict
 from mlx_pn.data.batches import PackedBatches, Prefetcher
 from mlx_pn.train.evaluate import nll
 from mlx_pn.io import write_json_atomic, write_text_atomic
+from mlx_pn.models.build import save_model
 from mlx_pn.train import distributed as dist
-from mlx_pn.train.checkpoint import latest_good_checkpoint, restore_checkpoint, save_checkpoint, save_model
+from mlx_pn.train.checkpoint import latest_good_checkpoint, restore_checkpoint, save_checkpoint
 from mlx_pn.train.losses import cross_entropy
 from mlx_pn.train.optim import current_lr, make_optimizer
 
