@@ -111,18 +111,3 @@ def warn_if_slow_blas() -> None:
 def blas_in_use() -> str:
     return _state["blas"] or setup_blas()
 
-
-def seed_everything(seed: int) -> None:
-    """Seed MLX's global generator and numpy's legacy one (our data code uses explicit Generators)."""
-    import mlx.core as mx
-    import numpy as np
-
-    mx.random.seed(seed)
-    np.random.seed(seed % (2**32))
-
-
-def default_dtype_name() -> str:
-    """fp32 on CPU (bf16 there is slow: no BLAS path), bf16 on a GPU."""
-    import mlx.core as mx
-
-    return "float32" if mx.default_device() == mx.cpu else "bfloat16"

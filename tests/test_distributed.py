@@ -25,7 +25,8 @@ WORKER = textwrap.dedent('''
 
     from mlx_pn.config import TrainConfig
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.models.transformer import ModelArgs, build_model
+    from mlx_pn.models.build import build_model
+    from mlx_pn.models.transformer import ModelArgs
     from mlx_pn.train import distributed as dist
     from mlx_pn.train.loop import make_step, train
     from mlx_pn.train.losses import cross_entropy
@@ -61,6 +62,15 @@ WORKER = textwrap.dedent('''
                   group=group)
         res["train_loss"] = r.final_loss
         np.savez(Path(out) / f"train-{rank}.npz", **{k: np.array(v) for k, v in tree_flatten(m2.parameters())})
+        # (3) resume to 6 steps: rank 0 reads the step-4 checkpoint, the others get its TrainState by broadcast
+        c6 = cfg()
+        c6.steps = 6
+        r6 = train(model(), c6, batches, Path(out) / "train", valid_tokens=tokens[:600], log=lambda *a: None,
+                   group=group)
+        res["resumed"] = {k: v for k, v in r6.summary().items() if k not in ("wall_s", "data_wait_s")}
+        # (4) the TrainState broadcast is exact: integers past 2**24 and every bit of a float
+        sent = {"tokens": 2**40 + 3, "x": 0.1, "none": None, "flag": True} if rank == 0 else {}
+        res["broadcast_json"] = dist.broadcast_json(sent, g)
         (Path(out) / f"result-{rank}.json").write_text(json.dumps(res))
 
     if __name__ == "__main__":
@@ -104,6 +114,16 @@ def test_two_ranks_take_the_single_process_update(tmp_path):
         np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5)
         np.testing.assert_allclose(got["gnorm"], ref["gnorm"], rtol=1e-5)
         np.testing.assert_allclose(got["train_loss"], ref["train_loss"], rtol=1e-5)
+        assert got["broadcast_json"] == {"tokens": 2**40 + 3, "x": 0.1, "none": None, "flag": True}
+        # resumed on 2 ranks: every rank holds rank 0's TrainState exactly (rank 1 never read the checkpoint)
+        r0 = json.loads((dp / "result-0.json").read_text())["resumed"]
+        assert got["resumed"] == r0
+        floats = ("final_loss", "best_valid_nll")  # fp32 sums in another order: close, not equal
+        assert {k: v for k, v in got["resumed"].items() if k not in floats} == \
+            {k: v for k, v in ref["resumed"].items() if k not in floats}
+        assert (got["resumed"]["steps"], got["resumed"]["tokens"]) == (6, 6 * 4 * 2 * 16)  # steps * B * A * L
+        for k in floats:
+            np.testing.assert_allclose(got["resumed"][k], ref["resumed"][k], rtol=1e-5)
         for kind in ("step", "train"):
             a, b = np.load(dp / f"{kind}-{rank}.npz"), np.load(solo / f"{kind}-0.npz")
             assert sorted(a.files) == sorted(b.files)
@@ -112,7 +132,7 @@ def test_two_ranks_take_the_single_process_update(tmp_path):
 
     # rank 0 alone wrote the run's files: one metrics line per step/eval, checkpoints, final weights
     rows = [json.loads(ln) for ln in (dp / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]  # 4 steps, then 2 more after the resume
     assert all("data_wait_s" in r for r in rows if "loss" in r)
     assert (dp / "train" / "final" / "model.safetensors").exists()
     assert json.loads((dp / "train" / "train_config.json").read_text())["data_parallel_ranks"] == 2

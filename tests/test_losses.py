@@ -3,7 +3,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from mlx_pn.models.transformer import ModelArgs, build_model
+from mlx_pn.models.build import build_model
+from mlx_pn.models.transformer import ModelArgs
 from mlx_pn.train.losses import (cross_entropy, exp_nonpositive, logits_nll, nll_rows, reference_cross_entropy,
                                  token_nll_sum)
 
@@ -65,7 +66,7 @@ def test_fast_silu_matches_nn_silu():
 
 def test_compiled_path_matches_reference(tmp_path):
     """The fused exp only runs with mx.compile on (the test session disables it): check it in a subprocess,
-    over two shapes (one trace each) and through a compiled training step."""
+    over two shapes (one trace each). The compiled training step: test_train.test_compiled_step_matches_eager."""
     import os
     import subprocess
     import sys

@@ -220,6 +220,13 @@ SHARD_DAMAGE = {
     "missing": lambda f: (f / "test.bin").unlink(),
     "manifest cut": lambda f: (f / "manifest.json").write_text('{"name": "le'),
 }
+# the message that names the damaged file (none for a damaged manifest: nothing to check against, it is rebuilt)
+SHARD_MESSAGE = {
+    "flipped byte (same size)": "train.bin: corrupted",
+    "truncated": "valid.bin: missing or truncated",
+    "missing": "test.bin: missing or truncated",
+    "manifest cut": None,
+}
 
 
 @pytest.mark.parametrize("damage", list(SHARD_DAMAGE), ids=list(SHARD_DAMAGE))
@@ -232,9 +239,13 @@ def test_damaged_shard_is_named_and_rebuilt(data_copy, damage):
     SHARD_DAMAGE[damage](folder)
     logs = []
     data = prepare_data(cfg, log=logs.append)
-    if damage != "manifest cut":  # a damaged manifest is simply rebuilt (nothing to check against)
-        assert any(str(folder) in m and ("corrupted" in m or "truncated" in m) for m in logs), logs
-    assert any("legal: rebuilding" in m or m.startswith("[data] legal:") for m in logs), logs
+    named = [m for m in logs if f"{folder}/" in m and "legal: rebuilding" not in m]
+    if SHARD_MESSAGE[damage] is None:
+        assert not named, logs
+    else:
+        assert any(f"{folder}/{SHARD_MESSAGE[damage]}" in m for m in named), logs
+        assert "[data] legal: rebuilding the damaged shards from data.domains.legal" in logs, logs
+    assert any(m.startswith("[data] legal: train ") for m in logs), logs  # the rebuild's sizes line
     assert {f.name: file_sha256(f) for f in folder.glob("*.bin")} == before
     data.corpora["legal"].verify(force=True)
 
@@ -264,7 +275,7 @@ def test_shard_check_is_skipped_for_unchanged_files(data_copy, monkeypatch):
 def test_non_finite_loss_from_a_huge_learning_rate(tiny_run, tmp_path):
     """lr=1e30 through the pretrain stage: the error names the step, the batch index and the last good
     checkpoint, and no final model is written."""
-    from mlx_pn.stages import pretrain
+    from mlx_pn.methods import pretrain
     from mlx_pn.train.loop import TrainingError
     from conftest import tiny_config
 
@@ -284,7 +295,7 @@ def test_non_finite_loss_through_the_recipe(pretrained, tmp_path, capsys):
     import mlx.core as mx
 
     from recipes import specialize
-    from mlx_pn.train.checkpoint import load_model, save_model
+    from mlx_pn.models.build import load_model, save_model
 
     cfg, data, _ = pretrained
     out = tmp_path / "run"
@@ -313,11 +324,12 @@ def test_resume_from_the_last_checkpoint_keeps_final_loss(tiny_run, tmp_path):
     toks = data.corpora["generic"].tokens("train")
     r1 = train(small_model(data.tokenizer.vocab_size), tcfg(steps=4, save_every=2), PackedBatches(toks, 32, 4, 0),
                tmp_path, log=lambda *a: None)
-    (tmp_path / "summary.json").unlink()  # killed after the last checkpoint, before the summary
-    shutil.rmtree(tmp_path / "final")
+    final = (tmp_path / "final" / "model.safetensors").read_bytes()
+    shutil.rmtree(tmp_path / "final")  # killed after the last checkpoint, before the final weights
     r2 = train(small_model(data.tokenizer.vocab_size), tcfg(steps=4, save_every=2), PackedBatches(toks, 32, 4, 0),
                tmp_path, log=lambda *a: None)
-    assert r2.final_loss == r1.final_loss
+    assert r2.final_loss == r1.final_loss and (r2.steps, r2.tokens) == (r1.steps, r1.tokens) == (4, 4 * 4 * 32)
+    assert (tmp_path / "final" / "model.safetensors").read_bytes() == final
 
 
 def test_resume_after_early_stop_stays_stopped(tiny_run, tmp_path):
@@ -331,7 +343,11 @@ def test_resume_after_early_stop_stays_stopped(tiny_run, tmp_path):
     r1 = train(small_model(data.tokenizer.vocab_size), c, PackedBatches(toks, 32, 4, 0), tmp_path,
                valid_tokens=valid, log=lambda *a: None)
     assert r1.stopped_early and r1.steps < 40
-    (tmp_path / "summary.json").unlink()  # killed after the early-stop checkpoint, before the summary
+    final = (tmp_path / "final" / "model.safetensors").read_bytes()
+    shutil.rmtree(tmp_path / "final")  # killed after the early-stop checkpoint, before the final weights
     r2 = train(small_model(data.tokenizer.vocab_size), c, PackedBatches(toks, 32, 4, 0), tmp_path,
                valid_tokens=valid, log=lambda *a: None)
     assert (r2.steps, r2.stopped_early, r2.best_step) == (r1.steps, True, r1.best_step)
+    untimed = lambda r: r.summary() | {"wall_s": 0, "data_wait_s": 0}  # noqa: E731
+    assert untimed(r2) == untimed(r1)
+    assert (tmp_path / "final" / "model.safetensors").read_bytes() == final  # the best weights again

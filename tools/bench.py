@@ -228,8 +228,9 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
     import mlx.core as mx
     import numpy as np
 
+    from mlx_pn.models.build import PRESETS, build_model
     from mlx_pn.models.projected import ProjectedArgs, build_projected
-    from mlx_pn.models.transformer import PRESETS, ModelArgs, build_model
+    from mlx_pn.models.transformer import ModelArgs
     from mlx_pn.train.losses import cross_entropy, reference_cross_entropy
 
     B, L, V = args.batch, args.seq, args.vocab
@@ -349,7 +350,8 @@ def bench_generation(preset: str, args) -> list[dict]:
     from mlx_lm import load
 
     from mlx_pn.export import export_mlx_lm
-    from mlx_pn.models.transformer import PRESETS, ModelArgs, build_model
+    from mlx_pn.models.build import PRESETS, build_model
+    from mlx_pn.models.transformer import ModelArgs
 
     margs = ModelArgs(**PRESETS[preset], vocab_size=args.vocab)
     rows = []
@@ -397,7 +399,8 @@ def bench_pipeline(args, steps: int = 30) -> dict:
 
     from mlx_pn.config import TrainConfig
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.models.transformer import PRESETS, ModelArgs, build_model
+    from mlx_pn.models.build import PRESETS, build_model
+    from mlx_pn.models.transformer import ModelArgs
     from mlx_pn.train.loop import train
 
     preset = args.presets[0]
@@ -412,7 +415,7 @@ def bench_pipeline(args, steps: int = 30) -> dict:
                       eval_every=10**9, save_every=10**9, keep_checkpoints=1)
     with tempfile.TemporaryDirectory() as tmp:
         r = train(build_model(margs), cfg, batches, tmp, log=lambda *a: None)
-        wait = json.loads((Path(tmp) / "summary.json").read_text())["data_wait_s"]
+    wait = r.data_wait_s
     res = dict(preset=preset, steps=steps, wall_s=r.wall_s, data_wait_s=wait, batch_build_ms=build * 1e3,
                step_ms=r.wall_s / steps * 1e3)
     print(f"\n### data pipeline ({preset}, B={args.batch}, L={args.seq}, {steps} steps of train(), compiled)")

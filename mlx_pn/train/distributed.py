@@ -11,7 +11,7 @@ The data-parallel contract (mlx_pn.train.loop): ``batch_size`` stays the *global
 step averages gradients (and the logged loss) over ranks before the optimizer update, so every rank applies the
 same update, equal to the single-process update on the whole global batch up to fp32 summation order. Rank 0
 alone writes metrics, checkpoints, final weights and the progress bar; on resume it reads the checkpoint and
-broadcasts weights, optimizer state and the step to the others (no shared filesystem needed).
+broadcasts weights, optimizer state and the loop's TrainState to the others (no shared filesystem needed).
 
 Work that is embarrassingly parallel (the slm-mix experts) uses :func:`my_share` instead: each rank trains its
 own experts with its own single-process loop (``train(..., group=SOLO)``).
@@ -19,11 +19,13 @@ own experts with its own single-process loop (``train(..., group=SOLO)``).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Sequence, TypeVar
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 T = TypeVar("T")
@@ -67,14 +69,6 @@ def resolve(group) -> tuple[mx.distributed.Group | None, int, int]:
     return (group, group.rank(), group.size()) if group.size() > 1 else (None, 0, 1)
 
 
-def rank() -> int:
-    return world()[1]
-
-
-def size() -> int:
-    return world()[2]
-
-
 def is_main() -> bool:
     """True on rank 0 (and in every single-process run): the process that logs, saves and prints."""
     return world()[1] == 0
@@ -98,23 +92,45 @@ def mean_scalar(x: mx.array, group) -> mx.array:
 
 
 def broadcast(tree, group, root: int = 0):
-    """Rank `root`'s values of a tree of arrays on every rank (an all-sum with the others' values zeroed)."""
+    """Rank `root`'s values of a tree of arrays on every rank (an all-sum with the others' values zeroed).
+
+    The trees must hold the same names and shapes on every rank, in any order: the collectives run in sorted
+    name order, one evaluated after the other, because a tree restored from a checkpoint (rank 0 resuming)
+    lists its leaves in another order than a freshly initialised one (the other ranks), and collectives
+    issued in different orders never complete."""
     if group is None:
         return tree
     mine = group.rank() == root
     flat = tree_flatten(tree)
-    out = [(k, mx.distributed.all_sum(v if mine else mx.zeros_like(v), group=group).astype(v.dtype))
-           for k, v in flat]
-    return tree_unflatten(out)
+    summed = {}
+    for k, v in sorted(flat, key=lambda kv: kv[0]):
+        summed[k] = mx.distributed.all_sum(v if mine else mx.zeros_like(v), group=group).astype(v.dtype)
+        mx.eval(summed[k])
+    return tree_unflatten([(k, summed[k]) for k, _ in flat])
 
 
 def broadcast_floats(values: Sequence[float], group, root: int = 0) -> list[float]:
-    """A few Python numbers from rank `root` (e.g. the resume step) -> the same list on every rank."""
+    """A few Python numbers from rank `root` (e.g. a validation NLL) -> the same list on every rank, as fp32."""
     if group is None:
         return list(values)
     a = mx.array([float(v) for v in values], dtype=mx.float32) if group.rank() == root else \
         mx.zeros((len(values),), dtype=mx.float32)
     return mx.distributed.all_sum(a, group=group).tolist()
+
+
+def broadcast_json(value, group, root: int = 0):
+    """A JSON-able value (e.g. the loop's TrainState as a dict) from rank `root` -> the same value on every rank.
+
+    Sent as its UTF-8 bytes in a uint8 array (first its length), so integers and floats arrive exactly; on
+    `root` too the value goes through JSON, so every rank holds the same numbers."""
+    if group is None:
+        return value
+    mine = group.rank() == root
+    data = json.dumps(value).encode() if mine else b""
+    n = int(broadcast({"n": mx.array([len(data)], dtype=mx.int32)}, group, root)["n"].item())
+    buf = mx.array(np.frombuffer(data, dtype=np.uint8)) if mine else mx.zeros((n,), dtype=mx.uint8)
+    got = broadcast({"b": buf}, group, root)["b"]  # (n,) uint8: the others add zeros
+    return json.loads(np.array(got).tobytes().decode())
 
 
 def barrier(group) -> None:

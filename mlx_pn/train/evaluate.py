@@ -1,6 +1,7 @@
-"""Perplexity on held-out token splits, per domain and macro-averaged (the paper's headline).
+"""Mean NLL and perplexity on a held-out token split, and bits per byte.
 
-Macro perplexity = exp(mean over domains of the per-token NLL): every domain weighs the same.
+(The macro perplexity over domains, the paper's headline, is computed where the per-domain results are
+tabulated, in the comparison.)
 """
 
 from __future__ import annotations
@@ -26,18 +27,14 @@ def nll(model, tokens: np.ndarray, seq_len: int, batch_size: int = 16, max_windo
         windows = windows[:max_windows]
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
-        w = mx.array(windows[i:i + batch_size])
+        w = mx.array(windows[i:i + batch_size])  # (b, L + 1), b <= batch_size
         extras = () if labels is None else (mx.array(np.asarray(labels[i:i + len(w)], dtype=np.int32)),)
-        s = token_nll_sum(model, w[:, :-1], w[:, 1:], *extras)
+        s = token_nll_sum(model, w[:, :-1], w[:, 1:], *extras)  # () summed over the (b, L) targets
         mx.eval(s)
         total += s.item()
         count += w.shape[0] * (w.shape[1] - 1)
     mean = total / count
     return {"nll": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": count}
-
-
-def macro_perplexity(per_domain_nll: dict[str, float]) -> float:
-    return math.exp(sum(per_domain_nll.values()) / len(per_domain_nll))
 
 
 def bits_per_byte(nll_per_token: float, tokens: int, n_bytes: int) -> float:

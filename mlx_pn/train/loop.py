@@ -4,12 +4,19 @@ One compiled step carries ``[model.state, optimizer.state, mx.random.state]``; m
 gradient accumulation are unrolled inside it. The loss and the batches are arguments, so methods
 differ by a loss function or a batch source, never by a copy of this loop.
 
-Files under ``out_dir``: ``checkpoints/step_*/`` (resumable, hash-checked), ``metrics.jsonl``
-(one JSON object per log/eval line), ``best/`` (early stopping: the best validation weights) and
-``final/`` (the weights this run ends with: the best ones when early stopping is on).
+Where a run is (step, early-stopping bookkeeping, token count, last loss) is one :class:`TrainState`,
+saved whole in every checkpoint and, in a data-parallel run, broadcast whole from rank 0.
+
+Files under ``out_dir``: ``train_config.json``, ``checkpoints/step_*/`` (resumable, hash-checked),
+``metrics.jsonl`` (one JSON object per log/eval line), ``best/`` (early stopping: the best validation
+weights) and ``final/`` (the weights this run ends with: the best ones when early stopping is on). The
+run's summary is not written here: :meth:`TrainResult.summary` gives it to the caller, who adds the stage's
+cost and writes it once.
 
 Data parallel (launched with ``mlx.launch``; mlx_pn.train.distributed): each rank reads its rows of every global
 batch, the step averages gradients over ranks, and only rank 0 writes files or prints.
+
+Shapes: A micro-batches per step (grad_accum), B rows per micro-batch, L tokens per row (seq_len).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -25,22 +32,50 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 from tqdm import tqdm
 
 from mlx_pn.config import TrainConfig, to_dict
 from mlx_pn.data.batches import PackedBatches, Prefetcher
-from mlx_pn.train.evaluate import nll
 from mlx_pn.io import write_json_atomic, write_text_atomic
 from mlx_pn.models.build import save_model
 from mlx_pn.train import distributed as dist
 from mlx_pn.train.checkpoint import latest_good_checkpoint, restore_checkpoint, save_checkpoint
+from mlx_pn.train.evaluate import nll
 from mlx_pn.train.losses import cross_entropy
 from mlx_pn.train.optim import current_lr, make_optimizer
 
 
 class TrainingError(RuntimeError):
     pass
+
+
+@dataclass
+class TrainState:
+    """Where a run is. Saved whole as a checkpoint's state.json "trainer", broadcast whole to every rank."""
+
+    step: int = 0  # optimizer steps done
+    best_valid_nll: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations in a row without a new best (early stopping)
+    tokens: int = 0  # trained on so far (global batch: every rank's rows)
+    last_loss: float | None = None  # of the last step trained; None before the first
+    stopped_early: bool = False  # kept in the checkpoint: a resumed run stays stopped
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainState:
+        """Ignores unknown keys; checkpoints written before TrainState hold the same keys without `step`
+        (and without last_loss / stopped_early until they were set)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def record_eval(self, step: int, valid_nll: float) -> bool:
+        """One validation result -> True when it is a new best (which resets the count of bad evaluations)."""
+        if self.best_valid_nll is None or valid_nll < self.best_valid_nll - 1e-6:
+            self.best_valid_nll, self.best_step, self.bad_evals = valid_nll, step, 0
+            return True
+        self.bad_evals += 1
+        return False
 
 
 @dataclass
@@ -52,7 +87,12 @@ class TrainResult:
     stopped_early: bool
     tokens: int
     wall_s: float
+    data_wait_s: float = 0.0  # time the step waited for the prefetch thread
     history: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Every field but the history, in declaration order: a stage's summary.json before its cost is added."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"}
 
 
 def _row_step(line: str) -> float:
@@ -84,7 +124,7 @@ class MetricsLog:
 
 
 def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, compile: bool, group=None):
-    """-> step(batch (A, B, L + 1) int32, *extras (A, B, ...)) -> (mean loss, grad norm before clipping).
+    """-> step(batch (A, B, L + 1) int32, *extras (A, B, ...)) -> (mean loss (), grad norm before clipping ()).
 
     Extras (e.g. cluster ids) are sliced per micro-batch like the tokens: loss_fn(model, x, y, *extras[a]).
     group: an mx.distributed.Group of data-parallel ranks (None: this process alone); gradients and the returned
@@ -96,7 +136,7 @@ def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, c
     def step(batch, *extras):
         loss_sum, grads = None, None
         for a in range(micro_batches):  # unrolled at trace time: A is a Python int
-            x, y = batch[a, :, :-1], batch[a, :, 1:]
+            x, y = batch[a, :, :-1], batch[a, :, 1:]  # (B, L) inputs, (B, L) next-token targets
             loss, g = loss_and_grad(model, x, y, *(e[a] for e in extras))
             loss_sum = loss if loss_sum is None else loss_sum + loss
             grads = g if grads is None else tree_map(mx.add, grads, g)
@@ -104,7 +144,7 @@ def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, c
             grads = tree_map(lambda g: g / micro_batches, grads)
         grads = dist.average(grads, group)  # all-reduce (mean) over data-parallel ranks; no-op alone
         loss_sum = dist.mean_scalar(loss_sum, group)
-        gnorm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for g in _leaves(grads)))
+        gnorm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for _, g in tree_flatten(grads)))
         if grad_clip > 0:
             # = optim.clip_grad_norm, without its per-element `where` (slow on MLX's CPU backend): one scalar
             # factor, which mx.compile fuses into the optimizer's update kernel
@@ -116,12 +156,6 @@ def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, c
     return partial(mx.compile, inputs=state, outputs=state)(step) if compile else step
 
 
-def _leaves(tree):
-    from mlx.utils import tree_flatten
-
-    return [v for _, v in tree_flatten(tree)]
-
-
 def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, *,
           valid_tokens: np.ndarray | None = None, valid_labels: np.ndarray | None = None,
           loss_fn: Callable = cross_entropy, resume: bool = True, desc: str = "train",
@@ -130,7 +164,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
 
     `batches.batch(step, A)` gives (A, B, L + 1) tokens, or a tuple (tokens, *extras) whose extras reach
     `loss_fn(model, x, y, *extras)`. valid_tokens: a 1-D split or (N, L + 1) windows; valid_labels: their
-    per-window cluster ids (for models called as model(x, ids)).
+    (N,) per-window cluster ids (for models called as model(x, ids)).
 
     group: None = the ranks this process was launched with (data parallel; a single process without a launcher),
     dist.SOLO = this process alone (e.g. one slm-mix expert per rank), or an mx.distributed.Group. cfg.batch_size
@@ -144,16 +178,17 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     ckpt_root = out / "checkpoints"
     optimizer = make_optimizer(cfg)
     optimizer.init(model.trainable_parameters())
-    start, trainer = 0, {"best_valid_nll": None, "best_step": None, "bad_evals": 0, "tokens": 0}
+    state = TrainState()
     found = latest_good_checkpoint(ckpt_root) if resume and main else None
     if found:
-        path, state = found
+        path, saved = found
         restore_checkpoint(path, model, optimizer)
-        start, trainer = state["step"], state["trainer"]
-        log(f"[{desc}] resuming from {path} (step {start})")
+        state = TrainState.from_dict(saved["trainer"] | {"step": saved["step"]})
+        log(f"[{desc}] resuming from {path} (step {state.step})")
     resumed, last_ckpt = bool(found), (found[0] if found else None)
     if group is not None:  # rank 0's weights, optimizer state and position everywhere (no shared disk needed)
-        start, resumed = _sync_state(model, optimizer, trainer, start, resumed, group)
+        state, resumed = _sync_state(model, optimizer, state, resumed, group)
+    start = state.step
     # MLX 0.32 cannot restore an arbitrary RNG state, so the generator is re-seeded from (seed, step):
     # any randomness in a loss (none in the built-in ones) is then a function of where training is.
     mx.random.seed(cfg.seed * 1_000_003 + start)
@@ -167,65 +202,58 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     use_early_stop = cfg.patience > 0 and valid_tokens is not None
 
     def evaluate_now(step: int) -> float | None:
+        """Validation NLL at `step` (logged; None without a validation split), recorded in `state`."""
         if valid_tokens is None:
             return None
         r = nll(model, valid_tokens, cfg.seq_len, cfg.batch_size, cfg.eval_batches * cfg.batch_size, valid_labels)
         metrics.write(step=step, valid_nll=r["nll"], valid_ppl=r["ppl"], valid_tokens=r["tokens"])
-        v = r["nll"] if group is None else dist.broadcast_floats([r["nll"]], group)[0]  # same decision on all ranks
-        best = trainer["best_valid_nll"]
-        if best is None or v < best - 1e-6:
-            trainer.update(best_valid_nll=v, best_step=step, bad_evals=0)
-            if use_early_stop and main:
-                save_model(out / "best", model, extra_config)
-        else:
-            trainer["bad_evals"] += 1
+        # Every rank evaluates the same windows; rank 0's number decides, so all ranks decide alike.
+        v = r["nll"] if group is None else dist.broadcast_floats([r["nll"]], group)[0]
+        if state.record_eval(step, v) and use_early_stop and main:
+            save_model(out / "best", model, extra_config)
         return r["nll"]
 
     if start == 0 and valid_tokens is not None and not resumed:
         evaluate_now(0)  # the "before training" point of every curve
 
-    # Every rank evaluates the same validation windows (deterministic: the same early-stopping decisions).
     pf = Prefetcher(dist.sharded_source(batches, cfg.grad_accum, rank, world_size), start, cfg.steps)
-    # A run resumed from its last checkpoint trains no step: it reports the loss that checkpoint recorded.
-    loss_val = trainer.get("last_loss", float("nan"))
     t0, window_t, window_tokens = time.perf_counter(), time.perf_counter(), 0
-    stopped_early, step = bool(trainer.get("stopped_early")), start
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                disable=not main)
     say = bar.write if main else _quiet  # tqdm.write prints even from a disabled bar
     try:
-        for step in range(start + 1, cfg.steps + 1) if not stopped_early else ():
+        for step in range(start + 1, cfg.steps + 1) if not state.stopped_early else ():
             i, batch = pf.get()
-            arrays = batch if isinstance(batch, tuple) else (batch,)
+            arrays = batch if isinstance(batch, tuple) else (batch,)  # tokens (A, B, L + 1), *extras (A, B, ...)
             loss, gnorm = step_fn(*(mx.array(a) for a in arrays))
             mx.eval(loss, gnorm, model.state, optimizer.state)
-            loss_val = trainer["last_loss"] = loss.item()
-            trainer["tokens"] += tokens_per_step
+            state.step, state.last_loss = step, loss.item()
+            state.tokens += tokens_per_step
             window_tokens += tokens_per_step
-            if not math.isfinite(loss_val):
+            if not math.isfinite(state.last_loss):
                 raise TrainingError(
-                    f"[{desc}] non-finite loss {loss_val} at step {step} (batch index {i}); last good checkpoint: "
-                    f"{last_ckpt or 'none'}. Lower the learning rate or check the data, then resume.")
+                    f"[{desc}] non-finite loss {state.last_loss} at step {step} (batch index {i}); last good "
+                    f"checkpoint: {last_ckpt or 'none'}. Lower the learning rate or check the data, then resume.")
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_t, 1e-9)
                 window_t, window_tokens = now, 0
-                metrics.write(step=step, loss=loss_val, lr=current_lr(optimizer), grad_norm=gnorm.item(),
-                              tokens_per_s=tps, tokens=trainer["tokens"], elapsed_s=now - t0,
+                metrics.write(step=step, loss=state.last_loss, lr=current_lr(optimizer), grad_norm=gnorm.item(),
+                              tokens_per_s=tps, tokens=state.tokens, elapsed_s=now - t0,
                               data_wait_s=round(pf.wait_s, 4))
-                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tps:,.0f}")
+                bar.set_postfix(loss=f"{state.last_loss:.3f}", tok_s=f"{tps:,.0f}")
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 v = evaluate_now(step)
                 if v is not None:
-                    say(f"[{desc}] step {step}: loss {loss_val:.4f}, valid ppl {math.exp(v):.2f}")
-                if use_early_stop and trainer["bad_evals"] >= cfg.patience:
-                    stopped_early = trainer["stopped_early"] = True  # kept in the checkpoint: a resume stays stopped
-            if (step % cfg.save_every == 0 or step == cfg.steps or stopped_early) and main:
-                last_ckpt = save_checkpoint(ckpt_root, step, model, optimizer, trainer, cfg.keep_checkpoints)
-            if stopped_early:
+                    say(f"[{desc}] step {step}: loss {state.last_loss:.4f}, valid ppl {math.exp(v):.2f}")
+                if use_early_stop and state.bad_evals >= cfg.patience:
+                    state.stopped_early = True
+            if (step % cfg.save_every == 0 or step == cfg.steps or state.stopped_early) and main:
+                last_ckpt = save_checkpoint(ckpt_root, step, model, optimizer, asdict(state), cfg.keep_checkpoints)
+            if state.stopped_early:
                 say(f"[{desc}] early stop at step {step}: no improvement in {cfg.patience} evaluations; "
-                          f"keeping step {trainer['best_step']}")
+                    f"keeping step {state.best_step}")
                 break
     finally:
         pf.close()
@@ -240,12 +268,11 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
         mx.eval(model.parameters())
     if main:
         save_model(out / "final", model, extra_config)
-    result = TrainResult(steps=step, final_loss=loss_val, best_valid_nll=trainer["best_valid_nll"],
-                         best_step=trainer["best_step"], stopped_early=stopped_early, tokens=trainer["tokens"],
-                         wall_s=time.perf_counter() - t0, history=metrics.rows())
-    if main:
-        summary = {k: v for k, v in result.__dict__.items() if k != "history"}
-        write_json_atomic(out / "summary.json", summary | {"data_wait_s": pf.wait_s})
+    # A run resumed from its last checkpoint trains no step: it reports the loss that checkpoint recorded.
+    final_loss = math.nan if state.last_loss is None else state.last_loss
+    result = TrainResult(steps=state.step, final_loss=final_loss, best_valid_nll=state.best_valid_nll,
+                         best_step=state.best_step, stopped_early=state.stopped_early, tokens=state.tokens,
+                         wall_s=time.perf_counter() - t0, data_wait_s=pf.wait_s, history=metrics.rows())
     dist.barrier(group)  # no rank leaves before rank 0 has written the final model
     return result
 
@@ -264,24 +291,11 @@ class _NoMetrics:
         return []
 
 
-def _sync_state(model, optimizer, trainer: dict, start: int, resumed: bool, group) -> tuple[int, bool]:
-    """Start or resume of a data-parallel run: rank 0's parameters, optimizer state, step and early-stopping
-    bookkeeping on every rank (updated in place; rank 0 too takes the fp32-rounded numbers, so every rank
-    makes the same decisions) -> (start step, resumed)."""
+def _sync_state(model, optimizer, state: TrainState, resumed: bool, group) -> tuple[TrainState, bool]:
+    """Start or resume of a data-parallel run: rank 0's parameters, optimizer state and TrainState on every rank
+    (parameters and optimizer state updated in place) -> (rank 0's TrainState, whether rank 0 resumed)."""
     model.update(dist.broadcast(model.parameters(), group))
     optimizer.state = dist.broadcast(optimizer.state, group)
     mx.eval(model.parameters(), optimizer.state)
-    best, best_step = trainer["best_valid_nll"], trainer["best_step"]
-    # fp32 carries integers exactly up to 2**24: the token count goes as two 2**20-sized digits
-    vals = dist.broadcast_floats([start, resumed, math.nan if best is None else best,
-                                  -1 if best_step is None else best_step, trainer["bad_evals"],
-                                  trainer["tokens"] // 2**20, trainer["tokens"] % 2**20,
-                                  trainer.get("last_loss", math.nan), bool(trainer.get("stopped_early"))], group)
-    trainer.update(best_valid_nll=None if math.isnan(vals[2]) else vals[2],
-                   best_step=None if vals[3] < 0 else int(vals[3]), bad_evals=int(vals[4]),
-                   tokens=int(vals[5]) * 2**20 + int(vals[6]))
-    if not math.isnan(vals[7]):
-        trainer["last_loss"] = vals[7]
-    if vals[8]:
-        trainer["stopped_early"] = True
-    return int(vals[0]), bool(vals[1])
+    got = dist.broadcast_json({"state": asdict(state), "resumed": resumed}, group)
+    return TrainState.from_dict(got["state"]), got["resumed"]

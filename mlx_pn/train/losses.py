@@ -57,7 +57,7 @@ def _exp(x: mx.array) -> mx.array:
 def nll_rows(logits: mx.array, targets: mx.array) -> mx.array:
     """Per-row negative log-likelihood: logits (N, V) fp32, targets (N,) int -> (N,) = lse(row) - row[target]."""
     m = mx.max(logits, axis=-1, keepdims=True)  # (N, 1)
-    lse = mx.log(mx.sum(_exp(logits - m), axis=-1)) + m[:, 0]
+    lse = mx.log(mx.sum(_exp(logits - m), axis=-1)) + m[:, 0]  # (N,)
     return lse - mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
 
 
@@ -68,11 +68,11 @@ def _nll_rows_vjp(primals, cotangent, output):
     out = output[0] if isinstance(output, (list, tuple)) else output
     t = targets[:, None]
     lse = out + mx.take_along_axis(logits, t, axis=-1)[:, 0]  # recovered from the output: no saved state
-    g = g[:, None]
+    g = g[:, None]  # (N, 1)
     # (softmax - onehot) * g; the one-hot is a comparison inside the same fused element-wise kernel (no
     # (N, V) one-hot array, no scatter copy; MLX's CPU `where` would be a slow extra pass)
     onehot = mx.arange(logits.shape[-1], dtype=targets.dtype)[None, :] == t
-    grad = _exp(logits - lse[:, None]) * g - onehot * g
+    grad = _exp(logits - lse[:, None]) * g - onehot * g  # (N, V)
     return grad, mx.zeros_like(targets)
 
 
@@ -84,8 +84,12 @@ def _sigmoid(x: mx.array) -> mx.array:
 
 @mx.custom_function
 def silu(x: mx.array) -> mx.array:
-    """x * sigmoid(x), as nn.silu, ~3x faster on a CPU (fast exp, custom backward s + x s (1 - s)). For the
-    model's SwiGLU MLP, where nn.silu's sigmoid costs ~14 ms per layer at B*L=512, F=1024 (tools/RESULTS.md)."""
+    """x * sigmoid(x), as nn.silu, ~3x faster on a CPU (fast exp, custom backward s + x s (1 - s)).
+
+    Not a loss and not used by the library: the model's SwiGLU MLP calls nn.silu. It is here, beside the fast
+    exp it is built from, as a measured proposal: tools/bench.py swaps it in for nn.silu ("fast silu" rows;
+    nn.silu's sigmoid costs ~14 ms per layer at B*L=512, F=1024, tools/RESULTS.md). Wiring it into the
+    model is a separate change."""
     return x * _sigmoid(x)
 
 
@@ -105,7 +109,7 @@ def logits_nll(logits: mx.array, y: mx.array, reduction: str = "mean") -> mx.arr
     if mx.default_device() != mx.cpu:
         return nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction=reduction)
     V = logits.shape[-1]
-    nll = nll_rows(logits.astype(mx.float32).reshape(-1, V), y.reshape(-1))
+    nll = nll_rows(logits.astype(mx.float32).reshape(-1, V), y.reshape(-1))  # (N,), N = the leading dims' product
     return nll.mean() if reduction == "mean" else nll.sum()
 
 

@@ -22,6 +22,7 @@ def no_decay(path: str, _param) -> bool:
 
 
 def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
+    """Two AdamW groups on one schedule: no weight decay on the `no_decay` parameters, cfg.weight_decay elsewhere."""
     schedule = lr_schedule(cfg)
     kw = dict(learning_rate=schedule, betas=[cfg.beta1, cfg.beta2], eps=cfg.eps, bias_correction=True)
     return optim.MultiOptimizer(
@@ -31,5 +32,6 @@ def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
 
 
 def current_lr(opt: optim.Optimizer) -> float:
+    """The learning rate the last update used (both groups share one schedule)."""
     inner = opt.optimizers[0] if isinstance(opt, optim.MultiOptimizer) else opt
     return float(inner.learning_rate)
