@@ -137,7 +137,6 @@ class MixtureConfig:
                               "together cost what one slm pretraining does")
 
 
-METHODS = ("slm", "slm-pn", "slm-mix", "slm-hn", "slm-nopt", "llm", "slm-d", "slm-is")
 SELECTS = ("auto", "most-frequent", "best-loss", "all", "histogram")
 
 
@@ -331,20 +330,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks with actionable messages."""
+    """Cross-field checks with actionable messages (a method's own rules: mlx_pn.methods.check)."""
     if not isinstance(cfg, Config):
         return
     for sec in ("model", "large"):  # presets are checked where they are read: mlx_pn.models.build.check_preset
         if getattr(cfg, sec).frontend not in ("token", "byte"):
             raise ConfigError(f"{sec}.frontend must be 'token' or 'byte', got {getattr(cfg, sec).frontend!r}")
-    stlm = [k for k in ("share_ffn", "share_attn_out") if getattr(cfg.model, k)] + (
-        ["frontend=byte"] if cfg.model.frontend == "byte" else [])
-    if stlm and cfg.method in ("slm-pn", "slm-hn"):
-        raise ConfigError(f"model.{', model.'.join(stlm)}: method {cfg.method} projects every layer's own MLP from a "
-                          f"token-level trunk; use these STLM options with slm, slm-mix, slm-is, slm-nopt or llm")
-    if cfg.model.frontend == "byte" and cfg.method == "slm-d":
-        raise ConfigError("model.frontend=byte: slm-d distils next-token distributions, which a byte model scores "
-                          "with one full vocabulary pass per position; distil a token model (model.frontend=token)")
     if cfg.model.frontend == "byte" and (cfg.model.share_ffn or cfg.model.share_attn_out):
         raise ConfigError("model.frontend=byte cannot be combined with model.share_ffn/share_attn_out (not "
                           "implemented for the byte model's trunk)")
@@ -368,17 +359,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"cluster.embedder must be 'minilm' or 'static', got {cfg.cluster.embedder!r}")
     if cfg.cluster.k < 1 or cfg.cluster.k_importance < 1:
         raise ConfigError("cluster.k and cluster.k_importance must be >= 1")
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method: unknown method '{cfg.method}'{_suggest(cfg.method, METHODS)} "
-                          f"(implemented: {', '.join(METHODS)})")
     if cfg.select not in SELECTS:
         raise ConfigError(f"select: unknown selection '{cfg.select}'{_suggest(cfg.select, SELECTS)}")
-    if cfg.method == "slm-mix" and cfg.select == "histogram":
-        raise ConfigError("select=histogram needs a projected model (slm-pn or slm-hn); slm-mix experts are "
-                          "separate models: use --select most-frequent, best-loss or all")
-    if cfg.method != "slm" and cfg.cluster.window not in (0, cfg.pretrain.seq_len):
-        raise ConfigError(f"method {cfg.method} routes each training window by its cluster, so cluster.window must "
-                          f"be 0 or pretrain.seq_len={cfg.pretrain.seq_len}, got {cfg.cluster.window}")
     if min(cfg.projected.m, cfg.projected.h, cfg.mixture.expert_steps) < 0 or cfg.projected.hypernet_hidden < 1:
         raise ConfigError("projected.m, projected.h, mixture.expert_steps must be >= 0 and "
                           "projected.hypernet_hidden >= 1")

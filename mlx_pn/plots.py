@@ -8,7 +8,7 @@ import numpy as np
 from pathlib import Path
 
 
-def _save(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
     """PNG written atomically: a crash never leaves half a plot."""
     from mlx_pn.io import atomic_file
 
@@ -43,71 +43,6 @@ def plot_training_curves(runs: dict[str, str | Path], out_png: str | Path, title
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, out_png)
+    save_png(fig, out_png)
     plt.close(fig)
     return out_png
-
-
-def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Path]:
-    """The comparison's two figures (recipes.compare):
-
-    macro_ppl_vs_pretrain_cost.png: macro perplexity after fine-tuning vs pretraining FLOPs, one panel per
-    domain-data size, one line per method (rows without pretraining, slm-is and slm-nopt, as flat lines);
-    total_cost_vs_domains.png: C_total(N) = C_pretrain + N C_specialize at equal quality, N = 1..max_n.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mlx_pn.compare import equal_quality
-    from mlx_pn.costs import c_total
-
-    out_dir = Path(out_dir)
-    sizes = [str(n) for n in results["sizes"]]
-    names = list(dict.fromkeys(e["row"] for e in results["rows"]))
-    colors = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
-    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(5 * (len(sizes) + 1), 4.2), squeeze=False)
-    panels = [("before", sizes[0], "no fine-tuning")] + [
-        ("after", s, f"fine-tuned, {'all' if s == '0' else s} domain tokens") for s in sizes]
-    for ax, (key, size, title) in zip(axes[0], panels):
-        vals = [e[key][size] for e in results["rows"] if size in e[key]]
-        top = min(max(vals), 2.5 * float(np.median(vals))) if vals else None  # an undertrained row: off the chart
-        for name in names:
-            es = [e for e in results["rows"] if e["row"] == name and size in e[key]]
-            if not es:
-                continue
-            pts = sorted((e["pretrain_flops"], e[key][size]) for e in es)
-            label = name if min(p for _, p in pts) <= top else f"{name} (off the chart)"
-            if pts[0][0] == 0:  # no generic pretraining: a flat line at its best value
-                ax.axhline(min(p for _, p in pts), ls="--", color=colors[name], label=label)
-            else:
-                ax.plot(*zip(*pts), "o-", color=colors[name], label=label)
-        ax.set(title=title, xlabel="pretraining FLOPs", ylabel="macro perplexity")
-        ax.set_xscale("log")
-        if top:
-            ax.set_ylim(0.95 * min(vals), top * 1.05)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    p1 = out_dir / "macro_ppl_vs_pretrain_cost.png"
-    _save(fig, p1)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    target, pick = equal_quality(results["rows"], sizes[-1])
-    n = list(range(1, max_n + 1))
-    for name, e in pick.items():
-        pre, spec = e["pretrain_flops"], e["specialize_flops"][sizes[-1]]
-        b = "-" if e["budget"] is None else f"{e['budget']:g}"
-        ax.plot(n, [c_total(pre, spec, k) for k in n], color=colors[name], label=f"{name} (budget {b})")
-    ax.set(title=f"Total cost at the slm's quality (macro ppl <= {target:.1f})" if target else "Total cost",
-           xlabel="number of domains N", ylabel="C_total(N), FLOPs")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    p2 = out_dir / "total_cost_vs_domains.png"
-    _save(fig, p2)
-    plt.close(fig)
-    return [p1, p2]

@@ -16,7 +16,7 @@ CONFIGS = Path(__file__).parent / "configs"  # the preset files; a recipe's defa
 
 # Error classes of heavier modules, looked up only when something was raised: importing mlx_pn.export
 # (mlx_lm, transformers) costs ~2 s, and an error of a module never imported cannot have been raised.
-_LAZY = {"mlx_pn.export": "ExportError", "mlx_pn.train.checkpoint": "CheckpointError",
+_LAZY = {"mlx_pn.export": "ExportError", "mlx_pn.models.build": "CheckpointError",
          "mlx_pn.train.loop": "TrainingError"}
 
 

@@ -22,16 +22,17 @@ def main(argv=None):
     parser = build_parser(__doc__, extra=extra)
     cfg, args = parse(parser, argv)
     with clear_errors():
-        from mlx_pn.clustering.stage import clusters_folder, run_clustering
+        from mlx_pn.clustering.stage import clustering_folder, clusters_root, run_clustering, window_len
         from mlx_pn.data.prepare import prepare_data
 
         data = prepare_data(cfg)
-        results = run_clustering(cfg, data, args.k)
+        window, root = window_len(cfg.cluster, cfg.pretrain.seq_len), clusters_root(cfg.data_dir)
+        results = run_clustering(cfg.cluster, window, root, data, args.k)
         for k, m in results.items():
             hn = m["heldout_domain_nmi_k_domains"]
             print(f"[cluster] k={k} (used {m['key']['k']}): domain NMI at k {m['domain_nmi_at_k']:.3f}; "
                   f"held-out domain separability NMI {hn if hn is None else round(hn, 3)}; "
-                  f"report: {clusters_folder(cfg, k) / 'report.md'}")
+                  f"report: {clustering_folder(cfg.cluster, window, root, k) / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ def main(argv=None):
     cfg, args = parse(parser, argv)
     with clear_errors():
         from mlx_pn.export import export_mlx_lm, generate_command
-        from mlx_pn.stages import specialized_model_dir
+        from mlx_pn.methods.layout import specialize_dir
         from mlx_pn.models.build import load_model
 
-        src = Path(args.model) if args.model else specialized_model_dir(cfg, cfg.domain)
+        src = Path(args.model) if args.model else specialize_dir(cfg, cfg.domain) / "final"
         if not (src / "model.safetensors").exists():
             raise SystemExit(f"error: {src}/model.safetensors does not exist; run recipes.specialize "
                              f"(or pass --model FOLDER)")

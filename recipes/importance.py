@@ -32,11 +32,12 @@ def main(argv=None):
     cfg = dataclasses.replace(cfg, method="slm-is")
     with clear_errors():
         from mlx_pn.data.prepare import prepare_data
-        from mlx_pn.stages import pretrain_dir, pretrain_importance
+        from mlx_pn.methods.importance import pretrain as pretrain_importance
+        from mlx_pn.methods.layout import pretrain_dir
 
         data = prepare_data(cfg)
         for d in (data.domain_names() if args.all_domains else [cfg.domain]):
-            s = pretrain_importance(cfg, data, d, resume=args.resume)
+            s = pretrain_importance(cfg, data, resume=args.resume, domain=d)
             nll = s.get("best_valid_nll")
             print(f"[importance] {d}: {s['steps']} steps, domain valid nll {'n/a' if nll is None else f'{nll:.4f}'}"
                   f", model in {pretrain_dir(cfg, d)}")

@@ -29,7 +29,8 @@ def main(argv=None):
     cfg, args = parse(parser, argv)
     with clear_errors():
         from mlx_pn.data.prepare import prepare_data
-        from mlx_pn.stages import pretrain, pretrain_dir
+        from mlx_pn.methods import pretrain
+        from mlx_pn.methods.layout import pretrain_dir
 
         data = prepare_data(cfg)
         summary = pretrain(cfg, data, resume=args.resume, expert=args.expert)

@@ -26,7 +26,8 @@ def main(argv=None):
     cfg, args = parse(parser, argv)
     with clear_errors():
         from mlx_pn.data.prepare import prepare_data
-        from mlx_pn.stages import specialize, specialize_dir
+        from mlx_pn.methods import specialize
+        from mlx_pn.methods.layout import specialize_dir
 
         data = prepare_data(cfg, only=[cfg.domain])
         r = specialize(cfg, data, cfg.domain, resume=args.resume)

@@ -19,7 +19,7 @@ TINY = REPO / "recipes" / "configs" / "tiny.yaml"
 
 
 def tiny_config(out, **overrides):
-    from mlx_pn.config import load_config
+    from mlx_pn.methods import load_config
 
     ov = {"out": str(out), "data.max_docs": "300", "pretrain.steps": "40", "finetune.steps": "20"}
     ov.update({k: str(v) for k, v in overrides.items()})
@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pretrained(tiny_run):
     """(cfg, data, summary) after a 40-step tiny pretraining."""
-    from mlx_pn.stages import pretrain
+    from mlx_pn.methods import pretrain
 
     cfg, data = tiny_run
     summary = pretrain(cfg, data, log=lambda *a: None)

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import TINY
 
-from mlx_pn.config import ConfigError, load_config
+from mlx_pn.config import ConfigError
+from mlx_pn.methods import load_config
 from mlx_pn.data.sources import DataError, load_documents
 
 
@@ -198,7 +199,7 @@ def test_config_errors_through_the_command_line(tmp_path, capsys):
 def test_tokenizer_and_model_mismatch(pretrained, tmp_path):
     from mlx_pn.data.prepare import PreparedData
     from mlx_pn.export import ExportError, export_mlx_lm
-    from mlx_pn.stages import check_vocab
+    from mlx_pn.methods.finetune import check_vocab
     from mlx_pn.models.build import load_model
 
     cfg, data, _ = pretrained

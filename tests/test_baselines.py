@@ -77,10 +77,11 @@ def test_teacher_cache_equals_live_and_resumes(tmp_path):
 
 @pytest.fixture(scope="module")
 def clustered_is(tiny_run):
-    from mlx_pn.clustering.stage import run_clustering
+    from mlx_pn.clustering.stage import clusters_root, run_clustering, window_len
 
     cfg, data = tiny_run
-    run_clustering(cfg, data, ks=[4], log=lambda *a: None)
+    run_clustering(cfg.cluster, window_len(cfg.cluster, cfg.pretrain.seq_len), clusters_root(cfg.data_dir), data,
+                   ks=[4], log=lambda *a: None)
     return tiny_run
 
 
@@ -93,12 +94,12 @@ def _cfg(tiny_run, out, method, **kw):
 
 
 def test_importance_windows_follow_the_domain_histogram(clustered_is, tmp_path):
-    from mlx_pn.clustering.stage import load_clustering
-    from mlx_pn.stages import importance_indices
+    from mlx_pn.methods.importance import importance_indices
+    from mlx_pn.methods.layout import method_clustering
 
     _, data = clustered_is
     cfg = _cfg(clustered_is, tmp_path, "slm-is")
-    clusters = load_clustering(cfg, 4)
+    clusters = method_clustering(cfg, "k_importance")  # cluster.k_importance = 4
     g = clusters.labels("generic", "train")
     for d in ("legal", "drama"):
         idx, stats = importance_indices(cfg, data, d)
@@ -112,7 +113,7 @@ def test_importance_windows_follow_the_domain_histogram(clustered_is, tmp_path):
 def test_every_baseline_end_to_end(clustered_is, tmp_path_factory):
     """llm, slm-d (disk and live teacher), slm-nopt and slm-is: pretrain, specialize, export through mlx-lm."""
     from mlx_pn.export import export_mlx_lm
-    from mlx_pn.stages import pretrain, specialize
+    from mlx_pn.methods import pretrain, specialize
     from mlx_pn.models.build import load_model
 
     _, data = clustered_is
@@ -149,7 +150,7 @@ def test_every_baseline_end_to_end(clustered_is, tmp_path_factory):
 
 
 def test_baselines_name_what_is_missing(tiny_run, tmp_path):
-    from mlx_pn.stages import specialize
+    from mlx_pn.methods import specialize
 
     _, data = tiny_run
     for method, hint in [("slm-d", "recipes.pretrain --method slm-d"), ("slm-is", "recipes.importance"),

@@ -4,10 +4,12 @@ import json
 
 import pytest
 
-from mlx_pn.compare import CompareConfig, equal_quality, grid_rows, row_config
-from mlx_pn.config import ConfigError, load_config
+from mlx_pn.compare.grid import CompareConfig, grid_rows, row_config
+from mlx_pn.compare.results import equal_quality
+from mlx_pn.config import ConfigError
+from mlx_pn.methods import load_config
 from mlx_pn.costs import train_flops_per_token
-from mlx_pn.config import model_args
+from mlx_pn.models.build import model_args
 
 from conftest import REPO
 
@@ -25,11 +27,11 @@ def test_rows_and_matched_flops(tmp_path):
                                       "slm-shared-attn-out", "slm-byte"]  # slm-d brings its parts
     assert rows[4].overrides == {"model.tie_word_embeddings": "false", "model.intermediate_size": "44"}
     V, L = 512, cfg.pretrain.seq_len
-    f_slm = train_flops_per_token(model_args(cfg, V), L)
+    f_slm = train_flops_per_token(model_args(cfg.model, V), L)
     for b in (1.0, 2.0):
         slm, llm = row_config(cfg, rows[0], b, V, 4), row_config(cfg, rows[1], b, V, 4)
         assert slm.pretrain.steps == round(b * cfg.pretrain.steps)
-        f_llm = train_flops_per_token(model_args(llm, V, "large"), L)
+        f_llm = train_flops_per_token(model_args(llm.large, V, "large"), L)
         assert llm.pretrain.steps < slm.pretrain.steps
         assert abs(llm.pretrain.steps * f_llm / (slm.pretrain.steps * f_slm) - 1) < 0.25  # rounding of few steps
         assert row_config(cfg, rows[3], b, V, 4).pretrain.steps < slm.pretrain.steps  # the projection costs
@@ -80,12 +82,12 @@ def test_tiny_grid_end_to_end_and_resumes(tmp_path, monkeypatch, capsys):
     for png in ("macro_ppl_vs_pretrain_cost.png", "total_cost_vs_domains.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
-    import mlx_pn.stages as stages
+    import mlx_pn.train.loop as loop
 
     def no_training(*a, **k):
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr(stages, "train", no_training)
+    monkeypatch.setattr(loop, "train", no_training)
     recipe.main(argv)
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["cells"] == res["cells"]

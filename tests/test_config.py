@@ -53,7 +53,7 @@ def test_missing_config_file_is_clear():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_preset_yaml_parses_and_builds(path):
-    from mlx_pn.compare import CompareConfig
+    from mlx_pn.compare.grid import CompareConfig
 
     cfg = load_config(path, cls=CompareConfig if path.name.startswith("compare-") else Config)
     for section in ("model", "large"):
@@ -84,6 +84,8 @@ def test_fuzzed_overrides_either_load_or_raise_config_error(overrides):
 
 
 def test_stlm_options_refused_where_they_cannot_work():
+    from mlx_pn.methods import load_config  # with the methods' own rules
+
     with pytest.raises(ConfigError, match="slm-pn projects"):
         load_config(None, {"method": "slm-pn", "model.share_ffn": "true"})
     with pytest.raises(ConfigError, match="slm-d distils"):

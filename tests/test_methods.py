@@ -10,8 +10,9 @@ from mlx.utils import tree_flatten
 
 from mlx_pn.config import ConfigError, TrainConfig
 from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches
+from mlx_pn.methods.routed import expert_windows
 from mlx_pn.models.build import build_model
-from mlx_pn.models.mixture import HardMixture, expert_windows
+from mlx_pn.models.mixture import HardMixture
 from mlx_pn.models.projected import ProjectedArgs, build_projected, load_projected
 from mlx_pn.models.transformer import ModelArgs, Transformer
 from mlx_pn.train.losses import cross_entropy
@@ -153,10 +154,11 @@ def _method_cfg(tiny_run, out, method, **ov):
 
 @pytest.fixture(scope="module")
 def clustered(tiny_run):
-    from mlx_pn.clustering.stage import run_clustering
+    from mlx_pn.clustering.stage import clusters_root, run_clustering, window_len
 
     cfg, data = tiny_run
-    run_clustering(cfg, data, ks=[4], log=lambda *a: None)
+    run_clustering(cfg.cluster, window_len(cfg.cluster, cfg.pretrain.seq_len), clusters_root(cfg.data_dir), data,
+                   ks=[4], log=lambda *a: None)
     return tiny_run
 
 
@@ -167,21 +169,22 @@ def clustered(tiny_run):
     ("slm-mix", "best-loss", "legal", False), ("slm-mix", "all", "medical", False)])
 def test_pretrain_specialize_export_each_method(clustered, tmp_path_factory, method, select, domain, grouped,
                                                 monkeypatch):
-    import mlx_pn.stages as stages
-    from mlx_pn.clustering.stage import load_clustering
+    import mlx_pn.methods as stages
+    import mlx_pn.train.loop as loop
     from mlx_pn.export import export_mlx_lm
+    from mlx_pn.methods.layout import method_clustering
 
     _, data = clustered
     out = tmp_path_factory.getbasetemp() / f"methods-{method}{'-grouped' * grouped}"  # shared by the selects
     cfg = _method_cfg(clustered, out, method, select=select)
     cfg.projected.grouped = grouped
     calls = []
-    real_train = stages.train
-    monkeypatch.setattr(stages, "train", lambda model, t, b, o, **kw: calls.append((b, o)) or real_train(
+    real_train = loop.train
+    monkeypatch.setattr(loop, "train", lambda model, t, b, o, **kw: calls.append((b, o)) or real_train(
         model, t, b, o, **kw))
     stages.pretrain(cfg, data, log=lambda *a: None)
     if method == "slm-mix" and calls:  # each expert's batches hold only windows of its cluster
-        labels = load_clustering(cfg, 4).labels("generic", "train")
+        labels = method_clustering(cfg).labels("generic", "train")  # cluster.k = 4
         assert len(calls) == 4
         for i, (b, o) in enumerate(calls):
             assert o.name == f"expert-{i:02d}"
@@ -193,7 +196,7 @@ def test_pretrain_specialize_export_each_method(clustered, tmp_path_factory, met
         assert saved.pargs.k == 4 and (saved.pargs.coefficients == "hypernet") == (method == "slm-hn")
     r = stages.specialize(cfg, data, domain, log=lambda *a: None)
     assert r["method"] == method and r["domain"] == domain
-    hist = load_clustering(cfg, 4).histograms[domain]
+    hist = method_clustering(cfg).histograms[domain]
     if select in ("most-frequent",):
         assert r["selected_cluster"] == int(np.argmax(hist))
     if select in ("histogram", "auto"):
@@ -215,7 +218,7 @@ def test_unknown_method_and_missing_clusters(tiny_run, tmp_path):
         tiny_config(tmp_path, method="slm-pm")
     with pytest.raises(ConfigError, match="histogram needs a projected model"):
         tiny_config(tmp_path, method="slm-mix", select="histogram")
-    from mlx_pn.stages import pretrain
+    from mlx_pn.methods import pretrain
 
     cfg = _method_cfg(tiny_run, tmp_path, "slm-pn")
     cfg.cluster.k = 7  # never clustered
@@ -246,13 +249,14 @@ def cfg_path():
 
 def test_mixture_experts_are_shared_out_over_ranks(clustered, tmp_path, monkeypatch):
     """Launched on 2 ranks, rank 1 trains experts 1 and 3 (each alone), and writes no mixture summary."""
-    import mlx_pn.stages as stages
+    import mlx_pn.methods as stages
+    import mlx_pn.train.loop as loop
     from mlx_pn.train import distributed as dist
 
     monkeypatch.setattr(dist, "world", lambda: (None, 1, 2))
     trained = []
-    real_train = stages.train
-    monkeypatch.setattr(stages, "train", lambda model, t, b, o, **kw: trained.append((o.name, kw["group"])) or
+    real_train = loop.train
+    monkeypatch.setattr(loop, "train", lambda model, t, b, o, **kw: trained.append((o.name, kw["group"])) or
                         real_train(model, t, b, o, **kw))
     cfg = _method_cfg(clustered, tmp_path, "slm-mix")
     cfg.pretrain.steps = 8

@@ -33,7 +33,7 @@ def main(argv=None):
     from mlx_pn.data.prepare import prepare_data
 
     data = prepare_data(cfg)
-    L, rng = window_len(cfg), np.random.default_rng(0)
+    L, rng = window_len(cfg.cluster, cfg.pretrain.seq_len), np.random.default_rng(0)
     texts, truth = [], []
     for i, d in enumerate(data.domain_names()):
         ws = []

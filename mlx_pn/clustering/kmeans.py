@@ -5,7 +5,7 @@ is embedded, k-means runs once on generic windows (paper: k=1024 for importance 
 mixtures and projected networks), every window is assigned to its nearest centroid, and each
 domain is summarised by its cluster histogram.
 
-Notation: N windows, D embedding size, k clusters, B rows per chunk.
+Notation: N windows, D embedding size, k clusters, B rows per chunk, t k-means++ candidates per step.
 
 Distances use ||x||^2 - 2 x.c + ||c||^2 on chunks of B rows (one (B, k) matrix at a time), so memory
 stays at O(N D + B k) however large N is: k-means holds one float32 copy of x in MLX (centred, for
@@ -79,6 +79,7 @@ def warn_if_k_too_large(n_points: int, k: int, min_per_cluster: int = MIN_WINDOW
 
 
 def _check_points(x, name: str = "x") -> np.ndarray:
+    """(N, D) numbers -> a C-contiguous (N, D) float32 copy or view; a clear ValueError otherwise."""
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (windows, embedding dim), got shape {x.shape}; "
@@ -117,7 +118,8 @@ def _chunk_rows(batch_size: int, k: int) -> int:
 
 
 def _nearest(score: mx.array, x2: np.ndarray | None):
-    """argmin and min of a (B, k) score ||c||^2 - 2 x.c, plus ||x||^2 -> labels (B,) int32, sq. distances.
+    """argmin and min of a (B, k) score ||c||^2 - 2 x.c, plus ||x||^2 (B,) -> labels (B,) int32, squared
+    distances (B,) float32 (None when ``x2`` is None: labels only).
 
     On the CPU the reduction runs in numpy on MLX's buffer (zero copy): MLX's CPU argmin is
     single-threaded scalar code, 3-5x slower than numpy's at k >= 256. On a GPU it stays in MLX.
@@ -143,8 +145,9 @@ _ONEHOT_MAX_K = 64
 
 
 def _pass(X: mx.array, x2: np.ndarray, c: np.ndarray, rows: int, sums: bool):
-    """Nearest centroid of every row of X (N, D) -> labels (N,) int32, squared distances (N,) float32,
-    and, if ``sums``, per-cluster sums of rows (k, D) float64 (accumulated on the host per chunk)."""
+    """Nearest centroid (c: (k, D)) of every row of X (N, D), x2 = ||X||^2 (N,) -> labels (N,) int32, squared
+    distances (N,) float32, and, if ``sums``, per-cluster sums of rows (k, D) float64 (accumulated on the host
+    per chunk of B = ``rows`` rows)."""
     N, D = X.shape
     k = c.shape[0]
     cm = mx.array(c)
@@ -153,7 +156,7 @@ def _pass(X: mx.array, x2: np.ndarray, c: np.ndarray, rows: int, sums: bool):
     dist = np.empty(N, dtype=np.float32)
     total = np.zeros((k, D), dtype=np.float64) if sums else None
     for s in range(0, N, rows):
-        xb = X[s:s + rows]
+        xb = X[s:s + rows]  # (B, D)
         score = mx.addmm(c2, xb, cT, alpha=-2.0, beta=1.0)  # (B, k): ||c||^2 - 2 x.c; argmin needs no ||x||^2
         lb, db = _nearest(score, x2[s:s + rows])
         del score
@@ -165,9 +168,10 @@ def _pass(X: mx.array, x2: np.ndarray, c: np.ndarray, rows: int, sums: bool):
             if k <= _ONEHOT_MAX_K:
                 part = (mx.array(lb)[:, None] == mx.arange(k)[None, :]).astype(mx.float32).T @ xb  # (k, D)
             else:
-                order = np.argsort(lb, kind="stable").astype(np.int32)
-                ends = np.cumsum(np.bincount(lb, minlength=k))
-                segs = mx.array(np.stack([np.concatenate([[0], ends[:-1]]), ends], axis=1).astype(np.uint32))
+                order = np.argsort(lb, kind="stable").astype(np.int32)  # (B,)
+                ends = np.cumsum(np.bincount(lb, minlength=k))  # (k,)
+                segs = mx.array(  # (k, 2) [start, end) of each cluster's rows in the sorted chunk
+                    np.stack([np.concatenate([[0], ends[:-1]]), ends], axis=1).astype(np.uint32))
                 part = mx.segmented_mm(mx.ones((1, len(lb)), dtype=mx.float32), xb[mx.array(order)], segs)  # (k,1,D)
             mx.eval(part)
             total += np.asarray(part).reshape(k, D)
@@ -186,17 +190,17 @@ def assign(x, centroids, batch_size: int = 65536) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != c.shape[1]:
         raise ValueError(f"x has shape {x.shape} but centroids have dim {c.shape[1]}; embed the windows with "
                          f"the same model that produced the centroids")
-    mean = c.mean(axis=0, dtype=np.float64)
-    cc = (c - mean).astype(np.float32)  # centring both sides keeps float32 distances accurate
+    mean = c.mean(axis=0, dtype=np.float64)  # (D,)
+    cc = (c - mean).astype(np.float32)  # (k, D); centring both sides keeps float32 distances accurate
     cm = mx.array(cc)
-    cT, c2 = cm.T, (cm * cm).sum(axis=1)[None, :]
+    cT, c2 = cm.T, (cm * cm).sum(axis=1)[None, :]  # (D, k), (1, k)
     rows = _chunk_rows(batch_size, c.shape[0])
-    labels = np.empty(x.shape[0], dtype=np.int32)
+    labels = np.empty(x.shape[0], dtype=np.int32)  # (N,)
     for s in range(0, x.shape[0], rows):
-        xb = np.asarray(x[s:s + rows], dtype=np.float32)
+        xb = np.asarray(x[s:s + rows], dtype=np.float32)  # (B, D)
         if not np.isfinite(xb).all():
             raise ValueError(f"x has NaN/inf in rows {s}..{s + len(xb) - 1}; drop or re-embed those windows")
-        score = mx.addmm(c2, mx.array(xb - mean.astype(np.float32)), cT, alpha=-2.0, beta=1.0)
+        score = mx.addmm(c2, mx.array(xb - mean.astype(np.float32)), cT, alpha=-2.0, beta=1.0)  # (B, k)
         labels[s:s + rows] = _nearest(score, None)[0]
     return labels
 
@@ -205,8 +209,9 @@ def assign(x, centroids, batch_size: int = 65536) -> np.ndarray:
 
 
 def _kmeans_pp(X: mx.array, x2: mx.array, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy k-means++ (as scikit-learn): each new centre is the best of 2 + ln(k) candidates drawn
-    with probability proportional to the squared distance to the nearest centre chosen so far."""
+    """Greedy k-means++ (as scikit-learn) on X (N, D), x2 = ||X||^2 (N,) -> initial centres (k, D) float32:
+    each new centre is the best of t = 2 + ln(k) candidates drawn with probability proportional to the
+    squared distance to the nearest centre chosen so far."""
     N = X.shape[0]
     trials = 2 + int(math.log(k))
     idx = [int(rng.integers(N))]
@@ -220,15 +225,15 @@ def _kmeans_pp(X: mx.array, x2: mx.array, k: int, rng: np.random.Generator) -> n
             idx.append(int(rest[0]))
             continue
         # Inverse-CDF sampling on the device: cand = #(cumsum < u * pot), i.e. searchsorted(..., 'left').
-        u = mx.array(rng.random(trials).astype(np.float32) * np.float32(pot))
-        cum = mx.cumsum(closest)
+        u = mx.array(rng.random(trials).astype(np.float32) * np.float32(pot))  # (t,)
+        cum = mx.cumsum(closest)  # (N,)
         cand = mx.minimum(mx.sum(cum[:, None] < u[None, :], axis=0), N - 1).astype(mx.int32)  # (t,)
         C = X[cand]  # (t, D)
         d = mx.maximum(x2[:, None] - 2.0 * (X @ C.T) + (C * C).sum(axis=1)[None, :], 0.0)  # (N, t)
         d = mx.minimum(d, closest[:, None])
-        pots = d.sum(axis=0)
+        pots = d.sum(axis=0)  # (t,) potential after adding each candidate
         best = mx.argmin(pots)
-        closest = d[:, best]
+        closest = d[:, best]  # (N,)
         mx.eval(closest, cand, pots, best)
         b = int(best.item())
         idx.append(int(np.array(cand)[b]))
@@ -237,7 +242,8 @@ def _kmeans_pp(X: mx.array, x2: mx.array, k: int, rng: np.random.Generator) -> n
 
 
 def _normalise(c: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(c, axis=1, keepdims=True)
+    """Rows of c (k, D) scaled to unit norm; a (near-)zero row takes the same row of ``fallback`` (k, D)."""
+    n = np.linalg.norm(c, axis=1, keepdims=True)  # (k, 1)
     ok = n[:, 0] > 1e-12
     out = fallback.copy()
     out[ok] = c[ok] / n[ok]
@@ -246,13 +252,14 @@ def _normalise(c: np.ndarray, fallback: np.ndarray) -> np.ndarray:
 
 def _update(X: mx.array, labels: np.ndarray, dist: np.ndarray, sums: np.ndarray, c: np.ndarray,
             spherical: bool) -> tuple[np.ndarray, int]:
-    """New centroids = cluster means; an empty cluster takes the row farthest from its centroid.
+    """New centroids (k, D) float32 = cluster means, from labels (N,), dist (N,), sums (k, D) of the last pass
+    and the current centroids c (k, D); an empty cluster takes the row farthest from its centroid.
 
     As in scikit-learn, the moved row is also taken out of its old cluster's sum, so the new
     centroids are the means of a partition whose cost is below the current one: inertia cannot grow.
     """
     k = c.shape[0]
-    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    counts = np.bincount(labels, minlength=k).astype(np.int64)  # (k,)
     sums = sums.copy()
     empty = np.flatnonzero(counts == 0)
     reseeded = 0
@@ -266,7 +273,7 @@ def _update(X: mx.array, labels: np.ndarray, dist: np.ndarray, sums: np.ndarray,
                 counts[labels[p]] -= 1
                 picked.append(int(p))
         if picked:
-            rows = np.array(X[mx.array(np.array(picked, dtype=np.int32))], dtype=np.float64)
+            rows = np.array(X[mx.array(np.array(picked, dtype=np.int32))], dtype=np.float64)  # (len(picked), D)
             for e, p, r in zip(empty, picked, rows):
                 sums[labels[p]] -= r
                 sums[e] = r
@@ -281,6 +288,8 @@ def _update(X: mx.array, labels: np.ndarray, dist: np.ndarray, sums: np.ndarray,
 
 
 def _fit_once(X, x2, k, iters, tol, rng, rows, spherical, progress, desc):
+    """One k-means++ + Lloyd run on X (N, D), x2 (N,) -> centroids (k, D), labels (N,), inertia history,
+    updates run, converged, rows re-seeded, k-means++ seconds."""
     t0 = time.perf_counter()
     c = _kmeans_pp(X, x2, k, rng)
     init_s = time.perf_counter() - t0
@@ -336,10 +345,10 @@ def kmeans(x, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0, batc
     # Centre the data (not in spherical mode: normalisation is relative to the origin) so that
     # float32 ||x||^2 - 2 x.c + ||c||^2 does not cancel away small distances.
     mean = np.zeros(D, dtype=np.float64) if spherical else x.mean(axis=0, dtype=np.float64)
-    X = mx.array(x)
+    X = mx.array(x)  # (N, D)
     if not spherical:
         X = X - mx.array(mean.astype(np.float32))
-    x2 = (X * X).sum(axis=1)
+    x2 = (X * X).sum(axis=1)  # (N,)
     mx.eval(X, x2)
     rows = _chunk_rows(batch_size, k)
     best, init_s = None, 0.0

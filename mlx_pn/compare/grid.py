@@ -26,17 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_pn.config import Config, ConfigError, _f, leaf_keys, model_args, parse_value, set_key, to_dict, validate
-from mlx_pn.costs import StageCost, c_total, projection_flops_per_token, train_flops_per_token
+from mlx_pn.compare.results import _macro, results_markdown
+from mlx_pn.config import Config, ConfigError, _f, leaf_keys, parse_value, set_key, to_dict, validate
 from mlx_pn.io import atomic_file, write_json_atomic
-
-ROUTED = ("slm-pn", "slm-hn", "slm-mix")
-ORDER = ("slm", "llm", "slm-d", "slm-is", "slm-mix", "slm-pn", "slm-hn", "slm-nopt")  # dependencies first
+from mlx_pn.methods import METHODS, get
+from mlx_pn.methods.layout import BASE_METHOD
 
 
 @dataclass
 class GridConfig:
-    methods: str = _f("slm,slm-nopt,llm,slm-d,slm-is,slm-mix,slm-pn,slm-hn",
+    methods: str = _f(",".join(METHODS),
                       "comma-separated methods to compare (slm-d brings slm and llm along: it distills them)")
     variants: dict = _f({}, "extra slm rows NAME='key=value key=value' with model overrides, e.g. "
                             "'slm-shared-ffn=model.share_ffn=true model.num_hidden_layers=6' (the STLM options)")
@@ -67,15 +66,14 @@ def _csv(text: str, key: str, conv=str) -> list:
 
 
 def grid_rows(cfg: CompareConfig) -> list[Row]:
-    from mlx_pn.config import METHODS
-
     methods = _csv(cfg.grid.methods, "methods")
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"grid.methods: unknown method '{m}' (known: {', '.join(METHODS)})")
-    if "slm-d" in methods:
-        methods += [m for m in ("slm", "llm") if m not in methods]
-    rows = [Row(m, m) for m in sorted(set(methods), key=ORDER.index)]
+    for m in list(methods):  # the rows a method reuses (slm-d: its student and teacher)
+        methods += [b for b in METHODS[m].brings if b not in methods]
+    order = list(METHODS)  # dependencies first
+    rows = [Row(m, m) for m in sorted(set(methods), key=order.index)]
     keys = leaf_keys(Config)
     for name, spec in cfg.grid.variants.items():
         ov = {}
@@ -85,7 +83,7 @@ def grid_rows(cfg: CompareConfig) -> list[Row]:
                 raise ConfigError(f"grid.variants.{name}: '{item}' is not KEY=VALUE with a config key (e.g. "
                                   f"model.share_ffn=true)")
             ov[k] = v
-        rows.append(Row(name, ov.pop("method", "slm"), ov))
+        rows.append(Row(name, ov.pop("method", BASE_METHOD), ov))
     return rows
 
 
@@ -115,19 +113,14 @@ def row_config(base: CompareConfig, row: Row, budget: float | None, vocab: int, 
     for key, text in row.overrides.items():
         set_key(c, key, parse_value(text, keys[key][0], key, f"grid.variants.{row.name}"))
     validate(c)
+    method = get(c.method)
+    method.check(c)
     if budget is None:
         return c
-    L = c.pretrain.seq_len
     slm_steps = max(1, round(budget * base.pretrain.steps))
-    f_slm = train_flops_per_token(model_args(base, vocab), L)
-    if row.method == "llm":
-        f = train_flops_per_token(model_args(c, vocab, "large"), L)
-    elif row.method in ("slm-pn", "slm-hn"):
-        args = model_args(c, vocab)
-        unit = L * (c.pretrain.batch_size if c.projected.grouped else 1)
-        f = train_flops_per_token(args, L) + projection_flops_per_token(args, c.projected.h or k, L, unit)
-    else:  # slm, the variants (their own FLOPs), slm-mix (k experts sharing the steps), slm-is (per domain)
-        f = train_flops_per_token(model_args(c, vocab), L)
+    f_slm = METHODS[BASE_METHOD].flops_per_token(base, vocab, k)
+    # each row's own FLOPs per token (variants: their model; slm-mix: k experts sharing the steps)
+    f = method.flops_per_token(c, vocab, k)
     c.pretrain.steps = max(1, round(slm_steps * f_slm / f))
     c.pretrain.warmup = min(c.pretrain.warmup, max(1, c.pretrain.steps // 10))
     return c
@@ -136,25 +129,21 @@ def row_config(base: CompareConfig, row: Row, budget: float | None, vocab: int, 
 def run_grid(cfg: CompareConfig, log=print) -> dict:
     """Run (or continue) every cell, then write results.json, results.md and the plots."""
     from mlx_pn.data.prepare import prepare_data
-    from mlx_pn.stages import pretrain, pretrain_importance, specialize
+    from mlx_pn.methods import specialize
 
     rows, bs, ns = grid_rows(cfg), budgets(cfg), sizes(cfg)
     data = prepare_data(cfg, log=log)
     domains = grid_domains(cfg, data)
     k = _clusters(cfg, data, rows, log)
     vocab = data.tokenizer.vocab_size
-    cells = [(r, b) for b in bs for r in rows if r.method != "slm-nopt"]
-    cells += [(r, None) for r in rows if r.method == "slm-nopt"]
+    cells = [(r, b) for b in bs for r in rows if METHODS[r.method].budgeted]
+    cells += [(r, None) for r in rows if not METHODS[r.method].budgeted]
     t0 = time.time()
     for i, (row, b) in enumerate(cells):
         c = row_config(cfg, row, b, vocab, k)
         where = f"[compare {i + 1}/{len(cells)}] {row.name}" + ("" if b is None else f" @ budget {b:g}")
         log(f"{where}: pretraining {c.pretrain.steps} steps ({time.time() - t0:.0f} s elapsed)")
-        if row.method == "slm-is":
-            for d in domains:
-                pretrain_importance(c, data, d, log=log)
-        elif row.method != "slm-d":  # slm-d's student and teacher are this budget's slm and llm rows
-            pretrain(c, data, log=log)
+        METHODS[row.method].grid_pretrain(c, data, domains, log)
         for n in ns:
             for d in domains:
                 specialize(c, data, d, log=log, domain_tokens=n)
@@ -176,14 +165,15 @@ def grid_domains(cfg: CompareConfig, data) -> list[str]:
 
 def report_only(cfg: CompareConfig) -> dict:
     """Rebuild the results files from whatever cells have finished; trains nothing."""
-    from mlx_pn.clustering.stage import load_clustering
+    from mlx_pn.clustering.stage import clusters_root, load_clustering, window_len
     from mlx_pn.data.prepare import prepare_data
 
     rows, bs, ns = grid_rows(cfg), budgets(cfg), sizes(cfg)
     data = prepare_data(cfg, log=lambda *a: None)  # cached: only checks that the data is there
     domains = grid_domains(cfg, data)
     try:
-        k = load_clustering(cfg, cfg.cluster.k).k
+        k = load_clustering(cfg.cluster, window_len(cfg.cluster, cfg.pretrain.seq_len), clusters_root(cfg.data_dir),
+                            cfg.cluster.k).k
     except FileNotFoundError:
         k = cfg.cluster.k
     results = collect(cfg, rows, bs, ns, domains, data.tokenizer.vocab_size, k)
@@ -193,43 +183,28 @@ def report_only(cfg: CompareConfig) -> dict:
 
 def _clusters(cfg: Config, data, rows: list[Row], log) -> int:
     """Cluster once if a row needs it (routed methods: cluster.k; slm-is: cluster.k_importance) -> the k used."""
-    from mlx_pn.clustering.stage import load_clustering, run_clustering
+    from mlx_pn.clustering.stage import clusters_root, load_clustering, run_clustering, window_len
 
-    ks = sorted(({cfg.cluster.k} if any(r.method in ROUTED for r in rows) else set())
-                | ({cfg.cluster.k_importance} if any(r.method == "slm-is" for r in rows) else set()))
+    ks = sorted({getattr(cfg.cluster, key) for r in rows for key in METHODS[r.method].clusterings})
     if ks:
-        run_clustering(cfg, data, ks=ks, log=log)
-        return load_clustering(cfg, cfg.cluster.k).k if cfg.cluster.k in ks else cfg.cluster.k
+        window, root = window_len(cfg.cluster, cfg.pretrain.seq_len), clusters_root(cfg.data_dir)
+        run_clustering(cfg.cluster, window, root, data, ks=ks, log=log)
+        return load_clustering(cfg.cluster, window, root, cfg.cluster.k).k if cfg.cluster.k in ks else cfg.cluster.k
     return cfg.cluster.k
 
 
 # --- results ------------------------------------------------------------------------------------------
 
 
-def _pretrain_summary(c: Config) -> dict | None:
-    from mlx_pn.stages import as_method, pretrain_dir
-
-    if c.method in ("slm-nopt", "slm-is"):
-        return None
-    if c.method == "slm-d":
-        s, t = _pretrain_summary(as_method(c, "slm")), _pretrain_summary(as_method(c, "llm"))
-        if s is None or t is None:
-            return None
-        cost = StageCost.from_dict(s["cost"]) + StageCost.from_dict(t["cost"])  # student + teacher
-        return {**s, "cost": cost.as_dict(), "steps": s["steps"] + t["steps"]}
-    p = pretrain_dir(c) / "summary.json"
-    return json.loads(p.read_text()) if p.exists() else None
-
-
 def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> dict:
     """Every finished cell's numbers from the stage files -> {cells, rows}."""
-    from mlx_pn.stages import specialize_dir
+    from mlx_pn.methods.layout import specialize_dir
 
     cells, summary = [], []
     for row in rows:
-        for b in ([None] if row.method == "slm-nopt" else bs):
+        for b in (bs if METHODS[row.method].budgeted else [None]):
             c = row_config(cfg, row, b, vocab, k)
-            pre = _pretrain_summary(c)
+            pre = METHODS[row.method].pretrain_summary(c)
             entry = {"row": row.name, "method": row.method, "budget": b, "pretrain_steps": c.pretrain.steps,
                      "overrides": row.overrides, "seed": c.pretrain.seed,
                      "pretrain_flops": 0.0 if pre is None else pre["cost"]["flops"],
@@ -279,34 +254,12 @@ def _params(weights: Path) -> int | None:
     return int(sum(v.size for k, v in mx.load(str(weights)).items() if not k.endswith("byte_table")))
 
 
-def _macro(nlls: list[float]) -> float:
-    return math.exp(float(np.mean(nlls)))
 
 
-def equal_quality(rows: list[dict], size: str, reference: str = "slm") -> tuple[float | None, dict[str, dict]]:
-    """The target quality (the reference row's best macro perplexity after fine-tuning on `size` tokens, or,
-    without that row, the worst of the rows' best) and, per row that reaches it at some budget, the cheapest
-    such budget (pretraining + one specialization)."""
-    best: dict[str, list[dict]] = {}
-    for e in rows:
-        if size in e["after"]:
-            best.setdefault(e["row"], []).append(e)
-    if not best:
-        return None, {}
-    if reference in best:
-        target = min(e["after"][size] for e in best[reference])
-    else:
-        target = max(min(e["after"][size] for e in es) for es in best.values())
-    pick = {}
-    for name, es in best.items():
-        ok = [e for e in es if e["after"][size] <= target * (1 + 1e-9)]
-        if ok:
-            pick[name] = min(ok, key=lambda e: e["pretrain_flops"] + e["specialize_flops"][size])
-    return target, pick
 
 
 def write_results(cfg: CompareConfig, results: dict) -> None:
-    from mlx_pn.plots import plot_compare
+    from mlx_pn.compare.plots import plot_compare
 
     out = Path(cfg.out)
     write_json_atomic(out / "results.json", results)
@@ -316,59 +269,9 @@ def write_results(cfg: CompareConfig, results: dict) -> None:
         plot_compare(results, out, cfg.grid.max_n)
 
 
-def _budget(b) -> str:
-    return "-" if b is None else f"{b:g}"
 
 
-def _fmt(x, spec=".2f") -> str:
-    return "-" if x is None else format(x, spec)
 
 
-def _size_name(n: int) -> str:
-    return "all" if n == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
-def results_markdown(results: dict, cfg: CompareConfig) -> str:
-    ns, domains = results["sizes"], results["domains"]
-    lines = [f"# Comparison: {cfg.model.preset} SLM ({cfg.large.preset} LLM), {', '.join(domains)}", "",
-             "Macro-averaged test perplexity over the domains (exp of the mean per-token NLL); pretraining FLOPs "
-             "matched per budget (mlx_pn.costs); fine-tuning with early stopping on each domain's validation "
-             "split. Generic: validation perplexity of the pretrained model (routed by cluster for slm-pn/hn/mix).",
-             "", "| method | budget | params | pretrain steps | pretrain FLOPs | pretrain s | generic ppl | no fine-tune | "
-             + " | ".join(f"fine-tuned {_size_name(n)} tok" for n in ns)
-             + f" | bits/byte ({_size_name(ns[-1])}) | spec. FLOPs/domain |",
-             "|---|---|---|---|---|---|---|---|" + "---|" * len(ns) + "---|---|"]
-    for e in results["rows"]:
-        first = str(ns[0])
-        lines.append(
-            f"| {e['row']} | {_budget(e['budget'])} | {_fmt(e['params'], ',')} | {e['pretrain_steps']} | "
-            f"{e['pretrain_flops']:.3g} | {_fmt(e['pretrain_wall_s'], '.0f')} | "
-            f"{_fmt(e['generic_valid_ppl'])} | {_fmt(e['before'].get(first))} | "
-            + " | ".join(_fmt(e["after"].get(str(n))) for n in ns)
-            + f" | {_fmt(e['bpb_after'].get(str(ns[-1])), '.3f')} | {_fmt(e['specialize_flops'].get(first), '.3g')} |")
-    for n in ns:
-        lines += ["", f"## Per domain, fine-tuned on {_size_name(n)} tokens (test perplexity before -> after)", "",
-                  "| method | budget | " + " | ".join(domains) + " |", "|---|---|" + "---|" * len(domains)]
-        by = {(c["row"], c["budget"], c["domain"]): c for c in results["cells"] if c["size"] == n}
-        for e in results["rows"]:
-            cells = [by.get((e["row"], e["budget"], d)) for d in domains]
-            lines.append(f"| {e['row']} | {_budget(e['budget'])} | " + " | ".join(
-                "-" if c is None else f"{c['before_ppl']:.1f} -> {c['after_ppl']:.1f}" for c in cells) + " |")
-    size = str(ns[-1])
-    target, pick = equal_quality(results["rows"], size)
-    if target is not None:
-        lines += ["", f"## Total cost at equal quality (macro ppl <= {target:.2f} after fine-tuning on "
-                      f"{_size_name(ns[-1])} tokens: the slm's best)", "",
-                  "C_total(N) = C_pretrain + N x C_specialize in FLOPs, at each row's cheapest budget reaching that "
-                  "quality; rows that reach it at no budget are left out.", "",
-                  "| method | budget | macro ppl | N=1 | N=7 | N=50 |", "|---|---|---|---|---|---|"]
-        for name, e in pick.items():
-            pre, spec = e["pretrain_flops"], e["specialize_flops"][size]
-            lines.append(f"| {name} | {_budget(e['budget'])} | {e['after'][size]:.2f} | "
-                         + " | ".join(f"{c_total(pre, spec, n):.3g}" for n in (1, 7, 50)) + " |")
-        missing = sorted({e["row"] for e in results["rows"]} - set(pick))
-        if missing:
-            lines.append(f"\nNot reaching it at these budgets: {', '.join(missing)}.")
-    lines += ["", "Plots: macro_ppl_vs_pretrain_cost.png, total_cost_vs_domains.png. Every number, with its config, "
-                  "seed, FLOPs and wall seconds: results.json."]
-    return "\n".join(lines) + "\n"

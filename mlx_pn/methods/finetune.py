@@ -1,0 +1,133 @@
+"""The specialization every method shares: fine-tune one SLM on a domain with early stopping, measure the
+domain's and the generic test split before and after, write results.json with the stage's cost."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mlx_pn.config import Config, ConfigError, to_dict
+from mlx_pn.costs import StageCost, inference_flops_per_token, training_cost
+from mlx_pn.data.batches import PackedBatches, eval_windows
+from mlx_pn.data.prepare import GENERIC, PreparedData
+from mlx_pn.data.sources import DataError
+from mlx_pn.io import write_json_atomic
+from mlx_pn.methods.layout import specialize_dir, write_summary
+from mlx_pn.train.evaluate import bits_per_byte, nll
+from mlx_pn.train.losses import cross_entropy
+
+
+def check_vocab(model, data: PreparedData, where: str) -> None:
+    if model.args.vocab_size != data.tokenizer.vocab_size:
+        raise ConfigError(
+            f"{where}: the model has vocab_size={model.args.vocab_size} but the tokenizer "
+            f"{data.tokenizer.folder}/spm.model has {data.tokenizer.vocab_size} ids; the model was trained with "
+            f"another tokenizer. Use the same data.dir/data.vocab_size as its pretraining, or pretrain again")
+
+
+def check_domain(cfg: Config, data: PreparedData, domain: str) -> None:
+    if domain not in data.corpora or domain == GENERIC:
+        raise ConfigError(f"domain '{domain}' is not in data.domains ({', '.join(data.domain_names())}); "
+                          f"pass --domain with one of them or add it with --data.domains")
+
+
+def evaluate_split(model, data: PreparedData, corpus: str, split: str, cfg: Config, max_windows: int = 0) -> dict:
+    """NLL, perplexity and bits per byte of a held-out split (its first max_windows windows; 0 = all)."""
+    c = data.corpora[corpus]
+    windows = eval_windows(c.tokens(split), cfg.finetune.seq_len, max_windows)  # (N, L + 1)
+    r = nll(model, windows, cfg.finetune.seq_len, cfg.finetune.batch_size)
+    if max_windows == 0:  # the whole split: its UTF-8 size from the data manifest
+        r["bpb"] = bits_per_byte(r["nll"], r["tokens"], c.bytes_utf8(split))
+    else:  # the bytes the evaluated target tokens stand for
+        r["bpb"] = bits_per_byte(r["nll"], r["tokens"], int(piece_bytes(data.tokenizer)[windows[:, 1:]].sum()))
+    return r
+
+
+_PIECE_BYTES: dict[str, np.ndarray] = {}
+
+
+def piece_bytes(tokenizer) -> np.ndarray:
+    """(V,) UTF-8 bytes of text each token id stands for (the byte model's reading of a piece: byte pieces 1,
+    '▁' a space), control and unknown ids 0."""
+    from mlx_pn.models.byte_lm import piece_symbols
+
+    key = str(tokenizer.folder)
+    if key not in _PIECE_BYTES:
+        sp = tokenizer.sp
+        _PIECE_BYTES[key] = np.array([0 if sp.is_control(i) or sp.is_unknown(i) else len(piece_symbols(sp, i))
+                                      for i in range(tokenizer.vocab_size)])
+    return _PIECE_BYTES[key]
+
+
+def measure(model, data: PreparedData, domain: str, cfg: Config) -> dict:
+    """The generic and the domain test split (cfg.data.test_windows windows of each; 0 = all)."""
+    n = cfg.data.test_windows
+    return {"generic": evaluate_split(model, data, GENERIC, "test", cfg, n),
+            domain: evaluate_split(model, data, domain, "test", cfg, n)}
+
+
+def domain_train_tokens(data: PreparedData, domain: str, domain_tokens: int = 0) -> np.ndarray:
+    """The domain's train split, or its first domain_tokens tokens (the paper's 1M / 8M / 64M sizes)."""
+    tokens = data.corpora[domain].tokens("train")
+    if domain_tokens and domain_tokens + 1 > len(tokens):
+        raise DataError(f"data.domains.{domain}: {domain_tokens:,} fine-tuning tokens requested but its train split "
+                        f"has {len(tokens):,}; lower the size or add domain data")
+    return tokens[:domain_tokens + 1] if domain_tokens else tokens
+
+
+def domain_batches(cfg: Config, data: PreparedData, domain: str, t=None, domain_tokens: int = 0) -> PackedBatches:
+    t = t or cfg.finetune
+    size = f", first {domain_tokens:,} tokens" if domain_tokens else ""
+    return PackedBatches(domain_train_tokens(data, domain, domain_tokens), t.seq_len, t.batch_size, t.seed,
+                         f"data.domains.{domain} (train{size})")
+
+
+def finetune(cfg: Config, data: PreparedData, domain: str, model, out: Path, resume: bool, log, t=None,
+             batches=None, loss_fn: Callable = cross_entropy, domain_tokens: int = 0):
+    """Fine-tune one SLM on the domain (early stopping on domain validation) -> TrainResult (+ summary.json)."""
+    from mlx_pn.train.loop import train  # looked up per call: tests replace it
+
+    t = t or cfg.finetune
+    r = train(model, t, batches or domain_batches(cfg, data, domain, t, domain_tokens), out,
+              valid_tokens=data.corpora[domain].tokens("valid"), resume=resume, loss_fn=loss_fn,
+              desc=f"finetune {domain}", log=log)
+    write_summary(out, r)
+    return r
+
+
+def cost_fields(parts: dict[str, StageCost], args, cfg: Config) -> dict:
+    total = sum(parts.values(), StageCost())
+    return {"cost": total.as_dict(), "cost_parts": {k: v.as_dict() for k, v in parts.items()},
+            "inference_flops_per_token": inference_flops_per_token(args, cfg.finetune.seq_len)}
+
+
+def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: Path | None, resume: bool, log,
+                     domain_tokens: int = 0, parts: dict | None = None, tune: Callable | None = None) -> dict:
+    """Measure `model` (started from `src`; None: a new model), fine-tune it, measure again -> results.json.
+
+    tune(model, out) -> (TrainResult, cost parts, extra result fields) replaces the plain fine-tuning (slm-d
+    distils); parts: costs spent before this stage that count as specialization (slm-is's pretraining)."""
+    out = specialize_dir(cfg, domain, domain_tokens)
+    t0 = time.time()
+    check_vocab(model, data, str(src or "a new model"))
+    before = measure(model, data, domain, cfg)
+    parts = dict(parts or {})
+    if tune is None:
+        r, extra = finetune(cfg, data, domain, model, out, resume, log, domain_tokens=domain_tokens), {}
+    else:
+        r, tune_parts, extra = tune(model, out)
+        parts.update(tune_parts)
+    parts["finetune"] = training_cost(model.args, r.tokens, cfg.finetune.seq_len, r.wall_s)
+    after = measure(model, data, domain, cfg)
+    results = {
+        "domain": domain, "method": cfg.method, "pretrained_from": str(src) if src else None,
+        "domain_train_tokens": len(domain_train_tokens(data, domain, domain_tokens)) - 1,
+        "before": before, "after": after, "finetune_steps": r.steps, "best_step": r.best_step,
+        "stopped_early": r.stopped_early, "wall_s": time.time() - t0, **extra,
+        **cost_fields(parts, model.args, cfg), "config": to_dict(cfg),
+    }
+    write_json_atomic(out / "results.json", results)
+    return results

@@ -1,0 +1,83 @@
+"""slm-is: importance-sampled pretraining (paper-notes §4). Once a domain is known, the generic training
+windows are resampled (with replacement) to the domain's cluster.k_importance histogram and an SLM is
+pretrained from scratch on them -> OUT/pretrain-slm-is/DOMAIN; specialization fine-tunes it. Nothing is
+shared between domains, so that pretraining is counted as specialization cost (its C_generic is 0)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlx_pn.config import Config, ConfigError
+from mlx_pn.costs import StageCost, training_cost
+from mlx_pn.data.batches import PackedBatches
+from mlx_pn.data.prepare import GENERIC, PreparedData
+from mlx_pn.methods.finetune import check_domain, specialize_model
+from mlx_pn.methods.layout import finished, method_clustering, pretrain_dir, read_summary, write_summary
+from mlx_pn.methods.method import Method
+from mlx_pn.methods.slm import missing_start, new_model
+from mlx_pn.models.build import load_model
+
+
+def check_window(cfg: Config) -> None:
+    """Methods that label every training window with a cluster need the clustering's windows to be them."""
+    if cfg.cluster.window not in (0, cfg.pretrain.seq_len):
+        raise ConfigError(f"method {cfg.method} routes each training window by its cluster, so cluster.window must "
+                          f"be 0 or pretrain.seq_len={cfg.pretrain.seq_len}, got {cfg.cluster.window}")
+
+
+def importance_indices(cfg: Config, data: PreparedData, domain: str) -> tuple[np.ndarray, dict]:
+    """Generic training windows resampled to the domain's cluster.k_importance histogram (with replacement, as
+    many as the generic split has windows) -> (window indices, resampling statistics)."""
+    from mlx_pn.clustering.sampling import resample, resample_stats
+
+    clusters = method_clustering(cfg, "k_importance")
+    hist = np.asarray(clusters.histograms[domain], dtype=np.float64)
+    labels = clusters.labels(GENERIC, "train")
+    idx = resample(labels, hist, n=len(labels), seed=cfg.pretrain.seed)
+    stats = resample_stats(idx, labels, hist, clusters.k)
+    return idx, {"k": clusters.k, **stats}
+
+
+def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None,
+             domain: str | None = None) -> dict:
+    """An SLM pretrained from scratch for one domain (default cfg.domain) on generic windows drawn with the
+    domain's cluster histogram, validated on the domain's validation split (monitoring only)."""
+    from mlx_pn.train.loop import train
+
+    domain = domain or cfg.domain
+    check_domain(cfg, data, domain)
+    out, t = pretrain_dir(cfg, domain), cfg.pretrain
+    what = f"pretrain {cfg.method} {domain}"
+    done = finished(out, t.steps, resume, log, what)
+    if done:
+        return done
+    idx, stats = importance_indices(cfg, data, domain)
+    log(f"[pretrain {cfg.method}] {domain}: {len(idx):,} generic windows resampled to its k={stats['k']} histogram "
+        f"(unique {stats.get('unique_fraction', float('nan')):.1%}, effective sample size "
+        f"{stats.get('ess', float('nan')):,.0f})")
+    generic = data.corpora[GENERIC]
+    batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed,
+                            f"data.generic resampled to {domain}", indices=idx)
+    model = new_model(cfg, data, seed=t.seed)
+    r = train(model, t, batches, out, valid_tokens=data.corpora[domain].tokens("valid"), resume=resume,
+              desc=what, extra_config={"mlx_pn_method": cfg.method, "domain": domain}, log=log)
+    return write_summary(out, r, training_cost(model.args, r.tokens, t.seq_len, r.wall_s), domain=domain,
+                         importance_resampling=stats)
+
+
+def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
+               domain_tokens: int = 0) -> dict:
+    src = pretrain_dir(cfg, domain) / "final"
+    if not (src / "model.safetensors").exists():
+        raise missing_start(src, f"python -m recipes.importance --domain {domain}")
+    parts = {"importance_pretraining": StageCost.from_dict((read_summary(src.parent) or {}).get("cost"))}
+    return specialize_model(cfg, data, domain, load_model(src), src, resume, log, domain_tokens, parts=parts)
+
+
+def _grid_pretrain(cfg: Config, data, domains: list[str], log) -> None:
+    for d in domains:  # the budget is spent once per domain
+        pretrain(cfg, data, log=log, domain=d)
+
+
+SLM_IS = Method("slm-is", pretrain=pretrain, specialize=specialize, check=check_window,
+                pretrain_summary=lambda cfg: None, grid_pretrain=_grid_pretrain, clusterings=("k_importance",))

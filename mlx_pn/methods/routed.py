@@ -1,0 +1,288 @@
+"""The cluster-routed methods: every generic training window is routed by its cluster (cluster.k of
+`python -m recipes.cluster`), and specialization picks or makes one plain SLM from the domain's clusters.
+
+slm-pn: a projected network (shared attention/embeddings, MLP W(l, i) = sum_r (E_i M_l)_r T_l[r]);
+slm-hn: the same basis with a hypernetwork (cluster histogram -> coefficients);
+slm-mix: k independent SLMs, expert i trained on cluster i's windows only (OUT/pretrain-slm-mix/expert-XX/).
+
+Selection (cfg.select): most-frequent (the domain's top cluster) | best-loss (the cluster whose SLM has the
+lowest domain-validation loss before fine-tuning) | all (fine-tune every cluster's SLM under candidates/,
+keep the best validation: k times the cost) | histogram (pn/hn: project with the domain's whole histogram).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mlx_pn.config import Config, ConfigError, to_dict
+from mlx_pn.costs import StageCost, forward_cost, projection_flops_per_token, train_flops_per_token, training_cost
+from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches, eval_windows
+from mlx_pn.data.prepare import GENERIC, PreparedData
+from mlx_pn.data.sources import DataError
+from mlx_pn.io import write_json_atomic
+from mlx_pn.methods.finetune import (check_vocab, cost_fields, domain_train_tokens, finetune, measure)
+from mlx_pn.methods.importance import check_window
+from mlx_pn.methods.layout import (finished, method_clustering, pretrain_dir, read_summary, specialize_dir,
+                                   write_summary)
+from mlx_pn.methods.method import Method
+from mlx_pn.methods.slm import missing_start, new_model
+from mlx_pn.models.build import load_model, model_args, save_model
+from mlx_pn.train.evaluate import nll
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def resolve_select(cfg: Config, default: str) -> str:
+    return default if cfg.select == "auto" else cfg.select
+
+
+def specialize_routed(cfg: Config, data: PreparedData, domain: str, load, select: str, resume: bool, log,
+                      domain_tokens: int = 0) -> dict:
+    """Pick the starting SLM (`select`), then fine-tune it. load() -> make(cluster id | histogram) -> Transformer,
+    called once the clustering is known to be there."""
+    clusters = method_clustering(cfg)
+    make = load()
+    hist = np.asarray(clusters.histograms[domain], dtype=np.float64)
+    root = pretrain_dir(cfg)
+    out, t, corpus = specialize_dir(cfg, domain, domain_tokens), cfg.finetune, data.corpora[domain]
+    t0 = time.time()
+    valid_nll = {}
+    if select == "histogram":
+        choice = "histogram"
+    elif select == "most-frequent":
+        choice = int(hist.argmax())
+    else:
+        for i in range(clusters.k):
+            if select == "best-loss":
+                m = make(i)
+                valid_nll[i] = nll(m, corpus.tokens("valid"), t.seq_len, t.batch_size,
+                                   t.eval_batches * t.batch_size)["nll"]
+            else:  # all: fine-tune each candidate, compare on domain validation
+                r = finetune(cfg, data, domain, make(i), out / "candidates" / f"expert-{i:02d}", resume, log,
+                             domain_tokens=domain_tokens)
+                valid_nll[i] = r.best_valid_nll
+        choice = min(valid_nll, key=lambda i: valid_nll[i])
+        log(f"[specialize {cfg.method}] {select}: cluster {choice} (domain valid nll "
+            + ", ".join(f"{i}: {v:.3f}" for i, v in valid_nll.items()) + ")")
+    model = make(hist if choice == "histogram" else choice)
+    check_vocab(model, data, str(root))
+    before = measure(model, data, domain, cfg)
+    if select == "all":
+        model = load_model(out / "candidates" / f"expert-{choice:02d}" / "final")
+        save_model(out / "final", model)
+        r = read_summary(out / "candidates" / f"expert-{choice:02d}")
+    else:
+        r = finetune(cfg, data, domain, model, out, resume, log, domain_tokens=domain_tokens).summary()
+    after = measure(model, data, domain, cfg)
+    parts = {"finetune": training_cost(model.args, r["tokens"], t.seq_len, r["wall_s"])}
+    if select == "best-loss":
+        parts["selection"] = forward_cost(model.args, clusters.k * t.eval_batches * t.batch_size * t.seq_len,
+                                          t.seq_len)
+    elif select == "all":
+        cand = [read_summary(out / "candidates" / f"expert-{i:02d}") for i in range(clusters.k)]
+        parts["finetune"] = sum((training_cost(model.args, c["tokens"], t.seq_len, c["wall_s"]) for c in cand),
+                                StageCost())
+    results = {
+        "domain": domain, "method": cfg.method, "select": select, "selected_cluster": choice,
+        "k": clusters.k, "domain_histogram": hist.tolist(), "top_cluster_share": float(hist.max()),
+        "candidates_valid_nll": {str(i): v for i, v in valid_nll.items()}, "pretrained_from": str(root),
+        "domain_train_tokens": len(domain_train_tokens(data, domain, domain_tokens)) - 1,
+        "before": before, "after": after, "finetune_steps": r["steps"], "best_step": r["best_step"],
+        "stopped_early": r["stopped_early"], "wall_s": time.time() - t0, **cost_fields(parts, model.args, cfg),
+        "config": to_dict(cfg),
+    }
+    write_json_atomic(out / "results.json", results)
+    return results
+
+
+def routed_check(cfg: Config) -> None:
+    check_window(cfg)
+
+
+# --- slm-pn / slm-hn: one projected network --------------------------------------------------------------
+
+
+def projected_args(cfg: Config, k: int, coefficients: str):
+    from mlx_pn.models.projected import ProjectedArgs
+
+    p = cfg.projected
+    return ProjectedArgs(k=k, m=p.m, h=p.h, coefficients=coefficients, hypernet_hidden=p.hypernet_hidden)
+
+
+def projected_check(cfg: Config) -> None:
+    routed_check(cfg)
+    stlm = [k for k in ("share_ffn", "share_attn_out") if getattr(cfg.model, k)] + (
+        ["frontend=byte"] if cfg.model.frontend == "byte" else [])
+    if stlm:
+        raise ConfigError(f"model.{', model.'.join(stlm)}: method {cfg.method} projects every layer's own MLP from a "
+                          f"token-level trunk; use these STLM options with slm, slm-mix, slm-is, slm-nopt or llm")
+
+
+def projected_flops(cfg: Config, vocab: int, k: int) -> float:
+    """The SLM's training FLOPs plus materialising one expert's MLP per routed unit (a window or a batch)."""
+    args, L = model_args(cfg.model, vocab), cfg.pretrain.seq_len
+    unit = L * (cfg.pretrain.batch_size if cfg.projected.grouped else 1)
+    return train_flops_per_token(args, L) + projection_flops_per_token(args, cfg.projected.h or k, L, unit)
+
+
+def projected_method(name: str, coefficients: str, default_select: str) -> Method:
+    def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None) -> dict:
+        """One projected network, each window routed by its own cluster (E, M or the hypernetwork, and the
+        basis T all trained jointly)."""
+        from mlx_pn.models.projected import build_projected, projected_config
+        from mlx_pn.train.loop import train
+        from mlx_pn.train.losses import cross_entropy
+
+        out, t = pretrain_dir(cfg), cfg.pretrain
+        done = finished(out, t.steps, resume, log, f"pretrain {cfg.method}")
+        if done:
+            return done
+        clusters = method_clustering(cfg)
+        pargs = projected_args(cfg, clusters.k, coefficients)
+        slm_args = model_args(cfg.model, data.tokenizer.vocab_size)
+        model = build_projected(slm_args, pargs, seed=t.seed)
+        log(f"[pretrain {cfg.method}] {model.num_params() / 1e6:.2f}M parameters (k={pargs.k}, m={pargs.m}, "
+            f"h={pargs.h}); each specialized SLM has the {cfg.model.preset} preset's size")
+        generic = data.corpora[GENERIC]
+        if cfg.projected.grouped:
+            batches = ClusterGroupedBatches(generic.tokens("train"), t.seq_len, t.batch_size,
+                                            clusters.labels(GENERIC, "train"), t.seed, "data.generic (train split)")
+        else:
+            batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed,
+                                    "data.generic (train split)", labels=clusters.labels(GENERIC, "train"))
+        valid, vlabels = generic.tokens("valid"), clusters.labels(GENERIC, "valid")
+        if len(vlabels) < len(eval_windows(valid, t.seq_len)):
+            valid, vlabels = None, None  # a split shorter than one window has no cluster label
+        r = train(model, t, batches, out, valid_tokens=valid, valid_labels=vlabels, loss_fn=cross_entropy,
+                  resume=resume, desc=f"pretrain {cfg.method}", extra_config=projected_config(model, cfg.method),
+                  log=log)
+        unit = t.seq_len * (t.batch_size if cfg.projected.grouped else 1)  # tokens sharing one materialised MLP
+        extra = projection_flops_per_token(slm_args, model.pargs.h, t.seq_len, unit)
+        return write_summary(out, r, training_cost(slm_args, r.tokens, t.seq_len, r.wall_s, extra_per_token=extra))
+
+    def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
+                   domain_tokens: int = 0) -> dict:
+        from mlx_pn.models.projected import load_projected
+
+        def load():
+            src = pretrain_dir(cfg) / "final"
+            if not (src / "model.safetensors").exists():
+                raise missing_start(src, f"python -m recipes.pretrain --method {cfg.method}")
+            return load_projected(src).specialize  # cluster id or histogram -> Transformer
+
+        return specialize_routed(cfg, data, domain, load, resolve_select(cfg, default_select), resume, log,
+                                 domain_tokens)
+
+    return Method(name, pretrain=pretrain, specialize=specialize, check=projected_check,
+                  flops_per_token=projected_flops, clusterings=("k",))
+
+
+SLM_PN = projected_method("slm-pn", "codes", "most-frequent")
+SLM_HN = projected_method("slm-hn", "hypernet", "histogram")
+
+
+# --- slm-mix: the hard mixture ---------------------------------------------------------------------------
+
+
+def expert_dir(root: str | Path, i: int) -> Path:
+    return Path(root) / f"expert-{i:02d}"
+
+
+def expert_windows(labels: np.ndarray, n_windows: int, i: int) -> np.ndarray:
+    """Indices of the windows (of a PackedBatches stream with n_windows windows) in cluster i."""
+    return np.flatnonzero(np.asarray(labels)[:n_windows] == i)
+
+
+def expert_steps(total_steps: int, k: int, per_expert: int = 0) -> int:
+    """Per-expert steps: `per_expert` if set, else an even split of the SLM budget (same total cost)."""
+    return per_expert or max(1, total_steps // k)
+
+
+def load_expert(root: str | Path, i: int, method: str):
+    """Expert i's final weights; a ConfigError naming the command that trains it."""
+    folder = expert_dir(root, i) / "final"
+    if not (folder / "model.safetensors").exists():
+        raise ConfigError(f"{folder} does not exist: train it with `python -m recipes.pretrain --method {method} "
+                          f"--expert {i}` (or without --expert to train all experts)")
+    return load_model(folder)
+
+
+def mixture_check(cfg: Config) -> None:
+    routed_check(cfg)
+    if cfg.select == "histogram":
+        raise ConfigError(f"select=histogram needs a projected model (slm-pn or slm-hn); {cfg.method} experts are "
+                          "separate models: use --select most-frequent, best-loss or all")
+
+
+def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print,
+                     expert: int | None = None) -> dict:
+    """k independent SLMs, expert i trained only on the generic windows of cluster i.
+
+    Steps: mixture.expert_steps per expert, by default pretrain.steps // k (all experts together cost one
+    slm pretraining; the paper instead ran its mixture on 16 GPUs vs 8). Each expert's validation uses the
+    generic validation windows of its own cluster. expert: train just that expert (k processes can share
+    the work); under mlx.launch the ranks share the experts out round-robin."""
+    from mlx_pn.train import distributed as dist
+    from mlx_pn.train.loop import train
+
+    root, t = pretrain_dir(cfg), cfg.pretrain
+    clusters = method_clustering(cfg)
+    k = clusters.k
+    steps = expert_steps(t.steps, k, cfg.mixture.expert_steps)
+    texp = dataclasses.replace(t, steps=steps)
+    if expert is not None and not 0 <= expert < k:
+        raise ConfigError(f"--expert {expert}: the clustering has k={k} clusters; pick 0..{k - 1}")
+    generic = data.corpora[GENERIC]
+    tokens, labels = generic.tokens("train"), clusters.labels(GENERIC, "train")
+    n = max(0, (len(tokens) - 1) // t.seq_len)
+    vwin = eval_windows(generic.tokens("valid"), t.seq_len)
+    vlab = clusters.labels(GENERIC, "valid")[:len(vwin)]
+    args = model_args(cfg.model, data.tokenizer.vocab_size)
+    for i in ([expert] if expert is not None else dist.my_share(range(k))):
+        out = expert_dir(root, i)
+        if finished(out, steps, resume, log, f"pretrain {cfg.method} expert {i}"):
+            continue
+        idx = expert_windows(labels, n, i)
+        if len(idx) < t.batch_size:
+            raise DataError(f"{cfg.method} expert {i}: cluster {i} has {len(idx)} generic training windows, fewer "
+                            f"than one batch of {t.batch_size}; lower cluster.k or pretrain.batch_size")
+        batches = PackedBatches(tokens, t.seq_len, t.batch_size, t.seed, f"data.generic cluster {i}", indices=idx)
+        log(f"[pretrain {cfg.method}] expert {i}/{k}: {steps} steps on {len(idx)} windows "
+            f"({batches.epochs(steps, t.grad_accum):.2f} epochs of its cluster)")
+        valid = vwin[vlab == i] if len(vlab) == len(vwin) and (vlab == i).any() else None
+        model = new_model(cfg, data, seed=t.seed + i)
+        r = train(model, texp, batches, out, valid_tokens=valid, resume=resume, desc=f"pretrain expert {i}",
+                  extra_config={"mlx_pn_method": cfg.method, "expert": i, "k": k}, log=log, group=dist.SOLO)
+        write_summary(out, r, training_cost(args, r.tokens, t.seq_len, r.wall_s), group=dist.SOLO)
+    if expert is None:
+        dist.barrier(dist.world()[0])  # every rank's experts are written before the summary is made
+    have = [s for s in (read_summary(expert_dir(root, i)) for i in range(k))
+            if s is not None and (expert_dir(root, i) / "final" / "model.safetensors").exists()]
+    cost = sum((StageCost.from_dict(h.get("cost")) for h in have), StageCost())
+    summary = {"method": cfg.method, "k": k, "expert_steps": steps, "planned_steps": t.steps,
+               "steps": steps * len(have), "experts_done": len(have), "cost": cost.as_dict(),
+               "best_valid_nll": _mean([h["best_valid_nll"] for h in have])}
+    if len(have) == k and dist.is_main():
+        write_json_atomic(root / "summary.json", summary)
+    else:
+        log(f"[pretrain {cfg.method}] {len(have)}/{k} experts done; train the others with --expert i")
+    return summary
+
+
+def mixture_specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
+                       domain_tokens: int = 0) -> dict:
+    root = pretrain_dir(cfg)
+    return specialize_routed(cfg, data, domain, lambda: (lambda i: load_expert(root, int(i), cfg.method)),
+                             resolve_select(cfg, "most-frequent"), resume, log, domain_tokens)
+
+
+SLM_MIX = Method("slm-mix", pretrain=mixture_pretrain, specialize=mixture_specialize, check=mixture_check,
+                 clusterings=("k",), experts=True)

@@ -1,0 +1,104 @@
+"""The plain baselines: slm (one small model), llm (the large model, section `large`, trained exactly like
+the slm) and slm-nopt (no pretraining: the small model trained from scratch on the domain)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from mlx_pn.config import Config, ConfigError
+from mlx_pn.costs import StageCost, train_flops_per_token, training_cost
+from mlx_pn.data.batches import PackedBatches
+from mlx_pn.data.prepare import GENERIC, PreparedData
+from mlx_pn.methods.finetune import finetune, specialize_model
+from mlx_pn.methods.layout import BASE_METHOD, finished, pretrain_dir, write_summary
+from mlx_pn.methods.method import Method
+from mlx_pn.models.build import build_model, load_model, model_args
+
+
+def new_model(cfg: Config, data: PreparedData, section: str = "model", seed: int = 0):
+    """A freshly initialised model of cfg.<section> (model: the SLM, large: the LLM) for this tokenizer."""
+    # the tokenizer: the byte model reads its pieces' bytes (the others ignore it)
+    return build_model(model_args(getattr(cfg, section), data.tokenizer.vocab_size, section), seed=seed,
+                       tokenizer=data.tokenizer)
+
+
+def missing_start(src: Path, how: str) -> ConfigError:
+    return ConfigError(f"{src} does not exist: run `{how}` with the same --out first")
+
+
+def load_start(src: Path, cfg: Config):
+    """The pretrained model a specialization starts from; a ConfigError naming the command that makes it."""
+    if not (src / "model.safetensors").exists():
+        raise missing_start(src, f"python -m recipes.pretrain --method {cfg.method}")
+    return load_model(src)
+
+
+def _pretrain_plain(section: str):
+    def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None) -> dict:
+        """One model (cfg.<section>) on the generic train split -> pretrain_dir(cfg)."""
+        out, t = pretrain_dir(cfg), cfg.pretrain
+        what = "pretrain" if cfg.method == BASE_METHOD else f"pretrain {cfg.method}"
+        done = finished(out, t.steps, resume, log, what)
+        if done:
+            return done
+        model = new_model(cfg, data, section, seed=t.seed)
+        log(f"[{what}] {getattr(cfg, section).preset} model: {model.num_params() / 1e6:.2f}M parameters "
+            f"({model.num_params(embeddings=False) / 1e6:.2f}M without embeddings)")
+        generic = data.corpora[GENERIC]
+        batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed, "data.generic (train split)")
+        log(f"[{what}] {t.steps} steps x {t.batch_size * t.grad_accum * t.seq_len} tokens = "
+            f"{batches.epochs(t.steps, t.grad_accum):.2f} epochs of the generic train split")
+        from mlx_pn.train.loop import train
+
+        r = train(model, t, batches, out, valid_tokens=generic.tokens("valid"), resume=resume, desc=what, log=log)
+        return write_summary(out, r, training_cost(model.args, r.tokens, t.seq_len, r.wall_s))
+
+    return pretrain
+
+
+def specialize_pretrained(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
+                          domain_tokens: int = 0) -> dict:
+    """Fine-tune the method's own pretrained model (OUT/pretrain[-METHOD]/final) on the domain."""
+    src = pretrain_dir(cfg) / "final"
+    return specialize_model(cfg, data, domain, load_start(src, cfg), src, resume, log, domain_tokens)
+
+
+def large_model_flops(cfg: Config, vocab: int, k: int) -> float:
+    return train_flops_per_token(model_args(cfg.large, vocab, "large"), cfg.pretrain.seq_len)
+
+
+SLM = Method("slm", pretrain=_pretrain_plain("model"), specialize=specialize_pretrained)
+LLM = Method("llm", pretrain=_pretrain_plain("large"), specialize=specialize_pretrained,
+             flops_per_token=large_model_flops)
+
+
+# --- slm-nopt ---------------------------------------------------------------------------------------
+
+
+def nopt_train_config(cfg: Config):
+    """slm-nopt trains from scratch on the domain: the fine-tuning budget and early stopping, with the
+    pretraining learning-rate schedule (a random model needs the large rate)."""
+    p = cfg.pretrain
+    return dataclasses.replace(cfg.finetune, lr=p.lr, min_lr=p.min_lr, warmup=p.warmup)
+
+
+def _nopt_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None) -> dict:
+    log(f"[pretrain {cfg.method}] nothing to pretrain: `python -m recipes.specialize --method {cfg.method}` trains "
+        "the SLM from scratch on the domain")
+    return {"method": cfg.method, "steps": 0, "best_valid_nll": None, "cost": StageCost(0.0, 0, 0.0).as_dict()}
+
+
+def _nopt_specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
+                     domain_tokens: int = 0) -> dict:
+    model = new_model(cfg, data, seed=cfg.finetune.seed)
+
+    def tune(model, out):
+        return finetune(cfg, data, domain, model, out, resume, log, t=nopt_train_config(cfg),
+                        domain_tokens=domain_tokens), {}, {}
+
+    return specialize_model(cfg, data, domain, model, None, resume, log, domain_tokens, tune=tune)
+
+
+SLM_NOPT = Method("slm-nopt", pretrain=_nopt_pretrain, specialize=_nopt_specialize,
+                  pretrain_summary=lambda cfg: None, grid_pretrain=lambda *a: None, budgeted=False)
