@@ -43,6 +43,16 @@ class DataConfig:
     test_windows: int = _f(0, "evaluate at most this many windows of each test split (0 = all; bits/byte only "
                               "when all)")
 
+    def check(self, name: str = "data") -> None:
+        """ConfigError naming `{name}.KEY`, the value and the fix, for a value this section cannot use."""
+        bad = {k: v for k, v in self.domains.items() if not isinstance(k, str) or not isinstance(v, str) or not v}
+        if bad:
+            raise ConfigError(f"{name}.domains: each entry must be NAME: SOURCES (a non-empty string), got {bad!r}")
+        if not 0 <= self.valid_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
+            raise ConfigError(f"{name}.valid_fraction and {name}.test_fraction must be in [0, 0.5)")
+        if self.vocab_size < 260:
+            raise ConfigError(f"{name}.vocab_size={self.vocab_size} is too small: byte fallback alone needs 259 ids")
+
 
 @dataclass
 class ModelConfig:
@@ -67,6 +77,15 @@ class ModelConfig:
     byte_dim: int = _f(128, "byte frontend: width of the byte encoder and decoder")
     byte_encoder_layers: int = _f(1, "byte frontend: bidirectional attention blocks in the byte encoder")
     byte_decoder_layers: int = _f(1, "byte frontend: bidirectional attention blocks in the byte decoder")
+
+    def check(self, name: str = "model") -> None:
+        """ConfigError naming `{name}.KEY` (name: "model" or "large"); the preset is checked where it is read
+        (mlx_pn.models.build.check_preset)."""
+        if self.frontend not in ("token", "byte"):
+            raise ConfigError(f"{name}.frontend must be 'token' or 'byte', got {self.frontend!r}")
+        if self.frontend == "byte" and (self.share_ffn or self.share_attn_out):
+            raise ConfigError(f"{name}.frontend=byte cannot be combined with {name}.share_ffn/share_attn_out (not "
+                              "implemented for the byte model's trunk)")
 
 
 @dataclass
@@ -93,6 +112,14 @@ class TrainConfig:
     seed: int = _f(0, "seed for initialisation and data order")
     compile: bool = _f(True, "compile the training step with mx.compile")
 
+    def check(self, name: str = "pretrain") -> None:
+        """ConfigError naming `{name}.KEY` (name: "pretrain" or "finetune")."""
+        for k in ("steps", "batch_size", "seq_len", "grad_accum"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{name}.{k} must be >= 1, got {getattr(self, k)}")
+        if not 0 < self.lr < float("inf"):
+            raise ConfigError(f"{name}.lr must be a finite number > 0, got {self.lr}")
+
 
 @dataclass
 class ClusterConfig:
@@ -107,6 +134,12 @@ class ClusterConfig:
     batch_size: int = _f(64, "windows per embedding batch")
     seed: int = _f(0, "seed for the k-means initialisation and sampling")
 
+    def check(self, name: str = "cluster") -> None:
+        if self.embedder not in ("minilm", "static"):
+            raise ConfigError(f"{name}.embedder must be 'minilm' or 'static', got {self.embedder!r}")
+        if self.k < 1 or self.k_importance < 1:
+            raise ConfigError(f"{name}.k and {name}.k_importance must be >= 1")
+
 
 @dataclass
 class ProjectedConfig:
@@ -116,6 +149,11 @@ class ProjectedConfig:
     grouped: bool = _f(False, "slm-pn/slm-hn pretraining: every micro-batch from one cluster (one materialised "
                               "MLP per micro-batch: about the SLM's step time; windows drawn with replacement) "
                               "instead of each sequence routed by its own cluster (~1.5-1.8x on a CPU)")
+
+    def check(self, name: str = "projected") -> None:
+        if min(self.m, self.h) < 0 or self.hypernet_hidden < 1:
+            raise ConfigError(f"{name}.m, {name}.h, mixture.expert_steps must be >= 0 and "
+                              f"{name}.hypernet_hidden >= 1")
 
 
 @dataclass
@@ -130,11 +168,22 @@ class DistillConfig:
     teacher: str = _f("", "slm-d: folder of the fine-tuned teacher; empty = OUT/specialize-llm/DOMAIN/final "
                           "(`python -m recipes.specialize --method llm` makes it)")
 
+    def check(self, name: str = "distill") -> None:
+        if self.cache not in ("auto", "disk", "live"):
+            raise ConfigError(f"{name}.cache must be auto, disk or live, got {self.cache!r}")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.top_k < 1:
+            raise ConfigError(f"{name}.alpha must be in [0, 1], {name}.temperature > 0 and {name}.top_k >= 1")
+
 
 @dataclass
 class MixtureConfig:
     expert_steps: int = _f(0, "slm-mix: pretraining steps per expert; 0 = pretrain.steps // k, so all k experts "
                               "together cost what one slm pretraining does")
+
+    def check(self, name: str = "mixture") -> None:
+        if self.expert_steps < 0:
+            raise ConfigError(f"projected.m, projected.h, {name}.expert_steps must be >= 0 and "
+                              "projected.hypernet_hidden >= 1")
 
 
 SELECTS = ("auto", "most-frequent", "best-loss", "all", "histogram")
@@ -172,6 +221,11 @@ class Config:
     @property
     def data_dir(self) -> Path:
         return Path(self.data.dir) if self.data.dir else Path(self.out) / "data"
+
+    def check(self) -> None:
+        """The rules across sections and of the top-level keys (each section checks itself: validate)."""
+        if self.select not in SELECTS:
+            raise ConfigError(f"select: unknown selection '{self.select}'{_suggest(self.select, SELECTS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,39 +384,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks with actionable messages (a method's own rules: mlx_pn.methods.check)."""
+    """The one entry point of the config checks: every section's check(name), in field order, then the config's
+    own cross-section check() (a method's own rules: mlx_pn.methods.check)."""
     if not isinstance(cfg, Config):
         return
-    for sec in ("model", "large"):  # presets are checked where they are read: mlx_pn.models.build.check_preset
-        if getattr(cfg, sec).frontend not in ("token", "byte"):
-            raise ConfigError(f"{sec}.frontend must be 'token' or 'byte', got {getattr(cfg, sec).frontend!r}")
-    if cfg.model.frontend == "byte" and (cfg.model.share_ffn or cfg.model.share_attn_out):
-        raise ConfigError("model.frontend=byte cannot be combined with model.share_ffn/share_attn_out (not "
-                          "implemented for the byte model's trunk)")
-    if cfg.distill.cache not in ("auto", "disk", "live"):
-        raise ConfigError(f"distill.cache must be auto, disk or live, got {cfg.distill.cache!r}")
-    if not 0 <= cfg.distill.alpha <= 1 or cfg.distill.temperature <= 0 or cfg.distill.top_k < 1:
-        raise ConfigError("distill.alpha must be in [0, 1], distill.temperature > 0 and distill.top_k >= 1")
-    for name in ("pretrain", "finetune"):
-        t: TrainConfig = getattr(cfg, name)
-        for k in ("steps", "batch_size", "seq_len", "grad_accum"):
-            if getattr(t, k) < 1:
-                raise ConfigError(f"{name}.{k} must be >= 1, got {getattr(t, k)}")
-        if not 0 < t.lr < float("inf"):
-            raise ConfigError(f"{name}.lr must be a finite number > 0, got {t.lr}")
-    bad = {k: v for k, v in cfg.data.domains.items() if not isinstance(k, str) or not isinstance(v, str) or not v}
-    if bad:
-        raise ConfigError(f"data.domains: each entry must be NAME: SOURCES (a non-empty string), got {bad!r}")
-    if not 0 <= cfg.data.valid_fraction < 0.5 or not 0 <= cfg.data.test_fraction < 0.5:
-        raise ConfigError("data.valid_fraction and data.test_fraction must be in [0, 0.5)")
-    if cfg.cluster.embedder not in ("minilm", "static"):
-        raise ConfigError(f"cluster.embedder must be 'minilm' or 'static', got {cfg.cluster.embedder!r}")
-    if cfg.cluster.k < 1 or cfg.cluster.k_importance < 1:
-        raise ConfigError("cluster.k and cluster.k_importance must be >= 1")
-    if cfg.select not in SELECTS:
-        raise ConfigError(f"select: unknown selection '{cfg.select}'{_suggest(cfg.select, SELECTS)}")
-    if min(cfg.projected.m, cfg.projected.h, cfg.mixture.expert_steps) < 0 or cfg.projected.hypernet_hidden < 1:
-        raise ConfigError("projected.m, projected.h, mixture.expert_steps must be >= 0 and "
-                          "projected.hypernet_hidden >= 1")
-    if cfg.data.vocab_size < 260:
-        raise ConfigError(f"data.vocab_size={cfg.data.vocab_size} is too small: byte fallback alone needs 259 ids")
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section) and hasattr(section, "check"):
+            section.check(f.name)
+    cfg.check()
