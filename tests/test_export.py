@@ -27,12 +27,14 @@ def test_round_trip_identical_logits_and_generate(tiny_run, tok_dir, tmp_path, t
     vocab = tiny_run[1].tokenizer.vocab_size
     model = model_for(vocab, tied)
     report = export_mlx_lm(model, tok_dir, tmp_path / "m")
-    assert report["max_abs_logit_diff"] == 0.0
+    # Not 0: our MLP's fast silu (mlx_pn.models.ops, within 2e-6 of mlx-lm's nn.silu) -> logits within ~2e-7
+    # measured; 1e-5 is 10x below the export verification's own tolerance (1e-4)
+    assert report["max_abs_logit_diff"] <= 1e-5
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["tie_word_embeddings"] is tied and cfg["model_type"] == "llama" and cfg["eos_token_id"] == 2
     lm, tok = load(str(tmp_path / "m"))
     x = mx.array(np.random.default_rng(0).integers(3, vocab, (2, 17)))
-    assert mx.array_equal(lm(x), model(x)).item()
+    assert mx.abs(lm(x) - model(x)).max().item() <= 1e-5
     text = generate(lm, tok, "The law", max_tokens=8, sampler=make_sampler(temp=0.0))
     assert isinstance(text, str) and len(tok.encode(text, add_special_tokens=False)) >= 1
 

@@ -28,6 +28,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_pn.models.hypernet import HyperNetwork
+from mlx_pn.models.ops import swiglu_silu
 from mlx_pn.models.transformer import DictArgs, LlamaModel, ModelArgs, Transformer, init_trunk_weights
 
 
@@ -81,7 +82,7 @@ class ProjectedMLP(nn.Module):
         self.down_proj = ProjectedLinear(h, F, D)
 
     def __call__(self, x: mx.array, alpha: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x, alpha)) * self.up_proj(x, alpha), alpha)
+        return self.down_proj(swiglu_silu(self.gate_proj(x, alpha)) * self.up_proj(x, alpha), alpha)
 
 
 class ClusterCodes(nn.Module):

@@ -17,6 +17,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.base import create_attention_mask
 
+from mlx_pn.models.ops import swiglu_silu
+
 
 class DictArgs:
     """from_dict/to_dict for argument dataclasses. Like mlx-lm, from_dict ignores keys that are not
@@ -110,7 +112,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(F, D, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        # swiglu_silu: nn.silu's value (within 2e-6), ~3x faster on a CPU (models/ops.py)
+        return self.down_proj(swiglu_silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class TransformerBlock(nn.Module):

@@ -15,42 +15,13 @@ kernel, never an array). Used on the CPU only (see `logits_nll`). tools/RESULTS.
 
 from __future__ import annotations
 
-import os
-
 import mlx.core as mx
 import mlx.nn as nn
 
-_LOG2E = 1.4426950408889634
-_ROUND = 12582912.0  # 1.5 * 2**23: (z + _ROUND) - _ROUND rounds an fp32 |z| < 2**22 to the nearest integer
-# Taylor coefficients of 2**f = exp(f ln 2) on f in [-0.5, 0.5]: degree 6 leaves < 1.2e-7 relative error.
-_P = (1.0, 0.6931471805599453, 0.24022650695910072, 0.05550410866482158, 0.009618129107628477,
-      0.0013333558146428443, 0.00015403530393381606)
+from mlx_pn.models.ops import exp_nonpositive, fast_exp, silu  # noqa: F401  (re-exported: tests, tools)
 
-
-def exp_nonpositive(x: mx.array) -> mx.array:
-    """exp(x) for fp32 x <= 0 (softmax arguments after subtracting a max or a logsumexp), from cheap
-    element-wise ops: exp(x) = 2**n * 2**f, n = round(x log2 e), |f| <= 1/2, 2**n by writing n + 127 into
-    the fp32 exponent bits. Below x ~ -87.3, where exp underflows fp32, it returns 0."""
-    z = x * _LOG2E
-    r = (z + _ROUND) - _ROUND
-    f = z - r
-    # Estrin's scheme, not Horner's: a shallow graph. mx.compile fuses element-wise chains only up to a
-    # limited depth; Horner's 12-deep chain was cut into several kernels with (N, V) temporaries between
-    # them (5 buffers and ~3.4x the time, measured).
-    f2 = f * f
-    p = (_P[0] + _P[1] * f) + f2 * ((_P[2] + _P[3] * f) + f2 * ((_P[4] + _P[5] * f) + f2 * _P[6]))
-    k = r.astype(mx.int32) + 127  # the biased exponent; k <= 0 means underflow
-    k = mx.bitwise_and(k, mx.bitwise_invert(mx.right_shift(k, 31)))  # max(k, 0) in integer ops (fast on CPU)
-    return mx.view(mx.left_shift(k, 23), mx.float32) * p
-
-
-# Fused into a few passes by mx.compile even when the step itself is not compiled; with compilation switched off
-# (MLX_DISABLE_COMPILE=1, as in the tests) the unfused chain is slower than mx.exp, so mx.exp is used.
-_exp_fused = mx.compile(exp_nonpositive)  # not shapeless: `view` cannot infer shapes; one trace per shape
-
-
-def _exp(x: mx.array) -> mx.array:
-    return mx.exp(x) if os.environ.get("MLX_DISABLE_COMPILE") else _exp_fused(x)
+# the fast exp (and silu) live in models/ops.py: the model's MLP uses them too, and models/ never imports train/
+_exp = fast_exp
 
 
 @mx.custom_function
@@ -74,31 +45,6 @@ def _nll_rows_vjp(primals, cotangent, output):
     onehot = mx.arange(logits.shape[-1], dtype=targets.dtype)[None, :] == t
     grad = _exp(logits - lse[:, None]) * g - onehot * g  # (N, V)
     return grad, mx.zeros_like(targets)
-
-
-def _sigmoid(x: mx.array) -> mx.array:
-    e = _exp(-mx.abs(x))  # in (0, 1]: no overflow on either side
-    s = 1.0 / (1.0 + e)
-    return s * (x >= 0) + (e * s) * (x < 0)  # bool masks as multipliers: MLX's CPU `where` is slow
-
-
-@mx.custom_function
-def silu(x: mx.array) -> mx.array:
-    """x * sigmoid(x), as nn.silu, ~3x faster on a CPU (fast exp, custom backward s + x s (1 - s)).
-
-    Not a loss and not used by the library: the model's SwiGLU MLP calls nn.silu. It is here, beside the fast
-    exp it is built from, as a measured proposal: tools/bench.py swaps it in for nn.silu ("fast silu" rows;
-    nn.silu's sigmoid costs ~14 ms per layer at B*L=512, F=1024, tools/RESULTS.md). Wiring it into the
-    model is a separate change."""
-    return x * _sigmoid(x)
-
-
-@silu.vjp
-def _silu_vjp(primals, cotangent, output):
-    x = primals[0] if isinstance(primals, (list, tuple)) else primals
-    g = cotangent[0] if isinstance(cotangent, (list, tuple)) else cotangent
-    s = _sigmoid(x)
-    return g * (s * (1.0 + x * (1.0 - s)))
 
 
 def logits_nll(logits: mx.array, y: mx.array, reduction: str = "mean") -> mx.array:
