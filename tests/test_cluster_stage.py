@@ -34,9 +34,17 @@ def test_every_window_labelled_and_histograms_sum_to_one(tiny_run):
     assert m["heldout_domain_nmi_k_domains"] > 0.5
 
 
-def test_rerun_reuses_results(tiny_run):
+def test_rerun_reuses_results(tiny_run, monkeypatch):
+    import mlx_pn.clustering.stage as stage
+
     cfg, data = tiny_run
     run_clustering(*_stage(cfg), data, ks=[4], log=lambda *a: None)
+
+    def no_work(*a, **k):
+        raise AssertionError("a finished clustering was computed again")
+
+    monkeypatch.setattr(stage, "kmeans", no_work)
+    monkeypatch.setattr(stage, "assign", no_work)
     msgs = []
     run_clustering(*_stage(cfg), data, ks=[4], log=msgs.append)
     assert any("already done" in m for m in msgs)

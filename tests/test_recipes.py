@@ -61,7 +61,13 @@ def test_export_generates_through_mlx_lm_cli(run_dir):
     assert f"Generation: {last.generation_tokens} tokens," in p.stdout, p.stdout
 
 
-def test_rerun_skips_finished_stages(run_dir, capsys):
+def test_rerun_skips_finished_stages(run_dir, capsys, monkeypatch):
+    import mlx_pn.train.loop as loop
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr(loop, "train", no_training)
     pretrain_recipe.main(argv(run_dir))
     specialize_recipe.main(argv(run_dir, "--domain", "legal"))
     out = capsys.readouterr().out

@@ -236,7 +236,7 @@ def test_byte_export_loads_in_mlx_lm_with_remote_code(byte_model, tok, tmp_path)
                         "The court", "--max-tokens", "4", "--temp", "0", "--trust-remote-code"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "Generation:" in r.stdout or "tokens-per-sec" in r.stdout
+    assert "Generation: " in r.stdout and "tokens-per-sec" in r.stdout, r.stdout
 
 
 def test_stlm_sizes_table(tok):

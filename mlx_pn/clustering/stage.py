@@ -18,6 +18,7 @@ is the k asked for, which names the folder), F generic windows the k-means is fi
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -147,7 +148,8 @@ def run_clustering(cluster: ClusterConfig, window: int, root: Path, data: Prepar
     fit_idx = np.sort(rng.choice(len(generic), min(len(generic), cluster.fit_windows), replace=False))  # (F,)
     fit = np.asarray(generic[fit_idx])  # (F, D)
     domains = data.domain_names()
-    heldout_domain_nmi = _heldout_domain_nmi(vecs, domains, cluster.seed)
+    # computed once, and only when some k is not done yet (a finished clustering reruns nothing)
+    heldout_domain_nmi = functools.cache(lambda: _heldout_domain_nmi(vecs, domains, cluster.seed))
     results = {}
     for k_req in ks or [cluster.k, cluster.k_importance]:
         k = max(1, min(k_req, len(generic) // MIN_WINDOWS_PER_CLUSTER))
@@ -205,7 +207,7 @@ def _cluster_one(cluster: ClusterConfig, window: int, folder: Path, data, vecs, 
     manifest = {"key": key, "inertia": km.inertia, "n_iter": km.n_iter, "converged": km.converged,
                 "n_reseeded": km.n_reseeded, "fit_s": time.time() - t0, "embed_s": embed_s,
                 "windows": {f"{c}.{s}": int(len(v)) for (c, s), v in labels.items()},
-                "heldout_domain_nmi_k_domains": heldout_nmi, "domain_nmi_at_k": domain_nmi_k,
+                "heldout_domain_nmi_k_domains": heldout_nmi(), "domain_nmi_at_k": domain_nmi_k,
                 "importance_resampling": is_stats}
     _write_report(folder, data, labels, k, k_req, manifest, cluster.embedder, window)
     write_json_atomic(manifest_path, manifest)  # written last: its presence means "done"
