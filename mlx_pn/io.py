@@ -38,6 +38,49 @@ class DiskSpaceError(OSError):
     """Not enough free disk space for an output; the message names the folder, the sizes and the fix."""
 
 
+class ForeignFolderError(ValueError):
+    """A folder about to be replaced or deleted does not carry this library's marker of the expected kind."""
+
+
+MARKER = ".mlx-pn.json"  # {"kind": KIND}: what a folder this library made is (a dot-name: readers skip it)
+
+
+def write_marker(folder: str | Path, kind: str) -> Path:
+    """Mark `folder` as this library's output of `kind` (a run, a shard set, an export, ...)."""
+    path = Path(folder) / MARKER
+    path.write_text(json.dumps({"kind": kind}))
+    return path
+
+
+def has_marker(folder: str | Path, kind: str) -> bool:
+    """True when `folder` carries the marker of `kind` (write_marker)."""
+    try:
+        return json.loads((Path(folder) / MARKER).read_text()).get("kind") == kind
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_replaceable(folder: str | Path, kind: str, legacy: Callable[[Path], bool] | None = None) -> None:
+    """Raise ForeignFolderError unless `folder` is absent or is this library's `kind` folder: it carries the
+    marker, or (made before markers existed) `legacy(folder)` recognises it."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_dir() and not folder.is_symlink() and (has_marker(folder, kind) or (legacy and legacy(folder))):
+        return
+    raise ForeignFolderError(f"{folder} exists and is not a {kind} folder made by mlx_pn (no {MARKER} of kind "
+                             f"'{kind}'); refusing to replace or delete it: move it away, or choose another output "
+                             f"folder")
+
+
+def check_inside(path: str | Path, root: str | Path, what: str) -> Path:
+    """`path` resolved; a ForeignFolderError when it falls outside `root` (a name with '..' or '/' in it)."""
+    p, r = Path(path).resolve(), Path(root).resolve()
+    if p != r and r not in p.parents:
+        raise ForeignFolderError(f"{what}: {path} resolves to {p}, outside {r}; use a plain name (no '/', '..')")
+    return p
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -170,13 +213,21 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0  # EINVAL/ENOSYS (e.g. a file system without it): fall back
 
 
-def atomic_folder(dest: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run write(tmp_folder), fsync its files, then put it at `dest` (replacing any old one)."""
+def atomic_folder(dest: str | Path, write: Callable[[Path], None], kind: str | None = None,
+                  legacy: Callable[[Path], bool] | None = None) -> Path:
+    """Run write(tmp_folder), fsync its files, then put it at `dest` (replacing any old one).
+
+    kind: the new folder gets this marker (write_marker), and an existing `dest` is replaced only when it is
+    a folder of the same kind (check_replaceable; `legacy` recognises one made before markers)."""
     dest = Path(dest)
+    if kind is not None:
+        check_replaceable(dest, kind, legacy)
     _begin(dest.parent)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest), dir=dest.parent))
     try:
         write(tmp)
+        if kind is not None:
+            write_marker(tmp, kind)
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb+") as fh:
@@ -203,12 +254,15 @@ def atomic_folder(dest: str | Path, write: Callable[[Path], None]) -> Path:
     return dest
 
 
-def remove_tree(path: str | Path) -> None:
+def remove_tree(path: str | Path, kind: str | None = None, legacy: Callable[[Path], bool] | None = None) -> None:
     """Delete a folder so that it is never seen half-deleted: rename it to a temporary name first (a kill
-    during the deletion leaves a .NAME.old-PID-* that the next write in that folder sweeps)."""
+    during the deletion leaves a .NAME.old-PID-* that the next write in that folder sweeps).
+    kind: only a folder of that kind is deleted (check_replaceable)."""
     path = Path(path)
     if not path.exists():
         return
+    if kind is not None:
+        check_replaceable(path, kind, legacy)
     hidden = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path, "old"), dir=path.parent))
     os.rmdir(hidden)
     os.replace(path, hidden)

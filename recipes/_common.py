@@ -10,7 +10,7 @@ from pathlib import Path
 import mlx_pn  # noqa: F401  (sets up the BLAS before anything imports mlx.core)
 from mlx_pn.config import ConfigError
 from mlx_pn.data.sources import DataError
-from mlx_pn.io import DiskSpaceError
+from mlx_pn.io import DiskSpaceError, ForeignFolderError
 
 CONFIGS = Path(__file__).parent / "configs"  # the preset files; a recipe's default_config is one of them
 
@@ -28,7 +28,7 @@ def add_resume(p: argparse.ArgumentParser) -> None:
 def known_errors() -> tuple[type, ...]:
     """The user-fixable error classes: what, where, how to fix in one message."""
     lazy = tuple(getattr(sys.modules[m], name) for m, name in _LAZY.items() if m in sys.modules)
-    return (ConfigError, DataError, DiskSpaceError) + lazy
+    return (ConfigError, DataError, DiskSpaceError, ForeignFolderError) + lazy
 
 
 @contextmanager
