@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from mlx_pn.config import Config
 from mlx_pn.data.shards import Corpus, build_shards, read_manifest
 from mlx_pn.io import write_json_atomic
-from mlx_pn.data.sources import DataError, fingerprint, load_documents, split_documents
+from mlx_pn.data.sources import DataError, fingerprint, load_splits
 from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
 
 GENERIC = "generic"
@@ -66,10 +66,11 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                 f"{tok_dir} was trained on other generic text or settings than data.generic={cfg.data.generic!r} "
                 f"now gives; delete {tok_dir} to retrain it (models trained with the old one need it), or use "
                 f"another data.dir")
-        generic_docs = None
+        generic_splits = None
     else:
-        generic_docs = load_documents(cfg.data.generic, "data.generic", cfg.data.max_docs)
-        splits = split_documents(generic_docs, cfg.data.valid_fraction, cfg.data.test_fraction)
+        generic_splits = load_splits(cfg.data.generic, "data.generic", cfg.data.valid_fraction,
+                                     cfg.data.test_fraction, cfg.data.max_docs)
+        splits = generic_splits[0]
         log(f"[data] training a {cfg.data.vocab_size}-piece SentencePiece tokenizer on generic text")
         tok = train_tokenizer((d.text for d in splits["train"]), cfg.data.vocab_size, tok_dir,
                               cfg.data.tokenizer_sample_mb, meta=tok_key)
@@ -89,12 +90,12 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                 log(f"[data] {name}: rebuilding the damaged shards from {field}")
                 fresh = False
         if not fresh:
-            docs = generic_docs if (name == GENERIC and generic_docs is not None) else \
-                load_documents(spec, field, cfg.data.max_docs)
-            splits = split_documents(docs, cfg.data.valid_fraction, cfg.data.test_fraction)
-            m = build_shards(name, splits, tok, root / "shards", spec, extra={"split": split_key, "fingerprint": prints[name]})
+            splits, how = generic_splits if (name == GENERIC and generic_splits is not None) else \
+                load_splits(spec, field, cfg.data.valid_fraction, cfg.data.test_fraction, cfg.data.max_docs)
+            m = build_shards(name, splits, tok, root / "shards", spec, extra={"split": split_key, "fingerprint": prints[name],
+                                                                          "splits_from": how or "split by document"})
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
-            log(f"[data] {name}: {sizes}")
+            log(f"[data] {name}: {sizes}" + (f" (splits: {how})" if how else ""))
         corpora[name] = Corpus(folder, tok)
         if only is not None and name in only:  # a domain about to be specialized to: every split is read
             _check_splits(corpora[name], spec, field, cfg)

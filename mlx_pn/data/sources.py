@@ -7,6 +7,15 @@ A *source spec* is one of:
   ``datasets``), or a folder holding any of these (read recursively, in sorted order);
 - ``hf:DATASET[/CONFIG][:SPLIT]``: a Hugging Face dataset (needs internet; a user option only).
 
+A ``.jsonl`` record is mlx-lm's ``{"text": ...}``, ``{"prompt": ..., "completion": ...}`` or
+``{"messages": [{"role": ..., "content": ...}, ...]}``; the last two are flattened to text
+(:func:`record_text`: one ``ROLE: CONTENT`` line per message, a prompt/completion pair as a user and an
+assistant message, as mlx-lm's CompletionsDataset makes it). A folder whose top level holds ``train.jsonl``
+is mlx_lm.lora's layout: only ``train.jsonl`` / ``valid.jsonl`` / ``test.jsonl`` are read and their splits are
+kept as given (:func:`load_splits`); a missing ``valid.jsonl`` or ``test.jsonl`` is carved out of
+``train.jsonl`` by the usual document split (never out of ``valid.jsonl``: early stopping reads it, so its
+score would flatter the test).
+
 Several specs are joined with commas. Documents are whitespace-stripped at both ends (so that
 SentencePiece and the exported ``tokenizer.json`` agree on the first token) and empty ones dropped.
 """
@@ -67,7 +76,38 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                         f"(`gzip -t {path.name}` checks one) or use the uncompressed .jsonl") from None
 
 
-def _jsonl(path: Path, field: str = "text") -> Iterator[Document]:
+RECORD_FORMATS = ('{"text": ...}, {"prompt": ..., "completion": ...} or {"messages": [{"role": ..., '
+                  '"content": ...}, ...]} (mlx-lm\'s formats)')
+
+
+def record_text(obj: dict, where: str) -> tuple[str, str]:
+    """One JSONL record -> (its text, the field it came from). {"text"} as is; {"prompt", "completion"} as
+    "user: PROMPT\\nassistant: COMPLETION"; {"messages"} as one "ROLE: CONTENT" line per message, in order.
+    No chat template: our tokenizer has none, and these plain lines read the same in any tokenizer."""
+    if isinstance(obj.get("text"), str):
+        return obj["text"], "text"
+    if "prompt" in obj or "completion" in obj:
+        if not (isinstance(obj.get("prompt"), str) and isinstance(obj.get("completion"), str)):
+            raise DataError(f"{where}: a prompt/completion record needs both 'prompt' and 'completion' as strings; "
+                            f"fix that line (accepted records: {RECORD_FORMATS})")
+        obj = {"messages": [{"role": "user", "content": obj["prompt"]},
+                            {"role": "assistant", "content": obj["completion"]}]}
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError(f"{where}: 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects; "
+                            f"fix that line")
+        for i, m in enumerate(msgs):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise DataError(f"{where}: messages[{i}] must be an object with string 'role' and 'content' (got "
+                                f"{json.dumps(m)[:80]}); fix that message or drop it")
+        return "\n".join(f"{m['role']}: {m['content']}" for m in msgs), "messages"
+    keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+    raise DataError(f"{where}: expected an object with a string field 'text', or another of {RECORD_FORMATS}; "
+                    f"got {keys}")
+
+
+def _jsonl(path: Path) -> Iterator[Document]:
     for n, raw in _lines(path):
         if not raw.strip():
             continue
@@ -78,9 +118,10 @@ def _jsonl(path: Path, field: str = "text") -> Iterator[Document]:
             raise DataError(f"{where}: invalid JSON ({e.msg}); each line must be one JSON object") from None
         except RecursionError:
             raise DataError(f"{where}: JSON nested too deeply; each line must be one flat JSON object") from None
-        if not isinstance(obj, dict) or field not in obj or not isinstance(obj[field], str):
-            raise DataError(f"{where}: expected an object with a string field '{field}'")
-        text = obj[field]
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected an object with a string field 'text', or another of "
+                            f"{RECORD_FORMATS}; got a JSON {type(obj).__name__}")
+        text, field = record_text(obj, where)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:  # a "\ud800" escape: a lone surrogate is no UTF-8 text
@@ -112,7 +153,17 @@ def _hub(spec: str) -> Iterator[Document]:
         yield Document(f"{name}:{i}", row["text"])
 
 
+SPLITS = ("train", "valid", "test")
+
+
+def is_split_folder(path: Path) -> bool:
+    """mlx_lm.lora's data layout: a folder whose top level holds train.jsonl (and valid.jsonl, test.jsonl)."""
+    return path.is_dir() and (path / "train.jsonl").is_file()
+
+
 def _files(folder: Path) -> list[Path]:
+    if is_split_folder(folder):  # only the split files, as mlx-lm reads them
+        return [folder / f"{s}.jsonl" for s in SPLITS if (folder / f"{s}.jsonl").is_file()]
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(FILE_SUFFIXES))
 
 
@@ -131,9 +182,13 @@ def _path(path: Path, field: str) -> Iterator[Document]:
         yield Document(str(path), _decode(path.read_bytes(), str(path)))
 
 
+def _parts(spec: str) -> list[str]:
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
 def read_source(spec: str, field: str = "data") -> Iterator[Document]:
     """Documents of one spec, stripped, empty ones skipped; `field` names the config key in errors."""
-    for part in [s.strip() for s in spec.split(",") if s.strip()]:
+    for part in _parts(spec):
         if part.startswith("bundled:"):
             name = part[len("bundled:"):]
             path = _bundled_path(name)
@@ -177,13 +232,13 @@ def fingerprint(spec: str) -> str:
     return h.hexdigest()
 
 
-def load_documents(spec: str, field: str = "data", max_docs: int = 0) -> list[Document]:
+def load_documents(spec: str, field: str = "data", max_docs: int = 0, allow_empty: bool = False) -> list[Document]:
     docs = []
     for d in read_source(spec, field):
         docs.append(d)
         if max_docs and len(docs) >= max_docs:
             break
-    if not docs:
+    if not docs and not allow_empty:
         raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
     return docs
 
@@ -201,3 +256,38 @@ def split_documents(docs: list[Document], valid_fraction: float, test_fraction: 
         if frac > 0 and not splits[name] and len(splits["train"]) > 2:
             splits[name].append(splits["train"].pop())
     return splits
+
+
+def load_splits(spec: str, field: str, valid_fraction: float, test_fraction: float, max_docs: int = 0
+                ) -> tuple[dict[str, list[Document]], str]:
+    """Documents of a spec in train/valid/test -> (splits, how they were made: a line for the data report).
+
+    A part of the spec that is an mlx-lm folder (:func:`is_split_folder`) keeps its train/valid/test.jsonl as
+    given (max_docs: at most that many documents per file); a split file it lacks is carved out of its
+    train.jsonl by :func:`split_documents` with that split's fraction. Every other part is pooled and split by
+    :func:`split_documents`, as before. Splits given by a source bypass the random split altogether."""
+    given = [p for p in _parts(spec) if not p.startswith(("bundled:", "hf:")) and is_split_folder(Path(p).expanduser())]
+    rest = ",".join(p for p in _parts(spec) if p not in given)
+    splits: dict[str, list[Document]] = {s: [] for s in SPLITS}
+    how = []
+    for part in given:
+        folder = Path(part).expanduser()
+        own = {s: load_documents(str(folder / f"{s}.jsonl"), field, max_docs, allow_empty=s != "train")
+               for s in SPLITS if (folder / f"{s}.jsonl").is_file()}
+        missing = [s for s in ("valid", "test") if s not in own]
+        if missing:
+            carve = split_documents(own["train"], valid_fraction if "valid" in missing else 0.0,
+                                    test_fraction if "test" in missing else 0.0)
+            own.update({"train": carve["train"], **{s: carve[s] for s in missing}})
+        for s in SPLITS:
+            splits[s].extend(own[s])
+        how.append(f"{folder}: {'/'.join(f'{s}.jsonl' for s in SPLITS if s not in missing)} as given"
+                   + "".join(f", {s} = {frac:.0%} of train.jsonl's documents (no {s}.jsonl)"
+                             for s, frac in (("valid", valid_fraction), ("test", test_fraction)) if s in missing))
+    if rest:
+        pooled = split_documents(load_documents(rest, field, max_docs), valid_fraction, test_fraction)
+        for s in SPLITS:
+            splits[s].extend(pooled[s])
+        if given:
+            how.append(f"{rest}: split by document ({valid_fraction:.0%} valid, {test_fraction:.0%} test)")
+    return splits, "; ".join(how)
