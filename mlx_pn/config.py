@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,16 @@ from typing import Any, Optional
 
 class ConfigError(ValueError):
     """A config file or flag is wrong; the message says where and how to fix it."""
+
+
+def _need(ok: bool, key: str, value, rule: str, fix: str) -> None:
+    """ConfigError "KEY must be RULE, got VALUE; FIX" unless `ok`: the one shape of a numeric field's error."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}; {fix}")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _f(default, help: str, **kw):
@@ -52,6 +63,10 @@ class DataConfig:
             raise ConfigError(f"{name}.valid_fraction and {name}.test_fraction must be in [0, 0.5)")
         if self.vocab_size < 260:
             raise ConfigError(f"{name}.vocab_size={self.vocab_size} is too small: byte fallback alone needs 259 ids")
+        _need(_finite(self.tokenizer_sample_mb) and self.tokenizer_sample_mb > 0, f"{name}.tokenizer_sample_mb",
+              self.tokenizer_sample_mb, "a finite number > 0", "the default is 32")
+        for k in ("max_docs", "test_windows"):
+            _need(getattr(self, k) >= 0, f"{name}.{k}", getattr(self, k), ">= 0", "0 means all")
 
 
 @dataclass
@@ -86,6 +101,18 @@ class ModelConfig:
         if self.frontend == "byte" and (self.share_ffn or self.share_attn_out):
             raise ConfigError(f"{name}.frontend=byte cannot be combined with {name}.share_ffn/share_attn_out (not "
                               "implemented for the byte model's trunk)")
+        for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+                  "num_key_value_heads", "max_position_embeddings", "byte_chunk_len", "byte_dim"):
+            v = getattr(self, k)
+            _need(v is None or v >= 1, f"{name}.{k}", v, ">= 1", "omit it to keep the preset's value")
+        for k in ("byte_encoder_layers", "byte_decoder_layers"):
+            _need(getattr(self, k) >= 0, f"{name}.{k}", getattr(self, k), ">= 0", "the default is 1")
+        _need(_finite(self.rope_theta) and self.rope_theta > 0, f"{name}.rope_theta", self.rope_theta,
+              "a finite number > 0", "the default is 10000")
+        d, h = self.hidden_size, self.num_attention_heads
+        if d is not None and h is not None and d % h:  # with the preset's values: mlx_pn.models.build.model_args
+            raise ConfigError(f"{name}.hidden_size={d} must be divisible by {name}.num_attention_heads={h}; "
+                              f"pick heads that divide it")
 
 
 @dataclass
@@ -119,6 +146,21 @@ class TrainConfig:
                 raise ConfigError(f"{name}.{k} must be >= 1, got {getattr(self, k)}")
         if not 0 < self.lr < float("inf"):
             raise ConfigError(f"{name}.lr must be a finite number > 0, got {self.lr}")
+        for k in ("eval_every", "save_every", "log_every"):
+            _need(getattr(self, k) >= 1, f"{name}.{k}", getattr(self, k), ">= 1",
+                  "it is a period in steps (1 = every step; the end of the run is always included)")
+        for k in ("warmup", "eval_batches", "patience", "keep_checkpoints"):
+            _need(getattr(self, k) >= 0, f"{name}.{k}", getattr(self, k), ">= 0",
+                  "0 turns it off" if k != "eval_batches" else "0 means the whole split")
+        for k in ("beta1", "beta2"):
+            _need(_finite(getattr(self, k)) and 0 <= getattr(self, k) < 1, f"{name}.{k}", getattr(self, k),
+                  "in [0, 1)", "AdamW's usual values are 0.9 and 0.95")
+        _need(_finite(self.eps) and self.eps > 0, f"{name}.eps", self.eps, "a finite number > 0", "the default is 1e-8")
+        _need(_finite(self.grad_clip) and self.grad_clip >= 0, f"{name}.grad_clip", self.grad_clip,
+              "a finite number >= 0", "0 turns clipping off")
+        for k in ("min_lr", "weight_decay"):
+            _need(_finite(getattr(self, k)) and getattr(self, k) >= 0, f"{name}.{k}", getattr(self, k),
+                  "a finite number >= 0", "0 is allowed")
 
 
 @dataclass
@@ -139,6 +181,10 @@ class ClusterConfig:
             raise ConfigError(f"{name}.embedder must be 'minilm' or 'static', got {self.embedder!r}")
         if self.k < 1 or self.k_importance < 1:
             raise ConfigError(f"{name}.k and {name}.k_importance must be >= 1")
+        for k in ("fit_windows", "iters", "batch_size"):
+            _need(getattr(self, k) >= 1, f"{name}.{k}", getattr(self, k), ">= 1", "the default is "
+                  f"{getattr(ClusterConfig, k)}")
+        _need(self.window >= 0, f"{name}.window", self.window, ">= 0", "0 means pretrain.seq_len")
 
 
 @dataclass
@@ -173,6 +219,8 @@ class DistillConfig:
             raise ConfigError(f"{name}.cache must be auto, disk or live, got {self.cache!r}")
         if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.top_k < 1:
             raise ConfigError(f"{name}.alpha must be in [0, 1], {name}.temperature > 0 and {name}.top_k >= 1")
+        _need(_finite(self.temperature), f"{name}.temperature", self.temperature, "a finite number > 0",
+              "the default is 2")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mlx_pn.config import ClusterConfig
+from mlx_pn.config import ClusterConfig, ConfigError
 from mlx_pn.clustering.kmeans import MIN_WINDOWS_PER_CLUSTER, assign, cluster_report, histogram, kmeans, nmi
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.clustering.sampling import resample, resample_stats
@@ -133,6 +133,10 @@ def run_clustering(cluster: ClusterConfig, window: int, root: Path, data: Prepar
     and cluster.k_importance) fit/assign/report. Returns {k asked: manifest}."""
     from mlx_pn.clustering.embed import get_embedder
 
+    for k_req in ks or []:  # before any embedding: a k of 0 must not cost minutes, nor name a folder k0
+        if k_req < 1:
+            raise ConfigError(f"--k {k_req}: a cluster count must be >= 1; pass e.g. --k 16 (or omit --k to build "
+                              f"cluster.k and cluster.k_importance)")
     emb_dir = _embeddings_folder(cluster, window, root)
     emb_dir.mkdir(parents=True, exist_ok=True)
     embedder = get_embedder(cluster.embedder)

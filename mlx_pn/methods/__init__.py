@@ -30,10 +30,12 @@ def get(name: str) -> Method:
 
 def check(cfg: Config) -> Method:
     """cfg.method's entry, after its own config rules (and the model presets every method builds from)."""
-    from mlx_pn.models.build import check_preset
+    from mlx_pn.models.build import check_section
 
-    for section in ("model", "large"):
-        check_preset(getattr(cfg, section), section)
+    # the small model sees every training window; the large one (llm, slm-d's teacher) is checked when it is built
+    windows = {f"{t}.seq_len": getattr(cfg, t).seq_len for t in ("pretrain", "finetune")}
+    check_section(cfg.model, "model", windows)
+    check_section(cfg.large, "large")
     method = get(cfg.method)
     method.check(cfg)
     return method

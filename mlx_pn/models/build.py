@@ -76,12 +76,41 @@ def model_args(section: ModelConfig, vocab_size: int, name: str = "model"):
     """A config section (cfg.model: the SLM, cfg.large: the LLM) -> its preset with the section's overrides
     applied, sized for the tokenizer's vocabulary: ModelArgs, or byte_lm.ModelArgs for frontend "byte".
     An unknown preset is a ConfigError naming `{name}.preset`."""
+    return make_args(resolved(section, name), vocab_size)
+
+
+def resolved(section: ModelConfig, name: str = "model") -> dict:
+    """The section's preset with its overrides applied (the architecture fields, before the vocabulary), checked:
+    every size >= 1, hidden_size divisible by num_attention_heads and heads by key/value heads; a ConfigError
+    naming `{name}.KEY`, the value and the fix otherwise."""
     check_preset(section, name)
     d = dict(PRESETS[section.preset])
     for k, v in to_dict(section).items():
         if k != "preset" and v is not None:
             d[k] = v
-    return make_args(d, vocab_size)
+    for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads"):
+        if not isinstance(d.get(k), int) or d[k] < 1:
+            raise ConfigError(f"{name}.{k} must be >= 1, got {d.get(k)!r}; omit it to keep the preset's value")
+    hidden, heads = d["hidden_size"], d["num_attention_heads"]
+    kv = d.get("num_key_value_heads") or heads
+    if hidden % heads:
+        raise ConfigError(f"{name}.hidden_size={hidden} must be divisible by {name}.num_attention_heads={heads} "
+                          f"(preset {section.preset!r} + overrides); pick heads that divide it")
+    if heads % kv:
+        raise ConfigError(f"{name}.num_attention_heads={heads} must be a multiple of {name}.num_key_value_heads={kv} "
+                          f"(GQA groups must be equal)")
+    return d
+
+
+def check_section(section: ModelConfig, name: str = "model", seq_lens: dict[str, int] | None = None) -> None:
+    """Config-load checks of a model section: its preset, its resolved sizes (`resolved`) and every training window
+    it sees ({"pretrain.seq_len": 64, ...}) no longer than its max_position_embeddings."""
+    d = resolved(section, name)
+    max_pos = d.get("max_position_embeddings")
+    for key, seq_len in (seq_lens or {}).items():
+        if max_pos and seq_len > max_pos:
+            raise ConfigError(f"{key}={seq_len} is longer than {name}.max_position_embeddings={max_pos} (preset "
+                              f"{section.preset!r}); lower {key} or set --{name}.max_position_embeddings {seq_len}")
 
 
 def make_args(d: dict, vocab_size: int):
