@@ -401,10 +401,24 @@ def set_key(cfg, key: str, value) -> None:
     setattr(target, last, value)
 
 
-def load_file(path: str | Path) -> dict:
+PRESETS = Path(__file__).parent / "recipes" / "configs"  # the packaged presets (recipes/configs in a clone)
+
+
+def preset_path(path: str | Path) -> Path:
+    """A --config value as a file: an existing path as given, else a packaged preset by name ('tiny' or
+    'tiny.yaml' -> mlx_pn/recipes/configs/tiny.yaml), so presets resolve from any directory."""
     path = Path(path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    return next((p for p in (PRESETS / path.name, PRESETS / f"{path.name}.yaml") if p.is_file()), path)
+
+
+def load_file(path: str | Path) -> dict:
+    path = preset_path(path)
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist; pass --config with a file from recipes/configs/")
+        names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise ConfigError(f"config file {path} does not exist; pass --config with a YAML/JSON file or a preset "
+                          f"name: {names}")
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":

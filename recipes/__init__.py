@@ -1,1 +1,3 @@
-"""Thin command-line recipes: ``python -m recipes.NAME --config recipes/configs/X.yaml [--key value]``."""
+"""Thin entry points for a clone: ``python -m recipes.NAME --config PRESET [--key value]`` runs
+``mlx_pn.recipes.NAME`` (installed: ``mlx-pn NAME``). ``recipes/configs`` is a link to the packaged presets,
+``mlx_pn/recipes/configs``."""

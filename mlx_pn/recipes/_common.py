@@ -1,0 +1,43 @@
+"""What every recipe shares: the preset folder, flags for resuming, and turning library errors into clear exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlx_pn  # noqa: F401  (sets up the BLAS before anything imports mlx.core)
+from mlx_pn.config import ConfigError
+from mlx_pn.data.sources import DataError
+from mlx_pn.io import DiskSpaceError
+
+from mlx_pn.config import PRESETS as CONFIGS  # noqa: E402 (the preset files: mlx_pn/recipes/configs; a recipe's default_config is one of them)
+
+# Error classes of heavier modules, looked up only when something was raised: importing mlx_pn.export
+# (mlx_lm, transformers) costs ~2 s, and an error of a module never imported cannot have been raised.
+_LAZY = {"mlx_pn.export": "ExportError", "mlx_pn.models.build": "CheckpointError",
+         "mlx_pn.train.loop": "TrainingError"}
+
+
+def add_resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from the newest good checkpoint / skip finished stages (--no-resume starts over)")
+
+
+def known_errors() -> tuple[type, ...]:
+    """The user-fixable error classes: what, where, how to fix in one message."""
+    lazy = tuple(getattr(sys.modules[m], name) for m, name in _LAZY.items() if m in sys.modules)
+    return (ConfigError, DataError, DiskSpaceError) + lazy
+
+
+@contextmanager
+def clear_errors():
+    """Known, user-fixable errors print one line (what, where, how to fix) and exit 2."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is one of ours
+        if not isinstance(e, known_errors()):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

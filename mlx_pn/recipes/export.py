@@ -1,0 +1,59 @@
+"""Export a model to an mlx-lm folder and verify it by loading it back with mlx-lm.
+
+    mlx-pn export --config cpu --domain legal [--quantize 4]
+    mlx-pn export --model runs/x/pretrain/final --tokenizer runs/x/data/tokenizer/hf --to out/
+
+By default it exports OUT/specialize/DOMAIN/final to OUT/export/DOMAIN (or OUT/export/DOMAIN-q4); with
+--method M (not slm): OUT/specialize-M/DOMAIN/final to OUT/export-M/DOMAIN.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlx_pn.cli import build_parser as cli_parser, parse
+from mlx_pn.recipes._common import clear_errors
+
+
+def extra(p):
+    g = p.add_argument_group("export options")
+    g.add_argument("--model", default=None, help="model folder to export (default OUT/specialize/DOMAIN/final)")
+    g.add_argument("--tokenizer", default=None, help="Hugging Face tokenizer folder (default DATA/tokenizer/hf)")
+    g.add_argument("--to", default=None, help="destination folder (default OUT/export/DOMAIN[-qBITS])")
+    g.add_argument("--quantize", type=int, default=None, choices=[2, 3, 4, 5, 6, 8],
+                   help="quantize weights to this many bits with mlx-lm (affine)")
+    g.add_argument("--group-size", type=int, default=64, help="quantization group size (32, 64 or 128)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the exported weights")
+    g.add_argument("--force", action="store_true", help="overwrite an existing export folder")
+
+
+def build_parser():
+    return cli_parser(__doc__, extra=extra)
+
+
+def main(argv=None):
+    parser = build_parser()
+    cfg, args = parse(parser, argv)
+    with clear_errors():
+        from mlx_pn.export import export_mlx_lm, generate_command
+        from mlx_pn.methods.layout import specialize_dir
+        from mlx_pn.models.build import load_model
+
+        src = Path(args.model) if args.model else specialize_dir(cfg, cfg.domain) / "final"
+        if not (src / "model.safetensors").exists():
+            raise SystemExit(f"error: {src}/model.safetensors does not exist; run recipes.specialize "
+                             f"(or pass --model FOLDER)")
+        tok = Path(args.tokenizer) if args.tokenizer else cfg.data_dir / "tokenizer" / "hf"
+        suffix = f"-q{args.quantize}" if args.quantize else ""
+        folder = "export" if cfg.method == "slm" else f"export-{cfg.method}"
+        dest = Path(args.to) if args.to else Path(cfg.out) / folder / f"{cfg.domain}{suffix}"
+        report = export_mlx_lm(load_model(src), tok, dest, quantize=args.quantize, group_size=args.group_size,
+                               dtype=args.dtype, force=args.force)
+        print(json.dumps(report, indent=2))
+        print(f"try it: {generate_command(dest)}")
+
+
+if __name__ == "__main__":
+    main()
