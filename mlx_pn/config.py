@@ -115,6 +115,9 @@ class ModelConfig:
                               f"pick heads that divide it")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
     steps: int = _f(300, "optimizer steps (upper bound when early stopping is on)")
@@ -138,6 +141,8 @@ class TrainConfig:
                           "weights (0 = off)")
     seed: int = _f(0, "seed for initialisation and data order")
     compile: bool = _f(True, "compile the training step with mx.compile")
+    precision: str = _f("auto", "compute dtype of the step: fp32 | bf16 | fp16 (fp32 master weights, optimizer "
+                                "state and loss either way) | auto (bf16 on a GPU, fp32 on a CPU)")
 
     def check(self, name: str = "pretrain") -> None:
         """ConfigError naming `{name}.KEY` (name: "pretrain" or "finetune")."""
@@ -146,6 +151,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}.{k} must be >= 1, got {getattr(self, k)}")
         if not 0 < self.lr < float("inf"):
             raise ConfigError(f"{name}.lr must be a finite number > 0, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{name}.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for k in ("eval_every", "save_every", "log_every"):
             _need(getattr(self, k) >= 1, f"{name}.{k}", getattr(self, k), ">= 1",
                   "it is a period in steps (1 = every step; the end of the run is always included)")

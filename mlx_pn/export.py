@@ -93,8 +93,13 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
     report = {"path": str(out), "quantize": quantize, "dtype": dtype,
               "params": int(model.num_params()), "exported_params": int(
                   sum(v.size for k, v in tree_flatten(export_model.parameters()) if k != "byte_table"))}
-    if verify:
-        report.update(verify_export(model, out, exact=not quantize and dtype == "float32"))
+    if verify and dtype != "float32" and not quantize:
+        # float16/bfloat16: against our model in that dtype (the same rounded weights, the same ops), then how
+        # often its greedy token is the fp32 model's
+        report.update(verify_export(export_model, out, exact=True))
+        report["argmax_agreement_vs_float32"] = verify_export(model, out, exact=False)["argmax_agreement"]
+    elif verify:
+        report.update(verify_export(model, out, exact=not quantize))
     return report
 
 

@@ -123,14 +123,64 @@ class MetricsLog:
         return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
 
 
-def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, compile: bool, group=None):
+COMPUTE_DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16, "fp16": mx.float16}
+# fp16's 5 exponent bits flush small activation gradients to 0: the loss is multiplied by this before the
+# backward pass and the fp32 gradients divided by it after (static loss scaling; bf16 needs none)
+FP16_LOSS_SCALE = 1024.0
+
+
+def compute_dtype(precision: str) -> mx.Dtype:
+    """train.precision -> the step's compute dtype; auto = bf16 on a GPU (Metal or CUDA), fp32 on a CPU (MLX's CPU
+    bf16 matmul has no BLAS behind it: slower than fp32, mlx-notes.md section 7)."""
+    if precision == "auto":
+        gpu = mx.default_device() == mx.gpu and (mx.metal.is_available() or mx.cuda.is_available())
+        precision = "bf16" if gpu else "fp32"
+    return COMPUTE_DTYPES[precision]
+
+
+def mixed_value_and_grad(model, loss_fn, dtype: mx.Dtype):
+    """nn.value_and_grad for a `dtype` forward/backward over fp32 master weights -> f(model, *args) ->
+    (fp32 loss, fp32 gradients of model.trainable_parameters()).
+
+    The model's floating parameters stay fp32 (what the optimizer updates and checkpoints save); each call casts
+    them to `dtype`, runs loss_fn on that copy (the losses take logits to fp32; RMSNorm and attention accumulate
+    in fp32 inside mx.fast), and the cast's vjp brings the gradients back to fp32 (mlx-notes.md section 6)."""
+    scale = FP16_LOSS_SCALE if dtype == mx.float16 else 1.0
+
+    def low(p):
+        return p.astype(dtype) if p.dtype == mx.float32 else p
+
+    def scaled_loss(params, *args):
+        model.update(tree_map(low, params))
+        return loss_fn(model, *args).astype(mx.float32) * scale
+
+    grad_fn = mx.value_and_grad(scaled_loss)
+
+    def f(model, *args):
+        master = model.trainable_parameters()
+        loss, grads = grad_fn(master, *args)
+        model.update(master)  # the fp32 master weights back in the model: the optimizer updates those
+        if scale != 1.0:
+            loss, grads = loss / scale, tree_map(lambda g: g / scale, grads)
+        return loss, grads
+
+    return f
+
+
+def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, compile: bool, group=None,
+              dtype: mx.Dtype = mx.float32):
     """-> step(batch (A, B, L + 1) int32, *extras (A, B, ...)) -> (mean loss (), grad norm before clipping ()).
 
     Extras (e.g. cluster ids) are sliced per micro-batch like the tokens: loss_fn(model, x, y, *extras[a]).
     group: an mx.distributed.Group of data-parallel ranks (None: this process alone); gradients and the returned
     loss are averaged over it before clipping and the update, so every rank applies the same update.
+    dtype: the forward/backward compute dtype (compute_dtype(cfg.precision)); weights, gradients and the optimizer
+    state stay fp32 whatever it is.
     """
-    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    if dtype == mx.float32:
+        loss_and_grad = nn.value_and_grad(model, loss_fn)
+    else:
+        loss_and_grad = mixed_value_and_grad(model, loss_fn, dtype)
     state = [model.state, optimizer.state, mx.random.state]
 
     def step(batch, *extras):
@@ -197,7 +247,8 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
         write_json_atomic(out / "train_config.json", to_dict(cfg) | ({"data_parallel_ranks": world_size}
                                                                      if world_size > 1 else {}))
     metrics = MetricsLog(out / "metrics.jsonl", start if resumed else None) if main else _NoMetrics()
-    step_fn = make_step(model, optimizer, loss_fn, cfg.grad_accum, cfg.grad_clip, cfg.compile, group)
+    step_fn = make_step(model, optimizer, loss_fn, cfg.grad_accum, cfg.grad_clip, cfg.compile, group,
+                        compute_dtype(cfg.precision))
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     use_early_stop = cfg.patience > 0 and valid_tokens is not None
 
