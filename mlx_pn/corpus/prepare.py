@@ -68,7 +68,7 @@ def prepare_corpus(cfg, corpus: str, corpus_dir: Path, work: Path, portable: boo
                 "config": {"generic": cfg.data.generic, "domains": cfg.data.domains,
                            "valid_fraction": cfg.data.valid_fraction, "test_fraction": cfg.data.test_fraction,
                            "max_docs": cfg.data.max_docs},
-                "corpora": {n: {"splits": m["splits"]} for n, m in shards.items()},
+                "corpora": {n: {"splits": m["splits"], "duplicates": m.get("duplicates")} for n, m in shards.items()},
                 "sources": sources, "subsets": subsets, "seconds": round(time.time() - t1, 1)}
     manifest["prepared"] = prepared
     corpus_dir.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,18 @@ def write_report(path: Path, manifest: dict, prepared: dict) -> None:
         s = c["splits"]
         L.append(f"| {n} | " + " | ".join(f"{s[k]['documents']:,} | {s[k]['tokens']:,}" for k in ("train", "valid", "test"))
                  + f" | {mb(sum(x['bytes_utf8'] for x in s.values()))} |")
+    dups = {n: c["duplicates"] for n, c in prepared["corpora"].items() if c.get("duplicates")}
+    if dups:
+        L += ["", "Duplicates (mlx_pn.data.dedup: exact = same normalised text, near = word 5-gram Jaccard >= 0.8), "
+              "grouped before the split so that a group lands in one split; `in generic train`: a domain's valid/test "
+              "documents that also sit in the generic train split.", "",
+              "| corpus | grouped docs | groups | exact | near | groups across splits | in generic train (valid/test) |",
+              "|---|---:|---:|---:|---:|---:|---|"]
+        for n, d in dups.items():
+            g = d.get("in_generic_train")
+            overlap = "-" if g is None else f"{g.get('valid', 0)}/{g.get('test', 0)}"
+            L.append(f"| {n} | {d['grouped_documents']:,} | {d['groups']:,} | {d['exact_duplicates']:,} | "
+                     f"{d['near_duplicates']:,} | {d['groups_across_splits']:,} | {overlap} |")
     if prepared.get("sources"):
         L += ["", "Generic by source:", "", "| source | docs | MB | train tokens | valid tokens | test tokens |",
               "|---|---:|---:|---:|---:|---:|"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mlx_pn.config import Config
 from mlx_pn.data.shards import Corpus, build_shards, read_manifest
 from mlx_pn.io import write_json_atomic
+from mlx_pn.data import dedup
 from mlx_pn.data.sources import DataError, fingerprint, load_splits
 from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -75,13 +76,14 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         tok = train_tokenizer((d.text for d in splits["train"]), cfg.data.vocab_size, tok_dir,
                               cfg.data.tokenizer_sample_mb, meta=tok_key)
 
-    corpora = {}
+    corpora, generic_train = {}, None
     for name in wanted:
         spec, field = sources[name]
         folder = root / "shards" / name
         m = read_manifest(folder)
         fresh = (m is not None and m.get("source") == spec and m.get("tokenizer_sha256") == tok.sha256
-                 and m.get("split") == split_key and m.get("fingerprint") == prints[name])
+                 and m.get("split") == split_key and m.get("fingerprint") == prints[name]
+                 and (m.get("duplicates") or {}).get("method") == dedup.VERSION)
         if fresh:
             try:
                 Corpus(folder, tok, verify_hashes=True)
@@ -92,8 +94,17 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         if not fresh:
             splits, how = generic_splits if (name == GENERIC and generic_splits is not None) else \
                 load_splits(spec, field, cfg.data.valid_fraction, cfg.data.test_fraction, cfg.data.max_docs)
+            if name == GENERIC:
+                generic_train = dedup.NearIndex([d.text for d in splits["train"]])
+            elif generic_train is None:  # the generic shards were cached: its train split, for the overlap
+                generic_train = dedup.NearIndex([d.text for d in load_splits(
+                    cfg.data.generic, "data.generic", cfg.data.valid_fraction, cfg.data.test_fraction,
+                    cfg.data.max_docs)[0]["train"]])
+            # the duplicates left (groups across splits: given splits only) and the generic/domain overlap
+            leaks = dedup.leak_report(splits, None if name == GENERIC else generic_train)
             m = build_shards(name, splits, tok, root / "shards", spec, extra={"split": split_key, "fingerprint": prints[name],
-                                                                          "splits_from": how or "split by document"})
+                                                                          "splits_from": how or "split by document",
+                                                                          "duplicates": leaks})
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
             log(f"[data] {name}: {sizes}" + (f" (splits: {how})" if how else ""))
         corpora[name] = Corpus(folder, tok)

@@ -243,18 +243,39 @@ def load_documents(spec: str, field: str = "data", max_docs: int = 0, allow_empt
     return docs
 
 
-def split_documents(docs: list[Document], valid_fraction: float, test_fraction: float
-                    ) -> dict[str, list[Document]]:
-    """Deterministic split by a hash of each document's id and text (stable across runs/machines)."""
+def split_documents(docs: list[Document], valid_fraction: float, test_fraction: float,
+                    report: dict | None = None) -> dict[str, list[Document]]:
+    """Deterministic split by a hash of each document's id and text (stable across runs/machines).
+
+    Exact and near-duplicate documents (mlx_pn.data.dedup) form a group that lands in one split: the split
+    of its member with the lowest hash, so a document without duplicates keeps the split it always had.
+    `report`, if given, receives the grouping's counts and how many documents the grouping moved."""
+    from mlx_pn.data.dedup import duplicate_groups
+
+    def pick(h: float) -> str:
+        return "valid" if h < valid_fraction else "test" if h < valid_fraction + test_fraction else "train"
+
+    hs = [int.from_bytes(hashlib.sha1(f"{d.id}\0{d.text[:256]}".encode()).digest()[:8], "big") / 2**64
+          for d in docs]
+    groups = duplicate_groups([d.text for d in docs])
+    low: dict[int, float] = {}
+    for g, h in zip(groups.root.tolist(), hs):
+        low[g] = min(h, low.get(g, h))
     splits: dict[str, list[Document]] = {"train": [], "valid": [], "test": []}
-    for d in docs:
-        h = int.from_bytes(hashlib.sha1(f"{d.id}\0{d.text[:256]}".encode()).digest()[:8], "big") / 2**64
-        name = "valid" if h < valid_fraction else "test" if h < valid_fraction + test_fraction else "train"
+    moved = 0
+    for d, g, h in zip(docs, groups.root.tolist(), hs):
+        name = pick(low[g])
+        moved += name != pick(h)
         splits[name].append(d)
-    # A tiny corpus can miss a held-out split by chance: move the last train documents there.
+    # A tiny corpus can miss a held-out split by chance: move the last train document without duplicates there.
+    alone = {id(d) for d, n in zip(docs, groups.sizes()) if n == 1}
     for name, frac in (("valid", valid_fraction), ("test", test_fraction)):
         if frac > 0 and not splits[name] and len(splits["train"]) > 2:
-            splits[name].append(splits["train"].pop())
+            i = next((i for i in range(len(splits["train"]) - 1, -1, -1) if id(splits["train"][i]) in alone), None)
+            if i is not None:
+                splits[name].append(splits["train"].pop(i))
+    if report is not None:
+        report.update(groups.stats(), moved_by_grouping=moved)
     return splits
 
 
