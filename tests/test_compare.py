@@ -92,3 +92,80 @@ def test_tiny_grid_end_to_end_and_resumes(tmp_path, monkeypatch, capsys):
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["cells"] == res["cells"]
     capsys.readouterr()
+
+
+def test_intervals_and_paired_verdicts():
+    """Student-t intervals over seeds; the verdict follows the paired interval, not the means."""
+    import math
+
+    from mlx_pn.compare.results import aggregate, interval, paired_differences, t_quantile
+
+    assert t_quantile(2) == 4.303 and abs(t_quantile(60) - 2.000) < 0.002 and abs(t_quantile(200) - 1.972) < 0.002
+    m, h = interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert interval([5.0]) == (5.0, None)
+
+    def run(row, b, seed, ppl):
+        return {"row": row, "method": row, "budget": b, "seed": seed, "pretrain_steps": 1, "overrides": {},
+                "pretrain_flops": 1.0, "pretrain_wall_s": 1.0, "generic_valid_ppl": ppl, "params": 10,
+                "before": {"0": ppl * 2}, "after": {"0": ppl}, "bpb_after": {}, "specialize_flops": {"0": 1.0},
+                "specialize_wall_s": {"0": 1.0}}
+
+    slm = {0: 100.0, 1: 140.0, 2: 120.0}  # a large seed spread...
+    runs = [run("slm", 1.0, s, p) for s, p in slm.items()]
+    runs += [run("a", 1.0, s, p * 0.95) for s, p in slm.items()]  # ...but 5% better at every seed: beats it
+    runs += [run("b", 1.0, s, p * f) for (s, p), f in zip(slm.items(), (0.9, 1.1, 1.0))]  # better on average only
+    runs += [run("nopt", None, s, 200.0) for s in slm]
+    rows = {(e["row"], e["budget"]): e for e in aggregate(runs)}
+    assert rows[("slm", 1.0)]["after"]["0"] == 120.0 and rows[("slm", 1.0)]["after_n"]["0"] == 3
+    assert rows[("slm", 1.0)]["after_ci"]["0"] == pytest.approx(interval(list(slm.values()))[1])
+    # the unpaired intervals of slm and a overlap, the paired one does not
+    assert rows[("a", 1.0)]["after"]["0"] + rows[("a", 1.0)]["after_ci"]["0"] > 120.0
+    by = {d["row"]: d for d in paired_differences(runs, [0])}
+    assert by["a"]["verdict"] == "beats the slm" and by["a"]["hi"] < 0
+    assert by["a"]["mean_nll_diff"] == pytest.approx(math.log(0.95))
+    assert by["b"]["verdict"] == "no difference" and by["b"]["lo"] < 0 < by["b"]["hi"]
+    assert by["nopt"]["verdict"] == "worse than the slm" and by["nopt"]["vs_budget"] == 1.0
+    one = paired_differences([r for r in runs if r["seed"] == 0], [0])
+    assert {d["verdict"] for d in one} == {"n=1: no interval"}
+
+
+def test_seeds_and_lr_sweep_on_a_tiny_grid(tmp_path, capsys):
+    """Two seeds, each in its own folder; the sweep picks the multiplier of lowest generic validation loss and
+    every budget and seed trains with it (slm-nopt, which has no generic pretraining, takes the slm's)."""
+    from recipes import compare as recipe
+
+    argv = ["--config", str(TINY), "--out", str(tmp_path), "--grid.domains", "legal", "--grid.methods",
+            "slm,slm-nopt", "--grid.variants", "{}", "--grid.seeds", "0,1", "--grid.lr_sweep", "0.25,4",
+            "--grid.budgets", "1", "--grid.domain_tokens", "0", "--pretrain.steps", "12"]
+    recipe.main(argv)
+    res = json.loads((tmp_path / "results.json").read_text())
+    sw = res["lr_sweep"]["slm"]
+    assert set(res["lr_sweep"]) == {"slm"} and sw["multipliers"] == [0.25, 4.0] and None not in sw["valid_nll"]
+    assert sw["valid_nll"][0] != sw["valid_nll"][1]
+    best = sw["multipliers"][sw["valid_nll"].index(min(sw["valid_nll"]))]
+    assert sw["winner"] == best
+    base, base_min = res["config"]["pretrain"]["lr"], res["config"]["pretrain"]["min_lr"]
+    for m in (0.25, 4):
+        tc = json.loads((tmp_path / "sweep" / f"x{m:g}" / "s0" / "b1" / "pretrain" / "train_config.json").read_text())
+        assert tc["lr"] == pytest.approx(base * m) and tc["min_lr"] == pytest.approx(base_min * m)
+    assert {r["seed"] for r in res["runs"]} == {0, 1}
+    for r in res["runs"]:
+        assert r["pretrain_lr"] == pytest.approx(base * best)
+    for s in (0, 1):
+        assert (tmp_path / f"s{s}" / "b1" / "pretrain" / "summary.json").exists()
+        assert (tmp_path / f"s{s}" / "nopt" / "specialize-slm-nopt" / "legal" / "results.json").exists()
+        cfg_s = json.loads((tmp_path / f"s{s}" / "b1" / "specialize" / "legal" / "results.json").read_text())["config"]
+        assert cfg_s["pretrain"]["seed"] == cfg_s["finetune"]["seed"] == s
+    runs = {(r["row"], r["seed"]): r for r in res["runs"]}
+    assert runs[("slm", 0)]["after"]["0"] != runs[("slm", 1)]["after"]["0"]  # the replicates differ
+    slm = next(e for e in res["rows"] if e["row"] == "slm")
+    assert slm["seeds"] == [0, 1] and slm["after_n"]["0"] == 2 and slm["after_ci"]["0"] > 0
+    assert slm["after"]["0"] == pytest.approx((runs[("slm", 0)]["after"]["0"] + runs[("slm", 1)]["after"]["0"]) / 2)
+    (d,) = res["paired"]
+    assert d["row"] == "slm-nopt" and d["n"] == 2 and d["lo"] < d["mean_nll_diff"] < d["hi"]
+    md = (tmp_path / "results.md").read_text()
+    assert "±" in md and "paired by seed" in md and "Learning rates (grid.lr_sweep)" in md
+    recipe.main(argv + ["--report-only"])
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == res["rows"]
+    capsys.readouterr()

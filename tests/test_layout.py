@@ -142,7 +142,8 @@ def test_a_registered_method_runs_through_the_recipes_and_the_grid(toy_method, t
 
     grid = tmp_path / "grid"
     compare.main(common + ["--out", str(grid), "--grid.methods", "toy", "--grid.variants", "{}",
-                           "--grid.budgets", "1", "--grid.domains", "legal", "--grid.domain_tokens", "0"])
+                           "--grid.budgets", "1", "--grid.domains", "legal", "--grid.domain_tokens", "0",
+                           "--grid.seeds", "0"])
     res = json.loads((grid / "results.json").read_text())
     assert [e["row"] for e in res["rows"]] == ["toy"] and res["rows"][0]["after"]["0"] > 0
     assert [c["method"] for c in res["cells"]] == ["toy"]

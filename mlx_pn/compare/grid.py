@@ -44,6 +44,11 @@ class GridConfig:
     domain_tokens: str = _f("0", "comma-separated fine-tuning data sizes in domain train tokens (0 = the whole split)")
     domains: str = _f("", "comma-separated subset of data.domains to specialize on (empty = all)")
     max_n: int = _f(50, "the C_total(N) plot runs N = 1..max_n domains")
+    seeds: str = _f("0,1,2", "comma-separated seeds, each a full replicate under OUT/s{seed}/ (pretrain.seed and "
+                             "finetune.seed: initialisation and data order); tables show the mean and a 95% interval")
+    lr_sweep: str = _f("", "comma-separated multipliers of pretrain.lr (and min_lr) tried for each row with its own "
+                           "generic pretraining at the smallest budget and pretrain.seed, under OUT/sweep/; the lowest "
+                           "generic validation loss wins at every budget and seed (empty = no sweep: pretrain.lr)")
 
 
 @dataclass
@@ -102,16 +107,29 @@ def _bname(b: float) -> str:
     return f"b{b:g}"
 
 
-def row_config(base: CompareConfig, row: Row, budget: float | None, vocab: int, k: int) -> Config:
-    """The stage config of one row at one budget: out folder, method, overrides, FLOPs-matched steps."""
+def seeds(cfg: CompareConfig) -> list[int]:
+    s = _csv(cfg.grid.seeds, "seeds", int)
+    if not s or len(set(s)) != len(s) or min(s) < 0:
+        raise ConfigError(f"grid.seeds must be distinct non-negative integers, e.g. '0,1,2'; got {cfg.grid.seeds!r}")
+    return s
+
+
+def row_config(base: CompareConfig, row: Row, budget: float | None, vocab: int, k: int, seed: int | None = None,
+               lr_mult: float = 1.0, out: str | Path | None = None) -> Config:
+    """The stage config of one row at one budget and seed (default: the first of grid.seeds): out folder
+    (OUT/s{seed}/b{budget}/..., or under `out`), method, overrides, seeds, learning rate x lr_mult,
+    FLOPs-matched steps."""
     c = Config(**{f.name: copy.deepcopy(getattr(base, f.name)) for f in dataclasses.fields(Config)})
     c.data.dir = str(base.data_dir)
     c.method = row.method
-    root = Path(base.out) / ("nopt" if budget is None else _bname(budget))
+    seed = seeds(base)[0] if seed is None else seed
+    root = Path(out or base.out) / f"s{seed}" / ("nopt" if budget is None else _bname(budget))
     c.out = str(root / f"variant-{row.name}" if row.overrides else root)
     keys = leaf_keys(Config)
     for key, text in row.overrides.items():
         set_key(c, key, parse_value(text, keys[key][0], key, f"grid.variants.{row.name}"))
+    c.pretrain.seed = c.finetune.seed = seed  # a replicate: initialisation and data order
+    c.pretrain.lr, c.pretrain.min_lr = c.pretrain.lr * lr_mult, c.pretrain.min_lr * lr_mult
     validate(c)
     method = get(c.method)
     method.check(c)
@@ -131,17 +149,21 @@ def run_grid(cfg: CompareConfig, log=print) -> dict:
     from mlx_pn.data.prepare import prepare_data
     from mlx_pn.methods import specialize
 
-    rows, bs, ns = grid_rows(cfg), budgets(cfg), sizes(cfg)
+    rows, bs, ns, ss = grid_rows(cfg), budgets(cfg), sizes(cfg), seeds(cfg)
     data = prepare_data(cfg, log=log)
     domains = grid_domains(cfg, data)
     k = _clusters(cfg, data, rows, log)
     vocab = data.tokenizer.vocab_size
-    cells = [(r, b) for b in bs for r in rows if METHODS[r.method].budgeted]
-    cells += [(r, None) for r in rows if not METHODS[r.method].budgeted]
+    log(time_estimate(cfg, rows, bs, ns, domains, vocab, k))  # measured once per machine (OUT/costs/)
     t0 = time.time()
-    for i, (row, b) in enumerate(cells):
-        c = row_config(cfg, row, b, vocab, k)
-        where = f"[compare {i + 1}/{len(cells)}] {row.name}" + ("" if b is None else f" @ budget {b:g}")
+    mults = lr_multipliers(lr_sweep(cfg, rows, vocab, k, run=(data, domains, log)), rows)
+    # seed by seed, so that an interrupted grid has whole replicates
+    cells = [(r, b, s) for s in ss for b in bs for r in rows if METHODS[r.method].budgeted]
+    cells += [(r, None, s) for s in ss for r in rows if not METHODS[r.method].budgeted]
+    cells.sort(key=lambda c: ss.index(c[2]))
+    for i, (row, b, s) in enumerate(cells):
+        c = row_config(cfg, row, b, vocab, k, seed=s, lr_mult=mults[row.name])
+        where = f"[compare {i + 1}/{len(cells)}] {row.name}" + ("" if b is None else f" @ budget {b:g}") + f" seed {s}"
         log(f"{where}: pretraining {c.pretrain.steps} steps ({time.time() - t0:.0f} s elapsed)")
         METHODS[row.method].grid_pretrain(c, data, domains, log)
         for n in ns:
@@ -152,6 +174,33 @@ def run_grid(cfg: CompareConfig, log=print) -> dict:
     write_results(cfg, results)
     log(f"[compare] {len(results['cells'])} cells in {time.time() - t0:.0f} s; results in {Path(cfg.out) / 'results.md'}")
     return results
+
+
+def time_estimate(cfg: CompareConfig, rows: list[Row], bs: list[float], ns: list[int], domains: list[str], vocab: int,
+                  k: int, measure=None) -> str:
+    """'this grid takes about N hours on this machine': the grid's training FLOPs (every row's pretraining at its
+    matched steps, its fine-tuning steps per domain and size, every seed) over the small model's training rate
+    measured here (mlx_pn.costs.calibrated_rate). Evaluation, clustering and teachers' forwards are not counted."""
+    from mlx_pn.costs import calibrated_rate, duration_text, measure_train_rate, train_flops_per_token
+    from mlx_pn.models.build import model_args
+
+    flops = 0.0
+    for row in rows:
+        for b in bs if METHODS[row.method].budgeted else [None]:
+            c = row_config(cfg, row, b, vocab, k)
+            p, f = c.pretrain, c.finetune
+            if b is not None:
+                flops += METHODS[row.method].flops_per_token(c, vocab, k) * p.steps * p.batch_size * p.grad_accum * p.seq_len
+            per_token = train_flops_per_token(model_args(c.model, vocab), f.seq_len)
+            flops += per_token * f.steps * f.batch_size * f.grad_accum * f.seq_len * len(domains) * len(ns)
+    flops *= len(_csv(getattr(cfg.grid, "seeds", "0"), "seeds", int))
+    if cfg.model.frontend != "token":
+        return f"[compare] this grid trains {flops:.3g} FLOPs (no time estimate for model.frontend={cfg.model.frontend})"
+    rate, cached = calibrated_rate(model_args(cfg.model, vocab), cfg.pretrain.seq_len, cfg.pretrain.batch_size,
+                                   cfg.out, cfg.pretrain.precision, cfg.pretrain.compile,
+                                   measure=measure or measure_train_rate)
+    return (f"[compare] this grid takes {duration_text(flops / rate)} on this machine: {flops:.3g} training FLOPs at "
+            f"{rate / 1e9:.2f} GFLOP/s ({'cached' if cached else 'measured now'}: {Path(cfg.out) / 'costs'})")
 
 
 def grid_domains(cfg: CompareConfig, data) -> list[str]:
@@ -197,16 +246,20 @@ def _clusters(cfg: Config, data, rows: list[Row], log) -> int:
 
 
 def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> dict:
-    """Every finished cell's numbers from the stage files -> {cells, rows}."""
+    """Every finished cell's numbers from the stage files -> {cells, runs (one entry per row, budget and
+    seed), rows (their means and intervals over the seeds), paired (differences to the slm by seed), lr_sweep}."""
+    from mlx_pn.compare.results import aggregate, paired_differences
     from mlx_pn.methods.layout import specialize_dir
 
+    sweep = lr_sweep(cfg, rows, vocab, k)
+    mults = lr_multipliers(sweep, rows)
     cells, summary = [], []
-    for row in rows:
+    for s, row in [(s, r) for s in seeds(cfg) for r in rows]:
         for b in (bs if METHODS[row.method].budgeted else [None]):
-            c = row_config(cfg, row, b, vocab, k)
+            c = row_config(cfg, row, b, vocab, k, seed=s, lr_mult=mults[row.name])
             pre = METHODS[row.method].pretrain_summary(c)
             entry = {"row": row.name, "method": row.method, "budget": b, "pretrain_steps": c.pretrain.steps,
-                     "overrides": row.overrides, "seed": c.pretrain.seed,
+                     "overrides": row.overrides, "seed": c.pretrain.seed, "pretrain_lr": c.pretrain.lr,
                      "pretrain_flops": 0.0 if pre is None else pre["cost"]["flops"],
                      "pretrain_wall_s": 0.0 if pre is None else pre["cost"]["wall_s"],
                      "generic_valid_ppl": None if not pre or pre.get("best_valid_nll") is None
@@ -241,8 +294,58 @@ def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> di
                     entry["specialize_wall_s"][str(n)] = float(np.mean([g["cost"]["wall_s"] or 0
                                                                         for g in got.values()]))
             summary.append(entry)
-    return {"domains": domains, "sizes": ns, "budgets": bs, "rows": summary, "cells": cells,
-            "config": to_dict(cfg)}
+    return {"domains": domains, "sizes": ns, "budgets": bs, "seeds": seeds(cfg), "rows": aggregate(summary),
+            "paired": paired_differences(summary, ns, BASE_METHOD), "lr_sweep": sweep, "runs": summary,
+            "cells": cells, "config": to_dict(cfg)}
+
+
+# --- the learning-rate sweep ------------------------------------------------------------------------
+
+
+def swept(row: Row) -> bool:
+    """Rows with a generic pretraining of their own (its summary's validation loss picks the rate); slm-is and
+    slm-nopt have none, slm-d's is the slm's and the llm's."""
+    from mlx_pn.methods.method import own_summary
+
+    m = METHODS[row.method]
+    return m.budgeted and m.pretrain_summary is own_summary
+
+
+def lr_sweep(cfg: CompareConfig, rows: list[Row], vocab: int, k: int, run=None) -> dict:
+    """grid.lr_sweep: every swept row pretrained at pretrain.lr x each multiplier, at the smallest budget and
+    pretrain.seed, under OUT/sweep/x{mult}/ (run=(data, domains, log): train what is missing; else only read)
+    -> {row: {budget, seed, multipliers, lr, steps, valid_nll (None: not finished), winner (None: not all)}}."""
+    mults = _csv(cfg.grid.lr_sweep, "lr_sweep", float)
+    if any(m <= 0 for m in mults):
+        raise ConfigError(f"grid.lr_sweep: multipliers of pretrain.lr must be > 0, got {cfg.grid.lr_sweep!r}")
+    b, out = min(budgets(cfg)), {}
+    for row in rows if mults else []:
+        if not swept(row):
+            continue
+        nll = []
+        for m in mults:
+            c = row_config(cfg, row, b, vocab, k, seed=cfg.pretrain.seed, lr_mult=m,
+                           out=Path(cfg.out) / "sweep" / f"x{m:g}")
+            if run is not None:
+                data, domains, log = run
+                log(f"[compare lr sweep] {row.name} x{m:g} (lr {c.pretrain.lr:.3g}): pretraining {c.pretrain.steps} steps")
+                METHODS[row.method].grid_pretrain(c, data, domains, log)
+            pre = METHODS[row.method].pretrain_summary(c)
+            nll.append(None if not pre or "cost" not in pre else pre.get("best_valid_nll"))
+        if run is not None and None in nll:
+            raise ConfigError(f"grid.lr_sweep: {row.name} has no generic validation loss to choose a rate by (is "
+                              f"the generic valid split empty? data.valid_fraction={cfg.data.valid_fraction})")
+        winner = None if None in nll else mults[int(np.argmin(nll))]
+        out[row.name] = {"budget": b, "seed": cfg.pretrain.seed, "multipliers": mults,
+                         "lr": [cfg.pretrain.lr * m for m in mults], "steps": c.pretrain.steps, "valid_nll": nll,
+                         "winner": winner}
+    return out
+
+
+def lr_multipliers(sweep: dict, rows: list[Row]) -> dict[str, float]:
+    """Each row's learning-rate multiplier: its sweep's winner; rows not swept take the slm's (1 without)."""
+    base = (sweep.get(BASE_METHOD) or {}).get("winner") or 1.0
+    return {r.name: (sweep.get(r.name) or {}).get("winner") or base for r in rows}
 
 
 def _params(weights: Path) -> int | None:

@@ -14,7 +14,8 @@ def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Pa
     """The comparison's two figures (recipes.compare):
 
     macro_ppl_vs_pretrain_cost.png: macro perplexity after fine-tuning vs pretraining FLOPs, one panel per
-    domain-data size, one line per method (rows without pretraining, slm-is and slm-nopt, as flat lines);
+    domain-data size, one line per method (rows without pretraining, slm-is and slm-nopt, as flat lines), the
+    mean over the seeds with its 95% interval as error bars (a band for the flat lines);
     total_cost_vs_domains.png: C_total(N) = C_pretrain + N C_specialize at equal quality, N = 1..max_n.
     """
     import matplotlib
@@ -38,12 +39,16 @@ def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Pa
             es = [e for e in results["rows"] if e["row"] == name and size in e[key]]
             if not es:
                 continue
-            pts = sorted((e["pretrain_flops"], e[key][size]) for e in es)
-            label = name if min(p for _, p in pts) <= top else f"{name} (off the chart)"
-            if pts[0][0] == 0:  # no generic pretraining: a flat line at its best value
-                ax.axhline(min(p for _, p in pts), ls="--", color=colors[name], label=label)
+            pts = sorted((e["pretrain_flops"], e[key][size], e.get(f"{key}_ci", {}).get(size) or 0.0) for e in es)
+            label = name if min(p for _, p, _ in pts) <= top else f"{name} (off the chart)"
+            if pts[0][0] == 0:  # no generic pretraining: a flat line at its best value, its interval as a band
+                y, h = min((p, h) for _, p, h in pts)
+                ax.axhline(y, ls="--", color=colors[name], label=label)
+                if h:
+                    ax.axhspan(y - h, y + h, color=colors[name], alpha=0.12, lw=0)
             else:
-                ax.plot(*zip(*pts), "o-", color=colors[name], label=label)
+                x, y, h = zip(*pts)
+                ax.errorbar(x, y, yerr=h, fmt="o-", capsize=3, color=colors[name], label=label)
         ax.set(title=title, xlabel="pretraining FLOPs", ylabel="macro perplexity")
         ax.set_xscale("log")
         if top:
