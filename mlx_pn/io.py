@@ -16,8 +16,10 @@ put crashes exactly at each write boundary.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import errno
 import functools
 import hashlib
 import json
@@ -34,7 +36,12 @@ _TMP = re.compile(r"^\..+\.(tmp|old)-(\d+)-[^/]*$")
 _writes = 0
 
 
-class DiskSpaceError(OSError):
+class WriteError(OSError):
+    """An output cannot be written (disk full, a read-only or not-writable folder); the message names the folder,
+    its free space and the fix."""
+
+
+class DiskSpaceError(WriteError):
     """Not enough free disk space for an output; the message names the folder, the sizes and the fix."""
 
 
@@ -162,8 +169,64 @@ def _begin(parent: Path) -> None:
     _writes += 1
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def free_mb(folder: str | Path) -> float | None:
+    """Free space (MB) of the disk that holds `folder` (its nearest existing parent); None if unknown."""
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free / 1e6
+    except OSError:
+        return None
+
+
+def write_error(e: BaseException, folder: str | Path | None) -> WriteError | None:
+    """An error raised while writing under `folder` -> one WriteError line naming the folder, its free space and the
+    fix, when it is a full disk (ENOSPC/EDQUOT, or MLX's `RuntimeError: [write] Unable to write N bytes to file.`,
+    which names neither the file nor the cause) or a read-only / not-writable folder (EROFS/EACCES/EPERM); None
+    for any other error."""
+    if isinstance(e, WriteError) or not isinstance(e, (OSError, RuntimeError)):
+        return None
+    text = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    mlx_full = isinstance(e, RuntimeError) and ("Unable to write" in text or "No space left" in text)
+    if isinstance(e, OSError) and e.filename and folder is None:
+        folder = Path(e.filename).parent
+    where = str(folder) if folder is not None else "an output folder (MLX does not say which)"
+    free = free_mb(folder) if folder is not None else None
+    left = f"{free:,.1f} MB free" if free is not None else "free space unknown"
+    if mlx_full or (isinstance(e, OSError) and e.errno in _FULL):
+        return DiskSpaceError(f"disk full while writing {where}: {left} ({text}); free some space or point --out / "
+                              f"data.dir at a disk with room, then rerun the same command (finished parts are kept)")
+    if isinstance(e, OSError) and e.errno in _DENIED:
+        return WriteError(f"cannot write {e.filename or where}: {e.strerror or text} ({left}); make {where} writable "
+                          f"or choose another --out")
+    return None
+
+
+@contextlib.contextmanager
+def writing(folder: str | Path | None):
+    """Turn a full disk or a read-only folder under `folder` into one WriteError line (write_error)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        err = write_error(e, folder)
+        if err is None:
+            raise
+        raise err from e
+
+
 def atomic_file(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Run write(binary_file) on a temp file beside `path`, fsync it, then rename it to `path`."""
+    """Run write(binary_file) on a temp file beside `path`, fsync it, then rename it to `path` (a full disk or a
+    read-only folder: one WriteError line)."""
+    with writing(Path(path).parent):
+        return _atomic_file(path, write)
+
+
+def _atomic_file(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     path = Path(path)
     _begin(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
@@ -222,6 +285,11 @@ def atomic_folder(dest: str | Path, write: Callable[[Path], None], kind: str | N
     dest = Path(dest)
     if kind is not None:
         check_replaceable(dest, kind, legacy)
+    with writing(dest.parent):
+        return _atomic_folder(dest, write, kind)
+
+
+def _atomic_folder(dest: Path, write: Callable[[Path], None], kind: str | None) -> Path:
     _begin(dest.parent)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest), dir=dest.parent))
     try:

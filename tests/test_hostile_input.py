@@ -84,3 +84,238 @@ def test_cluster_k_0_is_an_error_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"--k 0: a cluster count must be >= 1"):
         run_clustering(cfg.cluster, 64, tmp_path / "clusters", data=None, ks=[16, 0])
     assert not (tmp_path / "clusters").exists()  # nothing embedded, no k0 folder
+
+
+# --- 2. a memory estimate before the memory is taken ------------------------------------------------
+
+
+@pytest.mark.parametrize("batch,seq_len", [(8, 64), (16, 256)])
+def test_memory_estimate_against_the_measured_peak(batch, seq_len):
+    """The estimate (weights, gradients, AdamW, activations, logits) is within [0.7, 1.5] of MLX's measured peak of
+    one real training step, so "clearly cannot fit" means it."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    from mlx_pn.config import ModelConfig, TrainConfig
+    from mlx_pn.memory import param_count, training_bytes
+    from mlx_pn.models.build import build_model, model_args
+    from mlx_pn.train.loop import make_step
+    from mlx_pn.train.losses import cross_entropy
+    from mlx_pn.train.optim import make_optimizer
+
+    args = model_args(ModelConfig(preset="tiny"), 1024)
+    model = build_model(args)
+    n = sum(p.size for _, p in tree_flatten(model.parameters()))
+    assert param_count(args) == n
+    cfg = TrainConfig(batch_size=batch, seq_len=seq_len, compile=False)
+    mx.reset_peak_memory()
+    opt = make_optimizer(cfg)
+    opt.init(model.trainable_parameters())
+    step = make_step(model, opt, cross_entropy, 1, 1.0, False)
+    x = mx.array(np.random.default_rng(0).integers(0, 1024, (1, batch, seq_len + 1)).astype(np.int32))
+    loss, g = step(x)
+    mx.eval(loss, g, model.state, opt.state)
+    peak, est = mx.get_peak_memory(), sum(training_bytes(args, n, n, batch, seq_len).values())
+    assert 0.7 * peak <= est <= 1.5 * peak, (est, peak)
+
+
+def test_a_model_too_large_is_refused_before_it_is_built(monkeypatch):
+    from mlx_pn import memory
+    from mlx_pn.config import ModelConfig
+    from mlx_pn.models.build import build_model, model_args
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: (8 * 10**9, "MemAvailable in /proc/meminfo"))
+    args = model_args(ModelConfig(preset="tiny", hidden_size=32768, num_hidden_layers=4), 1024)
+    with pytest.raises(memory.OutOfMemoryError, match=r"a model of [\d,]+ parameters \(hidden_size 32768, 4 layers, "
+                       r"vocabulary 1024\) needs about [\d.,]+ GB, more than 90% of the 8.00 GB available "
+                       r"\(MemAvailable in /proc/meminfo\); choose a smaller preset"):
+        build_model(args)
+
+
+def test_a_training_step_too_large_is_refused_with_its_parts(pretrained, tmp_path, monkeypatch):
+    """The model fits, its batch does not: refused before the optimizer state, naming every part."""
+    from mlx_pn import memory
+    from mlx_pn.data.batches import PackedBatches
+    from mlx_pn.models.build import load_model
+    from mlx_pn.train.loop import train
+
+    cfg, data, _ = pretrained
+    model = load_model(__import__("mlx_pn.methods.layout", fromlist=["pretrain_dir"]).pretrain_dir(cfg) / "final")
+    t = type(cfg.pretrain)(**{**cfg.pretrain.__dict__, "batch_size": 64, "seq_len": 256, "steps": 2})
+    monkeypatch.setattr(memory, "available_bytes", lambda: (500 * 10**6, "the cgroup memory limit"))
+    batches = PackedBatches(data.corpora["generic"].tokens("train"), seq_len=256, batch_size=64, seed=0)
+    with pytest.raises(memory.OutOfMemoryError, match=r"\[pt\] training \([\d,]+ parameters, batch_size 64 x seq_len "
+                       r"256: weights .* activations [\d.]+ GB, logits [\d.]+ GB\) needs about [\d.]+ GB, more than 90% "
+                       r"of the 0.50 GB available \(the cgroup memory limit\); lower batch_size"):
+        train(model, t, batches, tmp_path / "run", desc="pt", log=lambda *a: None)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_close_to_the_limit_warns(monkeypatch):
+    from mlx_pn import memory
+    from mlx_pn.config import ModelConfig
+    from mlx_pn.models.build import model_args
+
+    args = model_args(ModelConfig(preset="tiny"), 1024)
+    need = memory.BYTES * memory.param_count(args)
+    monkeypatch.setattr(memory, "available_bytes", lambda: (int(need / 0.75), "test"))
+    lines = []
+    memory._verdict(need, "the tiny model", "fix it", log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("warning: the tiny model needs about") and "close to" in lines[0]
+
+
+def test_available_memory_is_known_here():
+    from mlx_pn import memory
+
+    avail, source = memory.available_bytes()
+    assert avail is not None and avail > 10**8, source
+
+
+# --- 4. environment failures: full disk, read-only folder -------------------------------------------
+
+MLX_FULL = "[write] Unable to write 13065 bytes to file."
+
+
+def test_mlx_write_error_during_a_model_save_names_the_folder_and_free_space(tmp_path, monkeypatch):
+    import mlx.core as mx
+
+    from mlx_pn.config import ModelConfig
+    from mlx_pn.io import DiskSpaceError
+    from mlx_pn.models.build import build_model, model_args, save_model
+
+    model = build_model(model_args(ModelConfig(preset="tiny"), 1024))
+
+    def full(*a, **k):
+        raise RuntimeError(MLX_FULL)
+
+    monkeypatch.setattr(mx, "save_safetensors", full)
+    with pytest.raises(DiskSpaceError, match=rf"disk full while writing {tmp_path / 'run'}: [\d,.]+ MB free "
+                       r"\(\[write\] Unable to write 13065 bytes to file.\); free some space"):
+        save_model(tmp_path / "run" / "final", model)
+    assert list((tmp_path / "run").iterdir()) == []  # no half-written folder, no temporary left
+
+
+def test_enospc_and_read_only_are_one_line(tmp_path):
+    import errno
+
+    from mlx_pn.io import DiskSpaceError, WriteError, atomic_file, atomic_folder
+
+    def enospc(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskSpaceError, match=rf"disk full while writing {tmp_path}: [\d,.]+ MB free"):
+        atomic_file(tmp_path / "x.json", enospc)
+
+    def erofs(tmp):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp / "model.safetensors"))
+
+    with pytest.raises(WriteError, match=r"cannot write .*model.safetensors: Read-only file system \([\d,.]+ MB "
+                                         r"free\); make .* writable or choose another --out"):
+        atomic_folder(tmp_path / "final", erofs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_read_only_out_through_a_recipe(pretrained, tmp_path, monkeypatch, capsys):
+    """--out in a folder that cannot be written: one line, exit 2. Running as root, chmod 555 does not stop
+    writes, so the refusal of the OS is simulated where the run folder is made."""
+    import errno
+    import os
+    from pathlib import Path
+
+    from recipes import pretrain
+
+    cfg, _, _ = pretrained
+    out = tmp_path / "ro"
+    out.mkdir()
+    if os.geteuid() != 0:
+        out.chmod(0o555)
+    else:
+        real_mkdir = Path.mkdir
+
+        def mkdir(self, *a, **k):
+            if str(self).startswith(str(out)):
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real_mkdir(self, *a, **k)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(SystemExit) as e:
+        pretrain.main(["--config", str(TINY), "--out", str(out / "run"), "--data.dir", str(cfg.data_dir),
+                       "--data.max_docs", "300", "--pretrain.steps", "2"])
+    err = capsys.readouterr().err
+    out.chmod(0o755)
+    assert e.value.code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"error: cannot write {out / 'run'}" in err and "Permission denied" in err and "MB free" in err, err
+
+
+def test_disk_full_during_a_checkpoint_through_a_recipe(pretrained, tmp_path, monkeypatch, capsys):
+    import mlx.core as mx
+
+    from recipes import pretrain
+
+    cfg, _, _ = pretrained
+    real = mx.save_safetensors
+
+    def full(path, *a, **k):
+        if "optimizer" in str(path):
+            raise RuntimeError(MLX_FULL)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(mx, "save_safetensors", full)
+    with pytest.raises(SystemExit) as e:
+        pretrain.main(["--config", str(TINY), "--out", str(tmp_path / "run"), "--data.dir", str(cfg.data_dir),
+                       "--data.max_docs", "300", "--pretrain.steps", "2", "--pretrain.save_every", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert "Traceback" not in err, err
+    assert f"error: disk full while writing {tmp_path / 'run' / 'pretrain' / 'checkpoints'}: " in err, err
+    assert not (tmp_path / "run" / "pretrain" / "checkpoints" / "step_0000001").exists()
+
+
+# --- 4. environment failures: Ctrl-C and SIGTERM ----------------------------------------------------
+
+
+@pytest.mark.parametrize("sig,code,how", [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
+def test_interrupt_says_where_and_how_to_resume(pretrained, tmp_path, sig, code, how):
+    """A tiny pretraining interrupted once it has a checkpoint: one line with the step and the checkpoint, exit
+    130 / 143, no traceback, no temporary folder left; the same command then resumes from that checkpoint."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    cfg, _, _ = pretrained
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "recipes.pretrain", "--config", str(TINY), "--out", str(out), "--data.dir",
+           str(cfg.data_dir), "--data.max_docs", "300", "--pretrain.steps", "300", "--pretrain.save_every", "3",
+           "--pretrain.eval_every", "1000"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpts = out / "pretrain" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpts.exists() and any(c.name.startswith("step_") for c in ckpts.iterdir())):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    m = re.search(rf"interrupted \({how}\) at step (\d+) of \[pretrain\]; last checkpoint: (\S+step_(\d+)); rerun the "
+                  r"same command to resume", err)
+    assert m, err
+    assert int(m.group(3)) <= int(m.group(1)) and (ckpts / f"step_{int(m.group(3)):07d}").exists(), err
+    assert not [c for c in ckpts.iterdir() if c.name.startswith(".")], list(ckpts.iterdir())  # no temporary left
+    if sig == "SIGTERM":  # the same command resumes there (stopped again once it says so: a test, not a run)
+        r = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        lines = []
+        for line in r.stdout:
+            lines.append(line)
+            if "resuming from" in line:
+                break
+        r.terminate()
+        r.communicate(timeout=60)
+        assert any(f"resuming from {ckpts}/step_" in ln for ln in lines), lines
+        assert int(lines[-1].split("step_")[1][:7]) >= int(m.group(3)), lines

@@ -139,7 +139,11 @@ def build_model(args, seed: int = 0, tokenizer=None):
     """A freshly initialised model; the same seed gives the same weights.
 
     A byte-level model (byte_lm.ModelArgs) needs `tokenizer` (mlx_pn.data.tokenizer.Tokenizer): its frozen
-    byte table is each SentencePiece piece's bytes."""
+    byte table is each SentencePiece piece's bytes. Weights that cannot fit in memory are refused before they are
+    allocated (mlx_pn.memory.check_model: an OutOfMemoryError with the numbers, not a segfault)."""
+    from mlx_pn import memory
+
+    memory.check_model(args)
     mx.random.seed(seed)
     if is_byte_args(args):
         if tokenizer is None:

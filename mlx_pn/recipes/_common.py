@@ -10,7 +10,7 @@ from pathlib import Path
 import mlx_pn  # noqa: F401  (sets up the BLAS before anything imports mlx.core)
 from mlx_pn.config import ConfigError
 from mlx_pn.data.sources import DataError
-from mlx_pn.io import DiskSpaceError
+from mlx_pn.io import DiskSpaceError, WriteError, write_error
 
 from mlx_pn.config import PRESETS as CONFIGS  # noqa: E402 (the preset files: mlx_pn/recipes/configs; a recipe's default_config is one of them)
 
@@ -28,16 +28,25 @@ def add_resume(p: argparse.ArgumentParser) -> None:
 def known_errors() -> tuple[type, ...]:
     """The user-fixable error classes: what, where, how to fix in one message."""
     lazy = tuple(getattr(sys.modules[m], name) for m, name in _LAZY.items() if m in sys.modules)
-    return (ConfigError, DataError, DiskSpaceError) + lazy
+    return (ConfigError, DataError, DiskSpaceError, WriteError) + lazy
 
 
 @contextmanager
 def clear_errors():
-    """Known, user-fixable errors print one line (what, where, how to fix) and exit 2."""
+    """Known, user-fixable errors print one line (what, where, how to fix) and exit 2, as do a full disk and a
+    read-only folder (mlx_pn.io.write_error, MLX's nameless write errors included); Ctrl-C and SIGTERM print where
+    the run stopped and how to resume (mlx_pn.interrupt) and exit 130 / 143, without a traceback."""
+    from mlx_pn import interrupt
+
+    interrupt.install_sigterm()
     try:
         yield
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as interrupt.Terminated
+        print(interrupt.message(e), file=sys.stderr)
+        raise SystemExit(interrupt.exit_code(e)) from None
     except Exception as e:  # noqa: BLE001 - re-raised unless it is one of ours
-        if not isinstance(e, known_errors()):
+        err = e if isinstance(e, known_errors()) else write_error(e, None)
+        if err is None:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from mlx_pn.config import TrainConfig, to_dict
 from mlx_pn.data.batches import PackedBatches, Prefetcher
+from mlx_pn import interrupt, memory
 from mlx_pn.io import write_json_atomic, write_text_atomic
 from mlx_pn.models.build import save_model
 from mlx_pn.train import distributed as dist
@@ -226,6 +227,11 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
         log = _quiet
     out = Path(out_dir)
     ckpt_root = out / "checkpoints"
+    max_pos = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    if max_pos and cfg.seq_len > max_pos:  # the large model's, which the config load does not check
+        raise TrainingError(f"[{desc}] seq_len={cfg.seq_len} is longer than the model's max_position_embeddings="
+                            f"{max_pos}; lower pretrain/finetune.seq_len or raise model/large.max_position_embeddings")
+    memory.check_training(model, cfg, desc, log)  # before the optimizer state: refused with the numbers
     optimizer = make_optimizer(cfg)
     optimizer.init(model.trainable_parameters())
     state = TrainState()
@@ -239,6 +245,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     if group is not None:  # rank 0's weights, optimizer state and position everywhere (no shared disk needed)
         state, resumed = _sync_state(model, optimizer, state, resumed, group)
     start = state.step
+    interrupt.note(desc, start, last_ckpt)
     # MLX 0.32 cannot restore an arbitrary RNG state, so the generator is re-seeded from (seed, step):
     # any randomness in a loss (none in the built-in ones) is then a function of where training is.
     mx.random.seed(cfg.seed * 1_000_003 + start)
@@ -279,6 +286,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
             loss, gnorm = step_fn(*(mx.array(a) for a in arrays))
             mx.eval(loss, gnorm, model.state, optimizer.state)
             state.step, state.last_loss = step, loss.item()
+            interrupt.note(desc, step, last_ckpt)  # what Ctrl-C / SIGTERM report (recipes' clear_errors)
             state.tokens += tokens_per_step
             window_tokens += tokens_per_step
             if not math.isfinite(state.last_loss):
@@ -302,6 +310,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
                     state.stopped_early = True
             if (step % cfg.save_every == 0 or step == cfg.steps or state.stopped_early) and main:
                 last_ckpt = save_checkpoint(ckpt_root, step, model, optimizer, asdict(state), cfg.keep_checkpoints)
+            interrupt.note(desc, step, last_ckpt)
             if state.stopped_early:
                 say(f"[{desc}] early stop at step {step}: no improvement in {cfg.patience} evaluations; "
                     f"keeping step {state.best_step}")
@@ -324,6 +333,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     result = TrainResult(steps=state.step, final_loss=final_loss, best_valid_nll=state.best_valid_nll,
                          best_step=state.best_step, stopped_early=state.stopped_early, tokens=state.tokens,
                          wall_s=time.perf_counter() - t0, data_wait_s=pf.wait_s, history=metrics.rows())
+    interrupt.done()
     dist.barrier(group)  # no rank leaves before rank 0 has written the final model
     return result
 

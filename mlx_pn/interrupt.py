@@ -1,0 +1,57 @@
+"""Ctrl-C and SIGTERM: one line saying where the run stopped and how to resume, exit 130 / 143, no traceback.
+
+SIGTERM (what `kill`, a scheduler or a container stop sends) is turned into :class:`Terminated`, a
+KeyboardInterrupt, raised in the main thread like Ctrl-C's: every ``finally`` and every durable write
+(mlx_pn.io) unwinds the same way, so an interrupted write leaves only its temporary name, never a half-written
+output under the final one. The training loop records where it is with :func:`note` (stage, step, last
+checkpoint); the recipes' ``clear_errors`` prints :func:`message` and exits with :func:`exit_code`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal number: what a shell reports for a killed command
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like the KeyboardInterrupt of Ctrl-C."""
+
+
+_where: dict = {}  # {"desc": stage, "step": steps done, "checkpoint": newest checkpoint or None}
+
+
+def note(desc: str, step: int, checkpoint=None) -> None:
+    """The training loop's position (called every step: a dict update)."""
+    _where.update(desc=desc, step=step, checkpoint=checkpoint)
+
+
+def done() -> None:
+    """A training run ended normally: an interrupt from now on is not "at step N" of it."""
+    _where.clear()
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def install_sigterm() -> None:
+    """SIGTERM raises Terminated in the main thread (a no-op elsewhere: signals are the main thread's)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def exit_code(e: KeyboardInterrupt) -> int:
+    return EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
+
+
+def message(e: KeyboardInterrupt) -> str:
+    """'interrupted (SIGTERM) at step 12 of [pretrain]; last checkpoint ...; rerun the same command to resume'."""
+    how = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+    if not _where:
+        return (f"interrupted ({how}) outside training; finished stages and files are kept; rerun the same command "
+                f"to resume")
+    ckpt = _where.get("checkpoint")
+    return (f"interrupted ({how}) at step {_where['step']} of [{_where['desc']}]; last checkpoint: "
+            f"{ckpt if ckpt else 'none yet (this stage restarts from step 0)'}; rerun the same command to resume")
