@@ -17,7 +17,9 @@ seconds beside them. Counting conventions (the PaLM / Chinchilla ones, so MFU fi
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 def forward_flops_per_token(args, seq_len: int) -> float:
@@ -96,3 +98,86 @@ def c_total(pretrain: float, specialize: float, n_domains: int | float) -> float
 def inference_flops_per_token(args, context: int) -> float:
     """Generating one token with a context of `context` tokens (KV cache: one forward of one token)."""
     return forward_flops_per_token(args, context)
+
+
+# ---------------------------------------------------------------------------------------------------- wall time
+# FLOPs are what the comparison matches; wall time is what a user plans with. It is predicted from a training
+# rate measured on this machine (a few timed steps of the grid's small model at its batch shape), cached in the
+# run folder per machine and shape, so a grid prints "about N hours on this machine" before it starts.
+RATE_FILE = "machine_rate.json"  # under OUT/costs/
+
+
+def machine_key() -> dict:
+    """What a measured rate depends on besides the model: the host, its cores, MLX and its device."""
+    import os
+    import platform
+
+    import mlx.core as mx
+
+    return {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(), "mlx": mx.__version__,
+            "device": str(mx.default_device())}
+
+
+def measure_train_rate(args, seq_len: int, batch_size: int, precision: str = "auto", compile: bool = True,
+                       steps: int = 3) -> float:
+    """Training FLOP/s (train_flops_per_token counting) of `args` on this machine: the loop's own step
+    (mlx_pn.train.loop.make_step) on a random (batch_size, seq_len) batch, median of `steps` timed steps after two
+    warm-up ones (the first traces and, with compile on a CPU, runs the compiler)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_pn.config import TrainConfig
+    from mlx_pn.models.build import build_model
+    from mlx_pn.train.loop import compute_dtype, make_step
+    from mlx_pn.train.losses import cross_entropy
+    from mlx_pn.train.optim import make_optimizer
+
+    model = build_model(args)
+    opt = make_optimizer(TrainConfig(steps=1000, warmup=10))
+    opt.init(model.trainable_parameters())
+    step = make_step(model, opt, cross_entropy, 1, 1.0, compile, dtype=compute_dtype(precision))
+    rng = np.random.default_rng(0)
+    batch = mx.array(rng.integers(0, args.vocab_size, (1, batch_size, seq_len + 1)).astype(np.int32))
+    times = []
+    for i in range(2 + steps):
+        t = time.perf_counter()
+        loss, gnorm = step(batch)
+        mx.eval(loss, gnorm, model.state, opt.state)
+        times.append(time.perf_counter() - t)
+    return train_flops_per_token(args, seq_len) * batch_size * seq_len / float(np.median(times[2:]))
+
+
+def calibrated_rate(args, seq_len: int, batch_size: int, out_dir, precision: str = "auto", compile: bool = True,
+                    measure=measure_train_rate) -> tuple[float, bool]:
+    """-> (training FLOP/s on this machine, whether it came from OUT/costs/machine_rate.json). Measured once per
+    machine, model shape, batch shape and precision; every measurement is kept in that file."""
+    import json
+
+    from mlx_pn.io import write_json_atomic
+
+    path = Path(out_dir) / "costs" / RATE_FILE
+    key = machine_key() | {"model": {k: v for k, v in sorted(asdict(args).items())}, "seq_len": seq_len,
+                           "batch_size": batch_size, "precision": precision, "compile": compile}
+    key = json.loads(json.dumps(key, default=str))
+    try:
+        entries = json.loads(path.read_text())["rates"]
+    except (OSError, ValueError, KeyError, TypeError):
+        entries = []  # absent or unreadable: measured again and rewritten
+    for e in entries:
+        if e.get("key") == key:
+            return float(e["flops_per_s"]), True
+    rate = measure(args, seq_len, batch_size, precision, compile)
+    entries.append({"key": key, "flops_per_s": rate, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"rates": entries})
+    return rate, False
+
+
+def duration_text(seconds: float) -> str:
+    """A planning figure: 'about 40 minutes', 'about 2.5 hours', 'about 3.1 days'."""
+    if seconds < 90 * 60:
+        n = max(1, round(seconds / 60))
+        return f"about {n} minute{'s' if n > 1 else ''}"
+    if seconds < 48 * 3600:
+        return f"about {seconds / 3600:.1f} hours"
+    return f"about {seconds / 86400:.1f} days"
