@@ -202,11 +202,19 @@ class ProjectedConfig:
     grouped: bool = _f(False, "slm-pn/slm-hn pretraining: every micro-batch from one cluster (one materialised "
                               "MLP per micro-batch: about the SLM's step time; windows drawn with replacement) "
                               "instead of each sequence routed by its own cluster (~1.5-1.8x on a CPU)")
+    code_shared: float = _f(0.9, "slm-pn/slm-hn init: rho, the share of every cluster's coefficients common to all "
+                                 "clusters (E[i] = (sqrt(rho) c + sqrt(1 - rho) xi_i) / sqrt(m); slm-hn: its output "
+                                 "bias); the experts' cosine at init is ~rho; 0 = independent, orthogonal experts")
+    match_lr: bool = _f(True, "slm-pn/slm-hn pretraining: scale each layer's basis-tensor steps by 1 / ||alpha||_1 so "
+                              "a materialised expert's weights move at the slm's rate (false: every basis tensor at "
+                              "lr, so an expert moves ~||alpha||_1 x lr)")
 
     def check(self, name: str = "projected") -> None:
         if min(self.m, self.h) < 0 or self.hypernet_hidden < 1:
             raise ConfigError(f"{name}.m, {name}.h, mixture.expert_steps must be >= 0 and "
                               f"{name}.hypernet_hidden >= 1")
+        if not 0 <= self.code_shared <= 1:
+            raise ConfigError(f"{name}.code_shared must be in [0, 1] (0 = independent codes), got {self.code_shared}")
 
 
 @dataclass
@@ -230,12 +238,21 @@ class DistillConfig:
               "the default is 2")
 
 
+MIXTURE_ACCOUNTING = ("paper", "split-steps")
+
+
 @dataclass
 class MixtureConfig:
-    expert_steps: int = _f(0, "slm-mix: pretraining steps per expert; 0 = pretrain.steps // k, so all k experts "
-                              "together cost what one slm pretraining does")
+    accounting: str = _f("paper", "slm-mix: how the k experts share the slm's pretraining budget: paper (each expert "
+                                  "trains pretrain.steps steps at pretrain.batch_size / k, as the paper's parallel "
+                                  "experts) | split-steps (pretrain.steps // k steps each at the full batch); the "
+                                  "same tokens and FLOPs either way")
+    expert_steps: int = _f(0, "slm-mix: pretraining steps per expert; 0 = from mixture.accounting (pretrain.steps, or "
+                              "pretrain.steps // k with split-steps)")
 
     def check(self, name: str = "mixture") -> None:
+        if self.accounting not in MIXTURE_ACCOUNTING:
+            raise ConfigError(f"{name}.accounting must be {' or '.join(MIXTURE_ACCOUNTING)}, got {self.accounting!r}")
         if self.expert_steps < 0:
             raise ConfigError(f"projected.m, projected.h, {name}.expert_steps must be >= 0 and "
                               "projected.hypernet_hidden >= 1")

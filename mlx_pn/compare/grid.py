@@ -265,7 +265,7 @@ def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> di
                      "generic_valid_ppl": None if not pre or pre.get("best_valid_nll") is None
                      else math.exp(pre["best_valid_nll"]),
                      "before": {}, "after": {}, "bpb_after": {}, "specialize_flops": {}, "specialize_wall_s": {},
-                     "params": None}
+                     "params": None, "expert_cosine": (pre or {}).get("expert_cosine")}  # slm-pn/hn divergence
             for n in ns:
                 got = {}
                 for d in domains:

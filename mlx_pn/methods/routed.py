@@ -114,7 +114,8 @@ def projected_args(cfg: Config, k: int, coefficients: str):
     from mlx_pn.models.projected import ProjectedArgs
 
     p = cfg.projected
-    return ProjectedArgs(k=k, m=p.m, h=p.h, coefficients=coefficients, hypernet_hidden=p.hypernet_hidden)
+    return ProjectedArgs(k=k, m=p.m, h=p.h, coefficients=coefficients, hypernet_hidden=p.hypernet_hidden,
+                         code_shared=p.code_shared, match_lr=p.match_lr)
 
 
 def projected_check(cfg: Config) -> None:
@@ -137,7 +138,7 @@ def projected_method(name: str, coefficients: str, default_select: str) -> Metho
     def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None) -> dict:
         """One projected network, each window routed by its own cluster (E, M or the hypernetwork, and the
         basis T all trained jointly)."""
-        from mlx_pn.models.projected import build_projected, projected_config
+        from mlx_pn.models.projected import build_projected, expert_cosine, projected_config
         from mlx_pn.train.loop import train
         from mlx_pn.train.losses import cross_entropy
 
@@ -149,8 +150,10 @@ def projected_method(name: str, coefficients: str, default_select: str) -> Metho
         pargs = projected_args(cfg, clusters.k, coefficients)
         slm_args = model_args(cfg.model, data.tokenizer.vocab_size)
         model = build_projected(slm_args, pargs, seed=t.seed)
+        cos_init = expert_cosine(model)
         log(f"[pretrain {cfg.method}] {model.num_params() / 1e6:.2f}M parameters (k={pargs.k}, m={pargs.m}, "
-            f"h={pargs.h}); each specialized SLM has the {cfg.model.preset} preset's size")
+            f"h={pargs.h}); each specialized SLM has the {cfg.model.preset} preset's size; experts' cosine at init "
+            f"{cos_init:.3f} (projected.code_shared={pargs.code_shared})")
         generic = data.corpora[GENERIC]
         if cfg.projected.grouped:
             batches = ClusterGroupedBatches(generic.tokens("train"), t.seq_len, t.batch_size,
@@ -166,7 +169,9 @@ def projected_method(name: str, coefficients: str, default_select: str) -> Metho
                   log=log)
         unit = t.seq_len * (t.batch_size if cfg.projected.grouped else 1)  # tokens sharing one materialised MLP
         extra = projection_flops_per_token(slm_args, model.pargs.h, t.seq_len, unit)
-        return write_summary(out, r, training_cost(slm_args, r.tokens, t.seq_len, r.wall_s, extra_per_token=extra))
+        # how far the experts diverged: mean pairwise cosine of the clusters' coefficient vectors (init: ~rho)
+        return write_summary(out, r, training_cost(slm_args, r.tokens, t.seq_len, r.wall_s, extra_per_token=extra),
+                             expert_cosine=expert_cosine(model), expert_cosine_init=cos_init)
 
     def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
                    domain_tokens: int = 0) -> dict:
@@ -206,6 +211,20 @@ def expert_steps(total_steps: int, k: int, per_expert: int = 0) -> int:
     return per_expert or max(1, total_steps // k)
 
 
+def expert_plan(cfg: Config, k: int) -> tuple[int, int]:
+    """(steps, batch_size) of each of k experts under mixture.accounting: paper = the slm's steps at 1/k of its
+    batch (the paper's experts, trained in parallel); split-steps = pretrain.steps // k at the full batch. Both
+    spend the slm's tokens (hence FLOPs) over the k experts; mixture.expert_steps overrides the steps."""
+    t, mix = cfg.pretrain, cfg.mixture
+    if mix.accounting == "split-steps":
+        return expert_steps(t.steps, k, mix.expert_steps), t.batch_size
+    if t.batch_size % k:
+        raise ConfigError(f"pretrain.batch_size={t.batch_size} is not a multiple of the clustering's k={k}: with "
+                          f"mixture.accounting=paper each expert trains at batch_size / k; pick a multiple of {k} "
+                          "or --mixture.accounting split-steps")
+    return mix.expert_steps or t.steps, t.batch_size // k
+
+
 def load_expert(root: str | Path, i: int, method: str):
     """Expert i's final weights; a ConfigError naming the command that trains it."""
     folder = expert_dir(root, i) / "final"
@@ -226,18 +245,19 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
                      expert: int | None = None) -> dict:
     """k independent SLMs, expert i trained only on the generic windows of cluster i.
 
-    Steps: mixture.expert_steps per expert, by default pretrain.steps // k (all experts together cost one
-    slm pretraining; the paper instead ran its mixture on 16 GPUs vs 8). Each expert's validation uses the
-    generic validation windows of its own cluster. expert: train just that expert (k processes can share
-    the work); under mlx.launch the ranks share the experts out round-robin."""
+    Steps and batch per expert: expert_plan (mixture.accounting; all experts together cost one slm
+    pretraining). Each expert's validation uses the generic validation windows of its own cluster (as many
+    windows as the slm's validation: eval_batches x k at the smaller batch). expert: train just that expert
+    (k processes can share the work); under mlx.launch the ranks share the experts out round-robin."""
     from mlx_pn.train import distributed as dist
     from mlx_pn.train.loop import train
 
     root, t = pretrain_dir(cfg), cfg.pretrain
     clusters = method_clustering(cfg)
     k = clusters.k
-    steps = expert_steps(t.steps, k, cfg.mixture.expert_steps)
-    texp = dataclasses.replace(t, steps=steps)
+    steps, batch = expert_plan(cfg, k)
+    texp = dataclasses.replace(t, steps=steps, batch_size=batch,
+                               eval_batches=t.eval_batches * (t.batch_size // batch))
     if expert is not None and not 0 <= expert < k:
         raise ConfigError(f"--expert {expert}: the clustering has k={k} clusters; pick 0..{k - 1}")
     generic = data.corpora[GENERIC]
@@ -251,11 +271,11 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
         if finished(out, steps, resume, log, f"pretrain {cfg.method} expert {i}"):
             continue
         idx = expert_windows(labels, n, i)
-        if len(idx) < t.batch_size:
+        if len(idx) < batch:
             raise DataError(f"{cfg.method} expert {i}: cluster {i} has {len(idx)} generic training windows, fewer "
-                            f"than one batch of {t.batch_size}; lower cluster.k or pretrain.batch_size")
-        batches = PackedBatches(tokens, t.seq_len, t.batch_size, t.seed, f"data.generic cluster {i}", indices=idx)
-        log(f"[pretrain {cfg.method}] expert {i}/{k}: {steps} steps on {len(idx)} windows "
+                            f"than one batch of {batch}; lower cluster.k or pretrain.batch_size")
+        batches = PackedBatches(tokens, t.seq_len, batch, t.seed, f"data.generic cluster {i}", indices=idx)
+        log(f"[pretrain {cfg.method}] expert {i}/{k}: {steps} steps x batch {batch} on {len(idx)} windows "
             f"({batches.epochs(steps, t.grad_accum):.2f} epochs of its cluster)")
         valid = vwin[vlab == i] if len(vlab) == len(vwin) and (vlab == i).any() else None
         model = new_model(cfg, data, seed=t.seed + i)
@@ -267,7 +287,8 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
     have = [s for s in (read_summary(expert_dir(root, i)) for i in range(k))
             if s is not None and (expert_dir(root, i) / "final" / "model.safetensors").exists()]
     cost = sum((StageCost.from_dict(h.get("cost")) for h in have), StageCost())
-    summary = {"method": cfg.method, "k": k, "expert_steps": steps, "planned_steps": t.steps,
+    summary = {"method": cfg.method, "k": k, "accounting": cfg.mixture.accounting, "expert_steps": steps,
+               "expert_batch_size": batch, "planned_steps": t.steps,
                "steps": steps * len(have), "experts_done": len(have), "cost": cost.as_dict(),
                "best_valid_nll": _mean([h["best_valid_nll"] for h in have])}
     if len(have) == k and dist.is_main():

@@ -29,16 +29,25 @@ class HyperNetwork(nn.Module):
         self.in_proj = nn.Linear(k, hidden)
         self.out_proj = nn.Linear(hidden, num_layers * h)
 
-    def init_weights(self) -> None:
+    def init_weights(self, shared: float = 0.0) -> None:
         # Same target as slm-pn's codes: for a one-hot input, Var(alpha_r) = 1/h so that each generated
         # W = sum_r alpha_r T_r has the trunk's init scale. in_proj ~ N(0, 1) (one-hot inputs pick a column);
         # out_proj is scaled by the measured second moment of the hidden units.
+        # The experts already share a component: silu's mean over N(0, 1) inputs is ~0.21 (second moment
+        # ~0.36), so two clusters' hidden vectors, hence their alphas, have cosine ~0.12 at init.
+        # shared = rho (projected.code_shared, as slm-pn's codes): alpha = sqrt(1 - rho) out(hidden) + sqrt(rho) b
+        # with b ~ N(0, 1/h) the output bias, shared by every cluster: cosine ~rho + (1 - rho) 0.12, the same
+        # scale. rho = 0 is the draw above, bit for bit.
         Hh = self.in_proj.weight.shape[0]
         self.in_proj.weight = mx.random.normal(self.in_proj.weight.shape)
         self.in_proj.bias = mx.zeros_like(self.in_proj.bias)
         z2 = mx.mean(nn.silu(self.in_proj.weight) ** 2).item()
         self.out_proj.weight = mx.random.normal(self.out_proj.weight.shape) * (Hh * z2 * self.h) ** -0.5
         self.out_proj.bias = mx.zeros_like(self.out_proj.bias)
+        if shared > 0:
+            self.out_proj.weight = self.out_proj.weight * (1 - shared) ** 0.5
+            b = mx.random.normal((self.h,)) * (shared / self.h) ** 0.5  # one draw, the same in every layer
+            self.out_proj.bias = mx.tile(b, (self.num_layers,))
 
     def __call__(self, cond: mx.array) -> mx.array:
         """(B,) ids / (B, k) histograms -> (Nl, B, h); a scalar id / (k,) histogram -> (Nl, h)."""

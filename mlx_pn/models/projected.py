@@ -41,12 +41,16 @@ class ProjectedArgs(DictArgs):
     h: int = 0
     coefficients: str = "codes"  # "codes": alpha = E[i] @ M(l) (slm-pn) | "hypernet": an MLP (slm-hn)
     hypernet_hidden: int = 64  # width of the hypernetwork's hidden layer (slm-hn only)
+    code_shared: float = 0.0  # rho: share of each expert's init coefficients that is common to all experts
+    match_lr: bool = False  # update_scales(): each basis step / ||alpha||_1 (an expert's W moves at the slm's rate)
 
     def __post_init__(self):
         self.m = self.m or self.k
         self.h = self.h or self.k
         if min(self.k, self.m, self.h) < 1:
             raise ValueError(f"projected args must be >= 1, got k={self.k} m={self.m} h={self.h}")
+        if not 0.0 <= self.code_shared <= 1.0:
+            raise ValueError(f"projected code_shared must be in [0, 1], got {self.code_shared}")
         if self.coefficients not in ("codes", "hypernet"):
             raise ValueError(f"projected coefficients must be 'codes' or 'hypernet', got {self.coefficients!r}")
 
@@ -93,15 +97,24 @@ class ClusterCodes(nn.Module):
         self.codes = mx.zeros((pargs.k, pargs.m))
         self.mix = mx.zeros((num_layers, pargs.m, pargs.h))
 
-    def init_weights(self) -> None:
+    def init_weights(self, shared: float = 0.0) -> None:
         # E ~ N(0, 1/m), M ~ N(0, 1/h): alpha_r = sum_q E_q M_qr has variance m * (1/m) * (1/h) = 1/h, so
         # sum_r alpha_r^2 ~ 1 and every materialised W = sum_r alpha_r T_r has the variance of one T_r,
         # i.e. the trunk's init scale (initial loss near log V, the same residual growth as the SLM).
         # E = I, M = I instead would give each expert exactly one basis matrix: a hard mixture with no
         # sharing; all-ones would make W ~ sqrt(h) times too large.
+        # shared = rho: E[i] = (sqrt(rho) c + sqrt(1 - rho) xi_i) / sqrt(m), c shared by every expert, so the
+        # entries keep variance 1/m (the same weight scale) and two experts' codes (hence their alphas) have
+        # cosine ~rho at init. rho = 0 is the draw above, bit for bit: independent codes, orthogonal experts
+        # that each learn from ~1/k of the batch.
         m = self.codes.shape[1]
-        self.codes = mx.random.normal(self.codes.shape) * m**-0.5
+        xi = mx.random.normal(self.codes.shape)
         self.mix = mx.random.normal(self.mix.shape) * self.mix.shape[-1] ** -0.5
+        if shared == 0:
+            self.codes = xi * m**-0.5
+        else:
+            c = mx.random.normal((m,))
+            self.codes = (shared**0.5 * c + (1 - shared) ** 0.5 * xi) * m**-0.5
 
     def __call__(self, cond: mx.array) -> mx.array:
         """cond (B,) int ids or (B, k) histograms -> alpha (Nl, B, h); scalar id or (k,) -> (Nl, h)."""
@@ -131,11 +144,31 @@ class ProjectedTransformer(nn.Module):
         # Basis tensors keep the trunk's parameter names (mlp.down_proj.weight ...), so they get the trunk's
         # init (and its residual scaling) by name; the coefficients then set their own scale.
         init_trunk_weights(self, args.num_hidden_layers)
-        self.coefficients.init_weights()
+        self.coefficients.init_weights(pargs.code_shared)
 
     def alphas(self, cond) -> mx.array:
         """cond: (B,) int ids or (B, k) histograms -> (Nl, B, h); a scalar id or (k,) histogram -> (Nl, h)."""
         return self.coefficients(mx.array(cond) if not isinstance(cond, mx.array) else cond)
+
+    def expert_alphas(self) -> mx.array:
+        """Every cluster's coefficients (Nl, k, h): what expert i's MLPs are made of."""
+        return self.alphas(mx.arange(self.pargs.k, dtype=mx.int32))
+
+    def update_scales(self) -> dict[str, mx.array]:
+        """Per-parameter multipliers of the optimizer's step (mlx_pn.train.optim), from the current coefficients.
+
+        Under Adam every basis matrix T_r moves ~lr per element and step; for one expert, grad T_r = alpha_r G_W,
+        so the steps of the T_r share G_W's direction (up to alpha_r's sign) and W = sum_r alpha_r T_r moves
+        lr * ||alpha||_1: 2-3x the slm's lr at the usual init. Scaling layer l's basis steps by
+        1 / mean_i ||alpha(l, i)||_1 makes a materialised W move at the slm's rate: exactly so for k = 1 (or
+        experts sharing their coefficients), an upper bound on the correction for orthogonal experts. Weight
+        decay is not scaled (each T_r decays by the fraction lr * wd, so W does too, like the slm's weights).
+        {} unless pargs.match_lr."""
+        if not self.pargs.match_lr:
+            return {}
+        scale = 1.0 / mx.mean(mx.sum(mx.abs(self.expert_alphas()), axis=-1), axis=-1)  # (Nl,)
+        return {f"model.layers.{layer}.mlp.{proj}.weight": scale[layer]
+                for layer in range(self.args.num_hidden_layers) for proj in ("gate_proj", "up_proj", "down_proj")}
 
     def hidden(self, inputs: mx.array, cond) -> mx.array:
         """(B, L) tokens -> final-norm hidden states (B, L, D): the trunk's forward, each layer's projected MLP
@@ -174,6 +207,19 @@ class ProjectedTransformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.size for _, p in tree_flatten(self.parameters()))
+
+
+def expert_cosine(model: ProjectedTransformer) -> float:
+    """Mean pairwise cosine between the experts' coefficient vectors alpha(l, i), averaged over layers:
+    ~0 for independent codes, ~rho with projected.code_shared = rho, 1 when every expert is the same MLP."""
+    a = np.array(model.expert_alphas(), dtype=np.float64)  # (Nl, k, h)
+    k = a.shape[1]
+    if k < 2:
+        return 1.0
+    u = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-30)
+    cos = u @ u.transpose(0, 2, 1)  # (Nl, k, k)
+    off = ~np.eye(k, dtype=bool)
+    return float(np.mean(cos[:, off]))
 
 
 def build_projected(args: ModelArgs, pargs: ProjectedArgs, seed: int = 0) -> ProjectedTransformer:
