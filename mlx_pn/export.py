@@ -15,6 +15,7 @@ log-probabilities computed by the byte decoder.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -23,13 +24,78 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_pn.data.tokenizer import BOS_ID, EOS_ID
-from mlx_pn.io import atomic_folder
+from mlx_pn.io import atomic_folder, check_disk_space
 from mlx_pn.models import byte_lm
 from mlx_pn.models.transformer import Transformer, unshared
 
 
 class ExportError(RuntimeError):
     pass
+
+
+GROUP_SIZES = (32, 64, 128)  # what MLX's affine quantization accepts (0 crashes it, 16 and 7 are refused or skipped)
+# what a previous export holds (a folder made before export folders carried the library's marker)
+EXPORT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "generation_config.json", "byte_lm.py", "README.md", "mlx-pn-config.yaml", "tokenizer.model"}
+
+
+def _old_export(folder: Path) -> bool:
+    """An export folder made before markers: the export's files and nothing else (never a run or a stage folder)."""
+    names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+    return {"config.json", "model.safetensors"} <= names <= EXPORT_FILES and all((folder / n).is_file() for n in names)
+
+
+def check_finite_weights(model) -> None:
+    """ExportError naming the tensors that hold NaN or inf: such a model is not exported at all."""
+    bad = [k for k, v in tree_flatten(model.parameters())
+           if mx.issubdtype(v.dtype, mx.floating) and not mx.isfinite(v).all().item()]
+    if bad:
+        raise ExportError(f"{len(bad)} weight tensor(s) hold NaN or inf ({', '.join(bad[:3])}"
+                          f"{', ...' if len(bad) > 3 else ''}); nothing was exported: export an earlier checkpoint "
+                          f"or retrain from one")
+
+
+def quantizable_layers(model) -> dict[str, tuple[int, ...]]:
+    """{module path: weight shape} of every layer mlx-lm's quantize_model can quantize (Linear, Embedding)."""
+    return dict(sorted((name, tuple(m.weight.shape)) for name, m in model.named_modules()
+                       if hasattr(m, "to_quantized") and "weight" in m))
+
+
+def check_group_size(layers: dict[str, tuple[int, ...]], group_size: int) -> None:
+    """ExportError unless `group_size` is one MLX accepts and divides the input size of every quantizable layer
+    (mlx-lm silently leaves the others unquantized: a "q4" folder at 27 or 32 bits per weight)."""
+    if group_size not in GROUP_SIZES:
+        raise ExportError(f"--group-size {group_size}: MLX quantizes in groups of {', '.join(map(str, GROUP_SIZES))}; "
+                          f"use one of them (64 is mlx-lm's default)")
+    bad = {n: s[-1] for n, s in layers.items() if s[-1] % group_size}
+    if bad:
+        ok = [g for g in GROUP_SIZES if all(s[-1] % g == 0 for s in layers.values())]
+        name, dim = next(iter(bad.items()))
+        raise ExportError(f"--group-size {group_size} does not divide the input size {dim} of {name}"
+                          f"{f' (and {len(bad) - 1} more layers)' if len(bad) > 1 else ''}: those layers would stay "
+                          f"unquantized; " + (f"use --group-size {max(ok)}" if ok else "no group size fits this model"))
+
+
+def measured_bits(folder: Path, layers: dict[str, tuple[int, ...]], bits: int, group_size: int) -> dict:
+    """Bits per weight measured from the saved tensors of `folder`: every quantizable layer must hold packed weights,
+    scales and biases of exactly `bits` + (scale + bias bits) / group_size per original weight; ExportError if
+    not (nothing or not everything was quantized)."""
+    saved = mx.load(str(folder / "model.safetensors"))
+    total_bits = sum(v.nbytes * 8 for v in saved.values())
+    n_weights = sum(math.prod(s) for s in layers.values())
+    for name, shape in layers.items():
+        w, sc, bi = (saved.get(f"{name}.{k}") for k in ("weight", "scales", "biases"))
+        if w is None or sc is None or bi is None:
+            raise ExportError(f"{folder}: {name} was not quantized (no scales/biases saved); nothing was exported")
+        got = 8 * (w.nbytes + sc.nbytes + bi.nbytes) / math.prod(shape)
+        want = bits + 8 * (sc.itemsize + bi.itemsize) / group_size
+        if abs(got - want) > 1e-6:
+            raise ExportError(f"{folder}: {name} holds {got:.3f} bits per weight, expected {want:.3f} for {bits}-bit "
+                              f"groups of {group_size}; nothing was exported")
+    others = sum(v.size for k, v in saved.items() if not k.endswith((".scales", ".biases"))
+                 and k[:-len(".weight")] not in layers)
+    return {"bits_per_weight": round(total_bits / (n_weights + others), 3),
+            "quantized_layers": len(layers), "group_size": group_size}
 
 
 def mlx_lm_config(model: Transformer, dtype: str = "float32") -> dict:
@@ -61,6 +127,7 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ExportError(f"--dtype must be float32, float16 or bfloat16, got {dtype}")
     is_byte = isinstance(model, byte_lm.Model)
+    check_finite_weights(model)
 
     if is_byte:
         if quantize:
@@ -75,6 +142,8 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
     if quantize:
         if quantize not in (2, 3, 4, 5, 6, 8):
             raise ExportError(f"--quantize must be one of 2,3,4,5,6,8 bits, got {quantize}")
+        layers = quantizable_layers(export_model)
+        check_group_size(layers, group_size)
         export_model, cfg = quantize_model(export_model, cfg, group_size=group_size, bits=quantize)
 
     def write(tmp: Path):
@@ -89,17 +158,33 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
         if is_byte:
             shutil.copy(byte_lm.__file__, tmp / cfg["model_file"])
 
-    atomic_folder(out, write)
     report = {"path": str(out), "quantize": quantize, "dtype": dtype,
               "params": int(model.num_params()), "exported_params": int(
                   sum(v.size for k, v in tree_flatten(export_model.parameters()) if k != "byte_table"))}
-    if verify and dtype != "float32" and not quantize:
-        # float16/bfloat16: against our model in that dtype (the same rounded weights, the same ops), then how
-        # often its greedy token is the fp32 model's
-        report.update(verify_export(export_model, out, exact=True))
-        report["argmax_agreement_vs_float32"] = verify_export(model, out, exact=False)["argmax_agreement"]
-    elif verify:
-        report.update(verify_export(model, out, exact=not quantize))
+    weight_bytes = sum(v.nbytes for _, v in tree_flatten(export_model.parameters()))
+    # twice the weights: with --force the old export stays until the new one has replaced it
+    check_disk_space(out.parent, 2 * weight_bytes + (8 << 20), f"the export {out.name}",
+                     "free some space or export elsewhere (--to)")
+
+    def write_and_verify(tmp: Path):
+        """Verified in the temporary folder: only a verified export ever has its final name (an error or Ctrl-C
+        here leaves nothing under it)."""
+        write(tmp)
+        try:
+            if quantize:
+                report.update(measured_bits(tmp, layers, quantize, group_size))
+            if verify and dtype != "float32" and not quantize:
+                # float16/bfloat16: against our model in that dtype (the same rounded weights, the same ops), then
+                # how often its greedy token is the fp32 model's
+                report.update(verify_export(export_model, tmp, exact=True))
+                report["argmax_agreement_vs_float32"] = verify_export(model, tmp, exact=False)["argmax_agreement"]
+            elif verify:
+                report.update(verify_export(model, tmp, exact=not quantize))
+        except ExportError as e:
+            raise ExportError(str(e).replace(str(tmp), str(out))) from None
+
+    # --force replaces only a previous export (marked, or an old one of only export files): never a run folder
+    atomic_folder(out, write_and_verify, kind="export", legacy=_old_export)
     return report
 
 
@@ -126,8 +211,12 @@ def verify_export(model, out: Path, exact: bool = True, n_tokens: int = 32) -> d
     max_diff = mx.where(both_inf, 0.0, mx.abs(ref - got)).max().item()
     agree = (mx.argmax(ref, -1) == mx.argmax(got, -1)).mean().item()
     tol = 1e-4 if exact else None
-    if exact and max_diff > tol:
-        raise ExportError(f"{out}: mlx-lm logits differ from the source model by {max_diff:.3g} (> {tol})")
+    if not math.isfinite(max_diff):  # NaN or inf logits in ours or the export's (`nan > tol` is False)
+        raise ExportError(f"{out}: logits are not finite (max |diff| {max_diff}) in the source model or the mlx-lm "
+                          f"export; nothing was exported")
+    if exact and not max_diff <= tol:
+        raise ExportError(f"{out}: mlx-lm logits differ from the source model by {max_diff:.3g} (> {tol}); nothing "
+                          f"was exported")
     return {"max_abs_logit_diff": max_diff, "argmax_agreement": agree}
 
 

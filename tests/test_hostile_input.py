@@ -319,3 +319,140 @@ def test_interrupt_says_where_and_how_to_resume(pretrained, tmp_path, sig, code,
         r.communicate(timeout=60)
         assert any(f"resuming from {ckpts}/step_" in ln for ln in lines), lines
         assert int(lines[-1].split("step_")[1][:7]) >= int(m.group(3)), lines
+
+
+# --- 3. an honest export ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok_and_model(tiny_run):
+    """The tiny run's tokenizer and a tiny model (64 wide: input sizes 64 and 256) for it."""
+    from mlx_pn.config import ModelConfig
+    from mlx_pn.models.build import build_model, model_args
+
+    tok = tiny_run[1].tokenizer
+    return tok.hf_dir, build_model(model_args(ModelConfig(preset="tiny"), tok.vocab_size), seed=3)
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (4, 64), (8, 64), (3, 32)])
+def test_quantized_export_measures_its_bits(tok_and_model, tmp_path, bits, group):
+    """Bits per weight measured from the saved tensors: every layer quantized, (bits + 64 / group) per quantized
+    weight (float32 scales and biases), the norms' few float32 weights on top."""
+    from mlx_pn.export import export_mlx_lm
+
+    tok, model = tok_and_model
+    r = export_mlx_lm(model, tok, tmp_path / "q", quantize=bits, group_size=group)
+    assert r["quantized_layers"] == 1 + 2 * 7  # embed_tokens + 7 linear layers per block
+    assert bits + 64 / group <= r["bits_per_weight"] <= bits + 64 / group + 0.05, r
+
+
+@pytest.mark.parametrize("group,match", [
+    (7, r"--group-size 7: MLX quantizes in groups of 32, 64, 128"),
+    (0, r"--group-size 0: MLX quantizes in groups of"),
+    (-64, r"--group-size -64: MLX quantizes in groups of"),
+    (128, r"--group-size 128 does not divide the input size 64 of model.embed_tokens \(and 12 more layers\): those "
+          r"layers would stay unquantized; use --group-size 64"),
+])
+def test_bad_group_sizes_are_refused(tok_and_model, tmp_path, group, match):
+    from mlx_pn.export import ExportError, export_mlx_lm
+
+    tok, model = tok_and_model
+    with pytest.raises(ExportError, match=match):
+        export_mlx_lm(model, tok, tmp_path / "q", quantize=4, group_size=group)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_weight_is_not_exported(tok_and_model, tmp_path):
+    import mlx.core as mx
+
+    from mlx_pn.export import ExportError, export_mlx_lm
+    from mlx_pn.models.build import build_model
+
+    tok, model = tok_and_model
+    bad = build_model(model.args, seed=3)
+    w = bad.model.layers[1].mlp.down_proj.weight
+    bad.model.layers[1].mlp.down_proj.weight = mx.where(mx.arange(w.size).reshape(w.shape) == 5, mx.nan, w)
+    with pytest.raises(ExportError, match=r"1 weight tensor\(s\) hold NaN or inf \(model.layers.1.mlp.down_proj.weight\)"
+                                          r"; nothing was exported"):
+        export_mlx_lm(bad, tok, tmp_path / "e")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_logits_fail_the_verification(tok_and_model, tmp_path, monkeypatch):
+    """`nan > tol` is False: the check is `not diff <= tol`, and any non-finite logit fails, quantized or not."""
+    import mlx.core as mx
+
+    from mlx_pn.export import ExportError, export_mlx_lm
+
+    tok, model = tok_and_model
+
+    class NanModel(type(model)):
+        def __call__(self, x, *a, **k):
+            return super().__call__(x, *a, **k) * mx.nan
+
+    m = NanModel(model.args)
+    m.update(model.parameters())
+    for quantize in (None, 4):
+        with pytest.raises(ExportError, match=rf"{tmp_path / 'e'}: logits are not finite \(max \|diff\| nan\)"):
+            export_mlx_lm(m, tok, tmp_path / "e", quantize=quantize, group_size=32)
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_verification_leaves_no_folder(tok_and_model, tmp_path, monkeypatch):
+    from mlx_pn import export
+
+    tok, model = tok_and_model
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "verify_export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_mlx_lm(model, tok, tmp_path / "e")
+    assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary folder
+
+
+def test_force_replaces_only_an_export(tok_and_model, tmp_path):
+    from mlx_pn.export import export_mlx_lm
+    from mlx_pn.io import ForeignFolderError
+
+    tok, model = tok_and_model
+    export_mlx_lm(model, tok, tmp_path / "e", verify=False)
+    export_mlx_lm(model, tok, tmp_path / "e", force=True, verify=False)  # a previous export: replaced
+    run = tmp_path / "run"
+    for f in ("data/shards/x.bin", "pretrain/checkpoints/step_0000001/model.safetensors", "pretrain/final/config.json"):
+        (run / f).parent.mkdir(parents=True, exist_ok=True)
+        (run / f).write_text("keep")
+    before = sorted(str(p) for p in run.rglob("*"))
+    for dest in (run, run / "pretrain"):
+        with pytest.raises(ForeignFolderError, match=rf"{dest} exists and is not a export folder made by mlx_pn"):
+            export_mlx_lm(model, tok, dest, force=True, verify=False)
+    assert sorted(str(p) for p in run.rglob("*")) == before  # nothing deleted
+
+
+def test_force_onto_a_run_through_the_recipe(pretrained, tmp_path, capsys):
+    from mlx_pn.methods.layout import pretrain_dir
+    from recipes import export
+
+    cfg, _, _ = pretrained
+    before = sorted(str(p) for p in pretrain_dir(cfg).rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        export.main(["--config", str(TINY), "--out", cfg.out, "--model", str(pretrain_dir(cfg) / "final"),
+                     "--to", str(pretrain_dir(cfg)), "--force"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and "is not a export folder made by mlx_pn" in err, err
+    assert sorted(str(p) for p in pretrain_dir(cfg).rglob("*")) == before
+
+
+def test_export_refused_when_the_disk_is_too_small(tok_and_model, tmp_path, monkeypatch):
+    import shutil
+
+    from mlx_pn.export import export_mlx_lm
+    from mlx_pn.io import DiskSpaceError
+
+    tok, model = tok_and_model
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1_000_000))
+    with pytest.raises(DiskSpaceError, match=rf"not enough disk space for the export e in {tmp_path}: needs about "
+                                             r"[\d.]+ MB, 1.0 MB free; free some space or export elsewhere"):
+        export_mlx_lm(model, tok, tmp_path / "e")
