@@ -456,3 +456,76 @@ def test_export_refused_when_the_disk_is_too_small(tok_and_model, tmp_path, monk
     with pytest.raises(DiskSpaceError, match=rf"not enough disk space for the export e in {tmp_path}: needs about "
                                              r"[\d.]+ MB, 1.0 MB free; free some space or export elsewhere"):
         export_mlx_lm(model, tok, tmp_path / "e")
+
+
+# --- 3. final/ and best/ hashed like checkpoints ----------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["weights", "config", "no hashes"])
+def test_a_changed_model_folder_is_named_by_load_model(tok_and_model, tmp_path, damage):
+    import json
+
+    from mlx_pn.io import write_marker
+    from mlx_pn.models.build import CheckpointError, load_model, save_model
+
+    _, model = tok_and_model
+    folder = save_model(tmp_path / "final", model)
+    assert set(json.loads((folder / "sha256.json").read_text())) == {"model.safetensors", "config.json"}
+    load_model(folder)  # intact: loads
+    if damage == "weights":
+        data = bytearray((folder / "model.safetensors").read_bytes())
+        data[-5] ^= 0xFF
+        (folder / "model.safetensors").write_bytes(bytes(data))
+        match = rf"{folder}/model.safetensors is missing or was changed after it was written"
+    elif damage == "config":
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "rope_theta": 5.0}))
+        match = rf"{folder}/config.json is missing or was changed"
+    else:
+        (folder / "sha256.json").unlink()
+        write_marker(folder, "model")
+        match = rf"{folder}/sha256.json is missing, so its weights cannot be checked"
+    with pytest.raises(CheckpointError, match=match):
+        load_model(folder)
+
+
+def test_checkpoint_refused_when_the_disk_is_too_small(tok_and_model, tmp_path, monkeypatch):
+    import shutil
+
+    from mlx_pn.config import TrainConfig
+    from mlx_pn.io import DiskSpaceError
+    from mlx_pn.train.checkpoint import save_checkpoint
+    from mlx_pn.train.optim import make_optimizer
+
+    _, model = tok_and_model
+    opt = make_optimizer(TrainConfig())
+    opt.init(model.trainable_parameters())
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=100_000))
+    with pytest.raises(DiskSpaceError, match=rf"not enough disk space for checkpoint step_0000005 in {tmp_path / 'ck'}: "
+                                             r"needs about [\d.]+ MB, 0.1 MB free; free some space or lower "
+                                             r"train.keep_checkpoints"):
+        save_checkpoint(tmp_path / "ck", 5, model, opt, {})
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == []
+
+
+# --- 4. one over-long document ----------------------------------------------------------------------
+
+
+def test_a_50_mb_line_says_split_it_with_the_file(tmp_path):
+    from mlx_pn.data.sources import DataError, load_documents
+
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"word " * (10 * 10**6))  # 50 MB, no newline
+    with pytest.raises(DataError, match=rf"data.generic: {big}: document '{big}' is 50.0 MB in one piece, more than "
+                                        r"the 16.8 MB the tokenizer trains on; split it into smaller documents"):
+        load_documents(str(big), "data.generic")
+
+
+def test_tokenizer_with_only_too_long_documents_is_a_data_error(tmp_path):
+    from mlx_pn.data.sources import DataError
+    from mlx_pn.data.tokenizer import train_tokenizer
+
+    with pytest.raises(DataError, match=r"tokenizer: no document of the generic text is shorter than 16.8 MB"):
+        train_tokenizer(["word " * (4 * 10**6)], 300, tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()

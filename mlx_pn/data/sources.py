@@ -39,6 +39,11 @@ class DataError(ValueError):
     """Bad input data; the message names the file/field and the fix."""
 
 
+# SentencePiece's max_sentence_length (data/tokenizer.py): a longer document is silently skipped by its trainer (and a
+# corpus of only such documents ends in an INTERNAL error), so a document this long is refused where it is read
+MAX_DOCUMENT_BYTES = 1 << 24
+
+
 @dataclass(frozen=True)
 class Document:
     id: str
@@ -205,6 +210,11 @@ def read_source(spec: str, field: str = "data") -> Iterator[Document]:
             docs = _path(path, field)
         for d in docs:
             text = d.text.strip()
+            if len(text) > MAX_DOCUMENT_BYTES // 4 and len(text.encode()) > MAX_DOCUMENT_BYTES:
+                raise DataError(f"{field}: {part}: document {d.id!r} is {len(text.encode()) / 1e6:,.1f} MB in one piece, "
+                                f"more than the {MAX_DOCUMENT_BYTES / 1e6:.1f} MB the tokenizer trains on; split it "
+                                f"into smaller documents (a .txt file is one document: one file per document, or a "
+                                f".jsonl with one record per document)")
             if text:
                 yield Document(d.id, text)
 

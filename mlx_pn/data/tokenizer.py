@@ -85,6 +85,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | Path, m
             if "smaller than required_chars" in str(e):
                 raise DataError(f"data.vocab_size={vocab_size} is too small: this text has more distinct "
                                 f"characters than that; raise it") from None
+            if "sentences_.empty()" in str(e):  # every document longer than max_sentence_length: all skipped
+                raise DataError(f"tokenizer: no document of the generic text is shorter than "
+                                f"{(1 << 24) / 1e6:.1f} MB, so SentencePiece has nothing to train on; split the "
+                                f"documents of data.generic into smaller ones") from None
             if "Vocabulary size is too high" in str(e) or "vocab_size" in str(e):
                 raise DataError(f"data.vocab_size={vocab_size} is too large for this text ({e}); lower it") from None
             raise

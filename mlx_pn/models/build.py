@@ -29,7 +29,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from mlx_pn.config import ConfigError, ModelConfig, _suggest, to_dict
-from mlx_pn.io import atomic_folder
+from mlx_pn.io import atomic_folder, check_disk_space, file_sha256, has_marker
 from mlx_pn.models import byte_lm
 from mlx_pn.models.transformer import ModelArgs, Transformer, init_trunk_weights
 
@@ -172,12 +172,39 @@ def model_from_config(config: dict):
 # --- model folders (config.json + model.safetensors) ---------------------------------------------
 
 
+HASHES = "sha256.json"  # {file: sha256} of a model folder's files, checked by load_model (like a checkpoint's)
+HASHED = ("model.safetensors", "config.json")
+
+
 def write_model(folder: Path, model, extra_config: dict | None = None) -> None:
-    """Write `model` into an existing folder: its weights and config.json (its args + extra_config)."""
+    """Write `model` into an existing folder: its weights, config.json (its args + extra_config) and the sha256 of
+    both (sha256.json), after checking that the disk has room for them."""
     weights = dict(tree_flatten(model.parameters()))
+    check_disk_space(folder.parent, sum(v.nbytes for v in weights.values()) + (1 << 20), "a model folder",
+                     "free some space or point --out at a disk with room, then rerun the same command")
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     cfg = {**model.args.to_dict(), **(extra_config or {})}
     (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    (folder / HASHES).write_text(json.dumps({f: file_sha256(folder / f) for f in HASHED}, indent=2))
+
+
+def verify_model_folder(folder: Path) -> None:
+    """CheckpointError naming the file when a model folder's file differs from its sha256.json; a folder this
+    library marked as a model must have one (a folder from before the hashes, unmarked, is trusted as it is)."""
+    path = folder / HASHES
+    if not path.exists():
+        if has_marker(folder, "model"):
+            raise CheckpointError(f"{folder}/{HASHES} is missing, so its weights cannot be checked; retrain this "
+                                  f"stage (or rerun the stage that wrote it) to rewrite the folder")
+        return
+    try:
+        hashes = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e}); rerun the stage that wrote {folder}") from None
+    for name, digest in hashes.items():
+        if not (folder / name).exists() or file_sha256(folder / name) != digest:
+            raise CheckpointError(f"{folder}/{name} is missing or was changed after it was written (sha256 differs "
+                                  f"from {HASHES}); rerun the stage that wrote {folder}")
 
 
 def save_model(folder: str | Path, model, extra_config: dict | None = None) -> Path:
@@ -191,6 +218,7 @@ def load_model(folder: str | Path):
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{folder}: no config.json; is this a model folder written by mlx_pn?")
+    verify_model_folder(folder)
     model = model_from_config(json.loads(cfg_path.read_text()))
     try:
         model.load_weights(str(folder / "model.safetensors"), strict=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_pn.io import atomic_folder, file_sha256, remove_tree
+from mlx_pn.io import atomic_folder, check_disk_space, file_sha256, remove_tree
 from mlx_pn.models.build import CheckpointError
 
 
@@ -23,6 +23,10 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
     def write(tmp: Path):
         # sorted keys: a resumed run writes byte-identical files (a restored optimizer state is ordered
         # differently from a fresh one), so equal checkpoints have equal hashes
+        need = sum(v.nbytes for _, v in tree_flatten(model.parameters())) + sum(
+            v.nbytes for _, v in tree_flatten(optimizer.state) if hasattr(v, "nbytes"))
+        check_disk_space(root, need + (1 << 20), f"checkpoint {name}", "free some space or lower "
+                         "train.keep_checkpoints / point --out at a disk with room, then rerun the same command")
         mx.save_safetensors(str(tmp / "model.safetensors"), dict(sorted(tree_flatten(model.parameters()))))
         opt = dict(sorted(tree_flatten(optimizer.state)))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
