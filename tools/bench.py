@@ -9,15 +9,18 @@ incl. the LM head).
 
   slm       our Transformer (mlx_pn.models.transformer) in the one loop's compiled step (make_step) with our
             loss (mlx_pn.train.losses.cross_entropy); peers: the same with nn.losses.cross_entropy, the same
-            uncompiled, the same with the MLP's nn.silu swapped for mlx_pn.train.losses.silu (a proposal), mlx-lm's
+            uncompiled, the same with the MLP's fast silu (mlx_pn.models.ops) swapped back for nn.silu, mlx-lm's
             own llama class (mlx_lm.models.llama) in the same step, and the same
             architecture in PyTorch eager and torch.compile (tools/bench_torch_ref.py, a subprocess)
   llm       the same comparison one preset larger (tiny -> cpu -> cpu-large; slm -> llm)
   slm-pn    the projected network, per-sequence routing (h = k) and one cluster per micro-batch (grouped);
             peer: slm
   slm-mix   one expert of the hard mixture (an SLM trained on its cluster: the same step as slm, k of them)
-  ab        a short slm table (ours, ours + fast silu, ours with nn.losses CE, mlx-lm llama as shipped,
+  ab        a short slm table (ours, ours with nn.silu, ours with nn.losses CE, mlx-lm llama as shipped,
             PyTorch): more rounds in the same time
+--precision bf16: our step with train.precision bf16 (fp32 master weights) vs PyTorch with bf16 autocast, MFU
+against the bf16 matmul rate measured in the run (or --peak-tflops, a datasheet peak). On a GPU (MLX's CUDA or
+Metal build; torch on CUDA) the same command measures the GPU: tools/RESULTS.md has the commands.
 Generation (`--generate`): tokens/s of greedy decoding through mlx_lm.generate_step, of our model exported
 with mlx_pn.export and loaded by mlx_lm.load, vs a freshly built mlx-lm llama of the same size, in fp32, bf16
 and 4-bit. Data pipeline (`--pipeline`): time the loop's Prefetcher made the step wait, in a real train() run.
@@ -66,6 +69,11 @@ def main(argv=None):
                     help="BLAS / PyTorch threads for both sides (default: each library's own, = cores); 1 gives a "
                          "per-core comparison that a busy shared machine distorts less")
     ap.add_argument("--json", default=None, help="write every measurement to this file")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="training rows: our train.precision and PyTorch's autocast dtype (default fp32)")
+    ap.add_argument("--peak-tflops", type=float, default=0.0,
+                    help="MFU denominator in TFLOP/s (e.g. the GPU's dense bf16 peak); default: the matmul rate "
+                         "measured in this run")
     args = ap.parse_args(argv)
     if args.threads:  # before mlx_pn loads OpenBLAS; the torch worker reads the same variables
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
@@ -77,9 +85,12 @@ def main(argv=None):
     report = {"argv": sys.argv[1:], "mlx": mx.__version__, "device": str(mx.default_device()),
               "load_avg_start": os.getloadavg(),
               "date": time.strftime("%Y-%m-%d"), "train": [], "generate": [], "pipeline": None}
-    peak = matmul_peak()
+    peak = matmul_peak(dtype=args.precision)
     report["matmul_gflops"] = peak / 1e9
-    print(f"fp32 matmul peak (MLX, n=2048, this run): {peak / 1e9:.1f} GFLOP/s  [MFU denominator]")
+    print(f"{args.precision} matmul peak (MLX, n=2048, this run): {peak / 1e9:.1f} GFLOP/s")
+    if args.peak_tflops:
+        peak = args.peak_tflops * 1e12
+    print(f"MFU denominator: {peak / 1e12:.3f} TFLOP/s")
     tp = None if args.no_torch else torch_python(args.torch_python)
     if not args.no_torch and tp is None:
         print("PyTorch peer: torch does not import here; pass --torch-python PATH (e.g. a venv with torch)")
@@ -101,11 +112,12 @@ def main(argv=None):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+def matmul_peak(n: int = 2048, reps: int = 5, dtype: str = "fp32") -> float:
     import mlx.core as mx
     import numpy as np
 
-    a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
+    dt = mx.bfloat16 if dtype == "bf16" else mx.float32
+    a, b = mx.random.normal((n, n)).astype(dt), mx.random.normal((n, n)).astype(dt)
     mx.eval(a @ b)
     ts = []
     for _ in range(reps):
@@ -157,15 +169,16 @@ class TorchPeer:
         self.p.wait(timeout=60)
 
 
-def mlx_candidate(model, loss_fn, batch, extras=(), compile=True, fast_silu=False):
+def mlx_candidate(model, loss_fn, batch, extras=(), compile=True, plain_silu=False, precision="fp32"):
     """-> (run(n) -> step times in s, peak step memory in bytes) for one model in the loop's own step.
 
-    fast_silu: trace the step with mlx.nn.silu replaced by mlx_pn.train.losses.silu (what the model's MLP
-    would compute if it called that function: a proposed change to mlx_pn/models; compiled steps only)."""
+    plain_silu: trace the step with the trunk's fast silu (mlx_pn.models.ops.swiglu_silu) replaced by nn.silu (the
+    MLP as it was before the fast silu was wired in; compiled steps only). precision: train.precision."""
     import mlx.core as mx
     import mlx.nn as nn
 
-    from mlx_pn.train import losses
+    from mlx_pn.models import transformer
+    from mlx_pn.train.loop import compute_dtype
 
     from mlx_pn.config import TrainConfig
     from mlx_pn.train.loop import make_step
@@ -173,21 +186,21 @@ def mlx_candidate(model, loss_fn, batch, extras=(), compile=True, fast_silu=Fals
 
     opt = make_optimizer(TrainConfig(steps=10_000, warmup=10))
     opt.init(model.trainable_parameters())
-    step = make_step(model, opt, loss_fn, 1, 1.0, compile)
+    step = make_step(model, opt, loss_fn, 1, 1.0, compile, dtype=compute_dtype(precision))
 
     def one():
         loss, gnorm = step(batch, *extras)
         mx.eval(loss, gnorm, model.state, opt.state)
         return loss.item()
 
-    original = nn.silu
-    if fast_silu:
-        nn.silu = losses.silu
+    original = transformer.swiglu_silu
+    if plain_silu:
+        transformer.swiglu_silu = nn.silu
     try:
         for _ in range(3):  # compile (trace) and warm up
             one()
     finally:
-        nn.silu = original
+        transformer.swiglu_silu = original
     before = mx.get_active_memory()
     mx.reset_peak_memory()
     one()
@@ -234,6 +247,7 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
     from mlx_pn.train.losses import cross_entropy, reference_cross_entropy
 
     B, L, V = args.batch, args.seq, args.vocab
+    prec = args.precision
     rng = np.random.default_rng(0)
     batch = mx.array(rng.integers(0, V, (1, B, L + 1)).astype(np.int32))
     tokens = B * L
@@ -244,21 +258,24 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
         margs = ModelArgs(**PRESETS[p], vocab_size=V)
         cands = {}
         if method in ("slm", "llm"):
-            cands["mlx_pn (ours)"] = mlx_candidate(build_model(margs), cross_entropy, batch)
-            cands["mlx_pn + fast silu (proposed model change)"] = mlx_candidate(build_model(margs), cross_entropy,
-                                                                               batch, fast_silu=True)
-            cands["mlx_pn, nn.losses CE"] = mlx_candidate(build_model(margs), reference_cross_entropy, batch)
-            cands["mlx_pn, not compiled"] = mlx_candidate(build_model(margs), cross_entropy, batch, compile=False)
+            cands["mlx_pn (ours)"] = mlx_candidate(build_model(margs), cross_entropy, batch, precision=prec)
+            cands["mlx_pn, nn.silu (before the fast silu)"] = mlx_candidate(build_model(margs), cross_entropy,
+                                                                            batch, plain_silu=True, precision=prec)
+            cands["mlx_pn, nn.losses CE"] = mlx_candidate(build_model(margs), reference_cross_entropy, batch,
+                                                          precision=prec)
+            cands["mlx_pn, not compiled"] = mlx_candidate(build_model(margs), cross_entropy, batch, compile=False,
+                                                          precision=prec)
             cands["mlx-lm llama, our loss"] = mlx_candidate(mlx_lm_llama(margs)[0], cross_entropy, batch)
             cands["mlx-lm llama, nn.losses CE"] = mlx_candidate(mlx_lm_llama(margs)[0], reference_cross_entropy,
                                                                 batch)
         elif method == "ab":  # the headline pairs only (more rounds in the same time)
-            cands["mlx_pn (ours)"] = mlx_candidate(build_model(margs), cross_entropy, batch)
-            cands["mlx_pn + fast silu (proposed model change)"] = mlx_candidate(build_model(margs), cross_entropy,
-                                                                               batch, fast_silu=True)
-            cands["mlx_pn, nn.losses CE"] = mlx_candidate(build_model(margs), reference_cross_entropy, batch)
+            cands["mlx_pn (ours)"] = mlx_candidate(build_model(margs), cross_entropy, batch, precision=prec)
+            cands["mlx_pn, nn.silu (before the fast silu)"] = mlx_candidate(build_model(margs), cross_entropy,
+                                                                            batch, plain_silu=True, precision=prec)
+            cands["mlx_pn, nn.losses CE"] = mlx_candidate(build_model(margs), reference_cross_entropy, batch,
+                                                          precision=prec)
             cands["mlx-lm llama, nn.losses CE"] = mlx_candidate(mlx_lm_llama(margs)[0], reference_cross_entropy,
-                                                                batch)
+                                                                batch, precision=prec)
         elif method == "slm-pn":
             ids = mx.array(rng.integers(0, args.k, (1, B)).astype(np.int32))
             cands["slm (peer)"] = mlx_candidate(build_model(margs), cross_entropy, batch)
@@ -272,7 +289,7 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
             cands["slm-mix, one expert"] = mlx_candidate(build_model(margs, seed=1), cross_entropy, batch)
         torch_peer = None
         if tp and method in ("slm", "llm", "ab"):
-            job = dict(margs.to_dict(), batch=B, seq=L, warmup=3, threads=args.threads,
+            job = dict(margs.to_dict(), batch=B, seq=L, warmup=3, threads=args.threads, precision=prec,
                        modes=["eager"] + ([] if args.no_torch_compile else ["compile"]))
             print(f"[{preset} {method}] starting the PyTorch peer (torch.compile warm-up ~30 s) ...", flush=True)
             torch_peer = TorchPeer(tp, job)
@@ -301,7 +318,8 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
         ref_name = next(iter(cands))
         ref = float(np.median(times[ref_name]))
         print(f"\n### {method} ({p}: d={margs.hidden_size}, {margs.num_hidden_layers} layers, "
-              f"F={margs.intermediate_size}, V={V}), B={B}, L={L}, fp32, {args.rounds} rounds x {args.steps} steps")
+              f"F={margs.intermediate_size}, V={V}), B={B}, L={L}, {prec}, {args.rounds} rounds x {args.steps} steps, "
+              f"{mx.default_device()}" + (f"; torch on {torch_peer.info['device']}" if torch_peer else ""))
         print(f"| candidate | step ms (median) | tokens/s | MFU | MLX peak step MB | step / {ref_name}'s "
               f"(ratio of medians) | same, median of per-round ratios |")
         print("|---|---|---|---|---|---|---|")
@@ -309,6 +327,8 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
             med = float(np.median(ts))
             paired = float(np.median(np.array(per_round[name]) / np.array(per_round[ref_name])))
             mem = cands[name][1] / 2**20 if name in cands else None
+            if name not in cands and torch_peer:  # torch's own CUDA peak (none on a CPU)
+                mem = torch_peer.info.get("peak_mb", {}).get(name.rsplit(" ", 1)[-1])
             row = dict(preset=p, method=method, candidate=name, step_ms=med * 1e3, tokens_per_s=tokens / med,
                        mfu=fpt * tokens / med / peak, peak_step_mb=mem, ratio_vs_first=med / ref,
                        paired_ratio_vs_first=paired, batch=B, seq=L, vocab=V, samples=len(ts))

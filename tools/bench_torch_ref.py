@@ -1,7 +1,8 @@
 """PyTorch reference of the mlx_pn trunk for `tools.bench`: the same llama architecture (tied embedding,
 RMSNorm, rotate-half RoPE, causal SDPA, SwiGLU MLP), the same batch, sequence length, fp32, AdamW
 (betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only), grad-norm clipping at 1.0, and
-cross-entropy over the full vocabulary. Standalone (needs only torch): `tools.bench` runs it in a
+cross-entropy over the full vocabulary; on CUDA when torch sees a GPU, and with bf16 autocast when the job says
+"precision": "bf16". Standalone (needs only torch): `tools.bench` runs it in a
 subprocess, possibly with another Python (``--torch-python``), since torch is a benchmark-only extra.
 
     python tools/bench_torch_ref.py --json '{"hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 1024,
@@ -95,9 +96,12 @@ def build(job: dict, mode: str):
     """-> step() for one mode ("eager" | "compile"): one AdamW step on a fixed random batch, synchronised."""
     torch.manual_seed(0)
     B, L, V = job["batch"], job["seq"], job["vocab_size"]
+    dev = DEVICE
     data = torch.randint(0, V, (B, L + 1), generator=torch.Generator().manual_seed(0))
-    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-    model = Llama(job, L)
+    x, y = data[:, :-1].contiguous().to(dev), data[:, 1:].contiguous().to(dev)
+    model = Llama(job, L).to(dev)
+    # precision bf16: autocast (fp32 weights and AdamW state, bf16 matmuls), the peer of mlx_pn's train.precision
+    amp = job.get("precision", "fp32") == "bf16"
     decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "embed" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() > 1 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
@@ -105,7 +109,8 @@ def build(job: dict, mode: str):
     fwd = torch.compile(model) if mode == "compile" else model
 
     def step():
-        loss = fwd(x, y)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = fwd(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -120,7 +125,8 @@ def serve(job: dict) -> None:
     caller can interleave torch rounds with its own."""
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
-    steps, info = {}, {"torch": torch.__version__, "threads": torch.get_num_threads(), "errors": {}, "warmup_s": {}}
+    steps, info = {}, {"torch": torch.__version__, "threads": torch.get_num_threads(), "errors": {}, "warmup_s": {},
+                       "device": str(DEVICE), "peak_mb": {}}
     for mode in job.get("modes", ["eager", "compile"]):
         try:
             t = time.perf_counter()
@@ -129,6 +135,10 @@ def serve(job: dict) -> None:
                 fn()
             steps[mode] = fn
             info["warmup_s"][mode] = time.perf_counter() - t
+            if DEVICE.type == "cuda":  # one step's peak, as the MLX side reports it
+                torch.cuda.reset_peak_memory_stats()
+                fn()
+                info["peak_mb"][mode] = torch.cuda.max_memory_allocated() / 2**20
         except Exception as e:  # noqa: BLE001 - torch.compile needs a C++ toolchain: report, don't die
             info["errors"][mode] = f"{type(e).__name__}: {str(e)[:300]}"
     print(json.dumps(info), flush=True)
@@ -143,4 +153,5 @@ def serve(job: dict) -> None:
 
 
 if __name__ == "__main__":
+    DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     serve(json.loads(sys.argv[sys.argv.index("--json") + 1]))
