@@ -34,7 +34,9 @@ def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Pa
         ("after", s, f"fine-tuned, {'all' if s == '0' else s} domain tokens") for s in sizes]
     for ax, (key, size, title) in zip(axes[0], panels):
         vals = [e[key][size] for e in results["rows"] if size in e[key]]
-        top = min(max(vals), 2.5 * float(np.median(vals))) if vals else None  # an undertrained row: off the chart
+        cis = [e.get(f"{key}_ci", {}).get(size) or 0.0 for e in results["rows"] if size in e[key]]
+        # an undertrained row: off the chart
+        top = min(max(v + c for v, c in zip(vals, cis)), 2.5 * float(np.median(vals))) if vals else None
         for name in names:
             es = [e for e in results["rows"] if e["row"] == name and size in e[key]]
             if not es:
@@ -52,7 +54,7 @@ def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Pa
         ax.set(title=title, xlabel="pretraining FLOPs", ylabel="macro perplexity")
         ax.set_xscale("log")
         if top:
-            ax.set_ylim(0.95 * min(vals), top * 1.05)
+            ax.set_ylim(0.95 * min(v - c for v, c in zip(vals, cis)), top * 1.05)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()

@@ -239,7 +239,9 @@ def results_markdown(results: dict, cfg: CompareConfig) -> str:
         lines += ["", f"## Total cost at equal quality (macro ppl <= {target:.2f} after fine-tuning on "
                       f"{_size_name(ns[-1])} tokens: the slm's best)", "",
                   "C_total(N) = C_pretrain + N x C_specialize in FLOPs, at each row's cheapest budget reaching that "
-                  "quality; rows that reach it at no budget are left out.", "",
+                  "quality (by the means over the seeds: a row within the slm's interval is not told apart from it "
+                  "here; the paired table above says which differences are real); rows that reach it at no budget "
+                  "are left out.", "",
                   "| method | budget | macro ppl | N=1 | N=7 | N=50 |", "|---|---|---|---|---|---|"]
         for name, e in pick.items():
             pre, spec = e["pretrain_flops"], e["specialize_flops"][size]
