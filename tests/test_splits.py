@@ -107,3 +107,21 @@ def test_prepared_manifest_reports_duplicates(tmp_path):
     assert m["in_generic_train"] == want and sum(want.values()) > 0
     assert data.corpora["generic"].manifest["duplicates"]["groups_across_splits"] == 0
     assert "in_generic_train" not in data.corpora["generic"].manifest["duplicates"]
+
+
+def test_data_stage_logs_the_duplicates(tmp_path):
+    from conftest import tiny_config
+    from mlx_pn.data.prepare import prepare_data
+
+    rng = random.Random(4)
+    dom = tmp_path / "dom"
+    dom.mkdir()
+    texts = [_text(rng) for _ in range(30)]
+    for i, t in enumerate(texts + [texts[0], texts[1].upper()]):
+        (dom / f"{i:02d}.txt").write_text(t)
+    cfg = tiny_config(tmp_path / "run")
+    cfg.data.domains = {"dom": str(dom)}
+    lines = []
+    prepare_data(cfg, log=lines.append)
+    said = [x for x in lines if x.startswith("[data] dom: 4 documents in 2 duplicate groups (2 exact, 0 near")]
+    assert len(said) == 1 and "0 groups across splits" in said[0]

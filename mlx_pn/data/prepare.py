@@ -107,6 +107,12 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                                                                           "duplicates": leaks})
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
             log(f"[data] {name}: {sizes}" + (f" (splits: {how})" if how else ""))
+            over = sum((leaks.get("in_generic_train") or {}).values())
+            if leaks["grouped_documents"] or leaks["groups_across_splits"] or over:
+                log(f"[data] {name}: {leaks['grouped_documents']} documents in {leaks['groups']} duplicate groups "
+                    f"({leaks['exact_duplicates']} exact, {leaks['near_duplicates']} near copies), "
+                    f"{leaks['groups_across_splits']} groups across splits, {over} valid/test documents also in the "
+                    f"generic train split (manifest.json: duplicates)")
         corpora[name] = Corpus(folder, tok)
         if only is not None and name in only:  # a domain about to be specialized to: every split is read
             _check_splits(corpora[name], spec, field, cfg)
