@@ -44,7 +44,12 @@ class DataConfig:
                       "[:SPLIT]' (Hugging Face, needs internet; a user option, never used by tests)")
     domains: dict = _f({"drama": "bundled:drama", "legal": "bundled:legal", "medical": "bundled:medical"},
                        "specialization domains: NAME=SOURCES pairs (same source syntax as data.generic); "
-                       "on the command line 'drama=bundled:drama,code=/path/to/py'")
+                       "on the command line 'drama=bundled:drama,code=/path/to/py' (';' between pairs when a "
+                       "domain has several comma-separated sources); replaces the config's domains")
+    add_domains: dict = _f({}, "domains added to data.domains (same NAME=SOURCES syntax; a name already there is "
+                               "replaced): --data.add_domains law=/path/law/ keeps the config's domains. A source "
+                               "may be an mlx-lm data folder (train.jsonl, valid.jsonl, test.jsonl): its splits are "
+                               "kept as given")
     dir: str = _f("", "where the tokenizer and token shards are written; empty = OUT/data")
     vocab_size: int = _f(4096, "SentencePiece vocabulary size (the paper uses 32000)")
     tokenizer_sample_mb: float = _f(32.0, "at most this many MB of generic training text train the tokenizer")
@@ -120,7 +125,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
-    steps: int = _f(300, "optimizer steps (upper bound when early stopping is on)")
+    steps: int = _f(300, "optimizer steps (upper bound when early stopping is on); finetune.steps 0 = no step cap "
+                         "(early stopping or finetune.max_epochs ends it)")
+    max_epochs: float = _f(0.0, "finetune only: at most this many epochs over the domain's train windows (0 = no "
+                                "epoch cap); the run ends at the first of early stopping, max_epochs and steps")
     batch_size: int = _f(16, "sequences per micro-batch")
     seq_len: int = _f(256, "tokens per training sequence (packed, no padding)")
     grad_accum: int = _f(1, "micro-batches per optimizer step (effective batch = batch_size * grad_accum)")
@@ -147,8 +155,15 @@ class TrainConfig:
     def check(self, name: str = "pretrain") -> None:
         """ConfigError naming `{name}.KEY` (name: "pretrain" or "finetune")."""
         for k in ("steps", "batch_size", "seq_len", "grad_accum"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"{name}.{k} must be >= 1, got {getattr(self, k)}")
+            lo = 0 if k == "steps" and name == "finetune" else 1  # finetune.steps 0: no step cap
+            if getattr(self, k) < lo:
+                raise ConfigError(f"{name}.{k} must be >= {lo}, got {getattr(self, k)}")
+        if name != "finetune" and self.max_epochs:
+            raise ConfigError(f"{name}.max_epochs: only fine-tuning is budgeted in epochs ({name} runs {name}.steps "
+                              f"steps, which the comparison matches FLOPs by); set {name}.max_epochs 0")
+        if self.max_epochs < 0 or (self.steps == 0 and self.max_epochs == 0):
+            raise ConfigError(f"{name}.steps={self.steps} and {name}.max_epochs={self.max_epochs}: set a budget, "
+                              f"steps > 0 (a step cap) or max_epochs > 0 (an epoch cap), or both")
         if not 0 < self.lr < float("inf"):
             raise ConfigError(f"{name}.lr must be a finite number > 0, got {self.lr}")
         if self.precision not in PRECISIONS:
@@ -245,9 +260,8 @@ MIXTURE_ACCOUNTING = ("paper", "split-steps")
 class MixtureConfig:
     accounting: str = _f("paper", "slm-mix: how the k experts share the slm's pretraining budget: paper (each expert "
                                   "trains pretrain.steps steps at pretrain.batch_size / k, as the paper's parallel "
-                                  "experts; when k does not divide the batch, batch_size // k rows (>= 1) and "
-                                  "proportionally more steps) | split-steps (pretrain.steps // k steps each at the "
-                                  "full batch); the same tokens and FLOPs either way")
+                                  "experts) | split-steps (pretrain.steps // k steps each at the full batch); the "
+                                  "same tokens and FLOPs either way")
     expert_steps: int = _f(0, "slm-mix: pretraining steps per expert; 0 = from mixture.accounting (pretrain.steps, or "
                               "pretrain.steps // k with split-steps)")
 
@@ -264,7 +278,9 @@ SELECTS = ("auto", "most-frequent", "best-loss", "all", "histogram")
 
 def _finetune_defaults() -> TrainConfig:
     # Fine-tuning: lower lr (the paper divides by 3 for 1M tokens), early stopping on valid loss.
-    return TrainConfig(steps=200, lr=1e-3, min_lr=1e-4, warmup=10, eval_every=25, save_every=25, patience=3)
+    # The budget: until early stopping, at most 10 epochs over the domain's train split (no step cap).
+    return TrainConfig(steps=0, max_epochs=10.0, lr=1e-3, min_lr=1e-4, warmup=10, eval_every=25, save_every=25,
+                       patience=3)
 
 
 @dataclass
@@ -466,6 +482,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
         if key not in keys:
             raise ConfigError(f"command line: unknown option '--{key}'{_suggest(key, keys)}")
         set_key(cfg, key, parse_value(text, keys[key][0], key, f"--{key}"))
+    data = getattr(cfg, "data", None)
+    if isinstance(data, DataConfig) and data.add_domains:  # merged once here: everything else reads data.domains
+        data.domains = {**data.domains, **data.add_domains}
     validate(cfg)
     return cfg
 

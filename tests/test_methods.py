@@ -194,16 +194,24 @@ def test_pretrain_specialize_export_each_method(clustered, tmp_path_factory, met
     if method != "slm-mix":
         saved = load_projected(out / f"pretrain-{method}" / "final")
         assert saved.pargs.k == 4 and (saved.pargs.coefficients == "hypernet") == (method == "slm-hn")
-    r = stages.specialize(cfg, data, domain, log=lambda *a: None)
+    lines = []
+    r = stages.specialize(cfg, data, domain, log=lines.append)
     assert r["method"] == method and r["domain"] == domain
     hist = method_clustering(cfg).histograms[domain]
+    # the choice is printed when it is made: before the test splits are measured, fine-tuning and all
+    said = next(i for i, ln in enumerate(lines) if f"[specialize {method}] {r['select']}: " in ln)
+    assert said < next(i for i, ln in enumerate(lines) if ln.startswith("[evaluate]"))
     if select in ("most-frequent",):
         assert r["selected_cluster"] == int(np.argmax(hist))
+        assert f"most-frequent: cluster {r['selected_cluster']}, " in lines[said]
     if select in ("histogram", "auto"):
         assert r["selected_cluster"] == "histogram" and r["select"] == "histogram"
+        assert "histogram: projecting with" in lines[said]
     if select in ("best-loss", "all"):
         assert len(r["candidates_valid_nll"]) == 4
         assert r["selected_cluster"] == int(min(r["candidates_valid_nll"], key=r["candidates_valid_nll"].get))
+    if select == "best-loss":
+        assert sum(f"best-loss: cluster {i}/4: " in ln for i in range(4) for ln in lines) == 4
     final = out / f"specialize-{method}" / domain / "final"
     assert json.loads((final.parent / "results.json").read_text())["after"][domain]["ppl"] > 1
     from mlx_pn.models.build import load_model

@@ -51,8 +51,9 @@ def test_loss_falls_on_real_text(tiny_run, tmp_path):
     assert not (tmp_path / "summary.json").exists()  # the stage writes it, from r.summary() plus its cost
     s = r.summary()
     assert list(s) == ["steps", "final_loss", "best_valid_nll", "best_step", "stopped_early", "tokens", "wall_s",
-                       "data_wait_s"]
+                       "data_wait_s", "planned_steps", "stopped_by"]
     assert (s["steps"], s["final_loss"], s["tokens"]) == (30, losses[-1], 30 * 4 * 32)
+    assert (s["planned_steps"], s["stopped_by"]) == (30, "steps")
     assert s["best_valid_nll"] == min(valid) and s["data_wait_s"] >= 0 and not s["stopped_early"]
 
 
@@ -105,9 +106,10 @@ def test_train_state_from_dict_and_eval_bookkeeping():
     assert not s.record_eval(60, 3.5 - 1e-7) and s.bad_evals == 2  # within 1e-6 of the best: not better
     assert s.record_eval(70, 3.4) and (s.best_valid_nll, s.best_step, s.bad_evals) == (3.4, 70, 0)
     r = TrainResult(steps=1, final_loss=2.0, best_valid_nll=None, best_step=None, stopped_early=False, tokens=8,
-                    wall_s=0.5, data_wait_s=0.1, history=[{"step": 1}])
+                    wall_s=0.5, data_wait_s=0.1, planned_steps=1, stopped_by="steps", history=[{"step": 1}])
     assert r.summary() == {"steps": 1, "final_loss": 2.0, "best_valid_nll": None, "best_step": None,
-                           "stopped_early": False, "tokens": 8, "wall_s": 0.5, "data_wait_s": 0.1}
+                           "stopped_early": False, "tokens": 8, "wall_s": 0.5, "data_wait_s": 0.1,
+                           "planned_steps": 1, "stopped_by": "steps"}
 
 
 class _Stop(Exception):

@@ -189,7 +189,8 @@ def _cluster_one(cluster: ClusterConfig, window: int, folder: Path, data, vecs, 
             log(f"[cluster] k={k_req}: already done ({folder})")
             return m
     t0 = time.time()
-    km = kmeans(fit, k, iters=cluster.iters, seed=cluster.seed, spherical=True)  # centroids (K, D) unit rows
+    log(f"[cluster] k-means k={k} on {len(fit):,} generic windows (at most {cluster.iters} iterations)")
+    km = kmeans(fit, k, iters=cluster.iters, seed=cluster.seed, spherical=True, progress=True)  # (K, D) unit rows
     (folder / "labels").mkdir(parents=True, exist_ok=True)
     labels = {}  # {(corpus, split): (N,) int32}
     for (c, s), v in vecs.items():

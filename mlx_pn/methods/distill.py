@@ -81,7 +81,10 @@ def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, re
         import json
 
         parts["teacher_finetune"] = StageCost.from_dict(json.loads(teacher_results.read_text()).get("cost"))
-    visits = t.steps * t.batch_size * t.grad_accum  # windows fine-tuning may read (fewer with early stopping)
+    from mlx_pn.train.loop import budget
+
+    # windows fine-tuning may read (fewer with early stopping); its step budget may come from finetune.max_epochs
+    visits = budget(t, base)[0].steps * t.batch_size * t.grad_accum
     mode = dc.cache if dc.cache != "auto" else ("disk" if visits >= base.n_windows else "live")
     if mode == "disk":
         tokens = domain_train_tokens(data, domain, domain_tokens)

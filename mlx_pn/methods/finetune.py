@@ -30,19 +30,27 @@ def check_vocab(model, data: PreparedData, where: str) -> None:
 
 def check_domain(cfg: Config, data: PreparedData, domain: str) -> None:
     if domain not in data.corpora or domain == GENERIC:
-        raise ConfigError(f"domain '{domain}' is not in data.domains ({', '.join(data.domain_names())}); "
-                          f"pass --domain with one of them or add it with --data.domains")
+        names = ", ".join(cfg.data.domains) or "none"
+        raise ConfigError(f"domain '{domain}' is not in data.domains (the config's domains: {names}); pass --domain "
+                          f"with one of them, or add it with --data.add_domains {domain}=SOURCES")
 
 
-def evaluate_split(model, data: PreparedData, corpus: str, split: str, cfg: Config, max_windows: int = 0) -> dict:
-    """NLL, perplexity and bits per byte of a held-out split (its first max_windows windows; 0 = all)."""
+def evaluate_split(model, data: PreparedData, corpus: str, split: str, cfg: Config, max_windows: int = 0,
+                   log=None) -> dict:
+    """NLL, perplexity and bits per byte of a held-out split (its first max_windows windows; 0 = all); with
+    `log`, a progress bar while it runs and one line when done."""
     c = data.corpora[corpus]
+    t0 = time.time()
     windows = eval_windows(c.tokens(split), cfg.finetune.seq_len, max_windows)  # (N, L + 1)
-    r = nll(model, windows, cfg.finetune.seq_len, cfg.finetune.batch_size)
+    r = nll(model, windows, cfg.finetune.seq_len, cfg.finetune.batch_size,
+            desc=None if log is None else f"evaluate {corpus}.{split}")
     if max_windows == 0:  # the whole split: its UTF-8 size from the data manifest
         r["bpb"] = bits_per_byte(r["nll"], r["tokens"], c.bytes_utf8(split))
     else:  # the bytes the evaluated target tokens stand for
         r["bpb"] = bits_per_byte(r["nll"], r["tokens"], int(piece_bytes(data.tokenizer)[windows[:, 1:]].sum()))
+    if log is not None:
+        log(f"[evaluate] {corpus}.{split}: ppl {r['ppl']:.2f}, {r['bpb']:.3f} bits/byte over {r['tokens']:,} tokens "
+            f"({time.time() - t0:.1f} s)")
     return r
 
 
@@ -62,11 +70,15 @@ def piece_bytes(tokenizer) -> np.ndarray:
     return _PIECE_BYTES[key]
 
 
-def measure(model, data: PreparedData, domain: str, cfg: Config) -> dict:
-    """The generic and the domain test split (cfg.data.test_windows windows of each; 0 = all)."""
+def measure(model, data: PreparedData, domain: str, cfg: Config, log=None, when: str = "") -> dict:
+    """The generic and the domain test split (cfg.data.test_windows windows of each; 0 = all); with `log`, a line
+    before (`when`: e.g. "before fine-tuning") and a progress bar and a line per split."""
     n = cfg.data.test_windows
-    return {"generic": evaluate_split(model, data, GENERIC, "test", cfg, n),
-            domain: evaluate_split(model, data, domain, "test", cfg, n)}
+    if log is not None:
+        log(f"[evaluate] test splits of generic and {domain}{' ' + when if when else ''}"
+            f"{f' (first {n} windows of each)' if n else ''}")
+    return {"generic": evaluate_split(model, data, GENERIC, "test", cfg, n, log),
+            domain: evaluate_split(model, data, domain, "test", cfg, n, log)}
 
 
 def domain_train_tokens(data: PreparedData, domain: str, domain_tokens: int = 0) -> np.ndarray:
@@ -98,9 +110,32 @@ def finetune(cfg: Config, data: PreparedData, domain: str, model, out: Path, res
     return r
 
 
-def cost_fields(parts: dict[str, StageCost], args, cfg: Config) -> dict:
+def finetune_costs(args, r: dict, seq_len: int) -> tuple[StageCost, StageCost]:
+    """A fine-tuning run's summary -> (the cost of its steps up to the best validation score, the cost of every step
+    it ran). The paper counts the first (App. C: the steps after the best one only served to find it); its wall_s
+    is the measured time scaled by best_step / steps. Without a validation score, both are every step."""
+    total = training_cost(args, r["tokens"], seq_len, r["wall_s"])
+    best, steps = r.get("best_step"), r["steps"]
+    if best is None or not steps:
+        return total, total
+    share = min(best, steps) / steps
+    return training_cost(args, round(r["tokens"] * share), seq_len, r["wall_s"] * share), total
+
+
+def stop_fields(r: dict, t) -> dict:
+    """results.json's record of what ended fine-tuning: the cap hit first and the budget it was under."""
+    return {"stopped_by": r.get("stopped_by", ""), "planned_steps": r.get("planned_steps"),
+            "max_epochs": t.max_epochs, "step_cap": t.steps}
+
+
+def cost_fields(parts: dict[str, StageCost], args, cfg: Config, all_steps: dict[str, StageCost] | None = None) -> dict:
+    """cost / cost_parts: what the comparison counts (fine-tuning up to its best step); cost_all_steps /
+    cost_parts_all_steps: the same with `all_steps` (every fine-tuning step run) in place of those parts."""
     total = sum(parts.values(), StageCost())
+    every = parts | (all_steps or {})
     return {"cost": total.as_dict(), "cost_parts": {k: v.as_dict() for k, v in parts.items()},
+            "cost_all_steps": sum(every.values(), StageCost()).as_dict(),
+            "cost_parts_all_steps": {k: v.as_dict() for k, v in every.items()},
             "inference_flops_per_token": inference_flops_per_token(args, cfg.finetune.seq_len)}
 
 
@@ -113,21 +148,21 @@ def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: P
     out = specialize_dir(cfg, domain, domain_tokens)
     t0 = time.time()
     check_vocab(model, data, str(src or "a new model"))
-    before = measure(model, data, domain, cfg)
+    before = measure(model, data, domain, cfg, log, "before fine-tuning")
     parts = dict(parts or {})
     if tune is None:
         r, extra = finetune(cfg, data, domain, model, out, resume, log, domain_tokens=domain_tokens), {}
     else:
         r, tune_parts, extra = tune(model, out)
         parts.update(tune_parts)
-    parts["finetune"] = training_cost(model.args, r.tokens, cfg.finetune.seq_len, r.wall_s)
-    after = measure(model, data, domain, cfg)
+    parts["finetune"], every = finetune_costs(model.args, r.summary(), cfg.finetune.seq_len)
+    after = measure(model, data, domain, cfg, log, "after fine-tuning")
     results = {
         "domain": domain, "method": cfg.method, "pretrained_from": str(src) if src else None,
         "domain_train_tokens": len(domain_train_tokens(data, domain, domain_tokens)) - 1,
         "before": before, "after": after, "finetune_steps": r.steps, "best_step": r.best_step,
-        "stopped_early": r.stopped_early, "wall_s": time.time() - t0, **extra,
-        **cost_fields(parts, model.args, cfg), "config": to_dict(cfg),
+        "stopped_early": r.stopped_early, **stop_fields(r.summary(), cfg.finetune), "wall_s": time.time() - t0,
+        **extra, **cost_fields(parts, model.args, cfg, {"finetune": every}), "config": to_dict(cfg),
     }
     write_json_atomic(out / "results.json", results)
     return results

@@ -25,7 +25,8 @@ from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches, eval_windo
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
 from mlx_pn.io import write_json_atomic
-from mlx_pn.methods.finetune import (check_vocab, cost_fields, domain_train_tokens, finetune, measure)
+from mlx_pn.methods.finetune import (check_vocab, cost_fields, domain_train_tokens, finetune, finetune_costs, measure,
+                                     stop_fields)
 from mlx_pn.methods.importance import check_window
 from mlx_pn.methods.layout import (finished, method_clustering, pretrain_dir, read_summary, specialize_dir,
                                    write_summary)
@@ -55,16 +56,23 @@ def specialize_routed(cfg: Config, data: PreparedData, domain: str, load, select
     out, t, corpus = specialize_dir(cfg, domain, domain_tokens), cfg.finetune, data.corpora[domain]
     t0 = time.time()
     valid_nll = {}
+    top = ", ".join(f"{i}: {hist[i]:.2f}" for i in np.argsort(-hist)[:3])
     if select == "histogram":
         choice = "histogram"
+        log(f"[specialize {cfg.method}] histogram: projecting with {domain}'s whole cluster histogram (top clusters "
+            f"{top})")
     elif select == "most-frequent":
         choice = int(hist.argmax())
+        log(f"[specialize {cfg.method}] most-frequent: cluster {choice}, {hist[choice]:.0%} of {domain}'s train "
+            f"windows (top clusters {top})")
     else:
         for i in range(clusters.k):
             if select == "best-loss":
                 m = make(i)
                 valid_nll[i] = nll(m, corpus.tokens("valid"), t.seq_len, t.batch_size,
                                    t.eval_batches * t.batch_size)["nll"]
+                log(f"[specialize {cfg.method}] best-loss: cluster {i}/{clusters.k}: {domain} valid nll "
+                    f"{valid_nll[i]:.3f}")
             else:  # all: fine-tune each candidate, compare on domain validation
                 r = finetune(cfg, data, domain, make(i), out / "candidates" / f"expert-{i:02d}", resume, log,
                              domain_tokens=domain_tokens)
@@ -74,30 +82,31 @@ def specialize_routed(cfg: Config, data: PreparedData, domain: str, load, select
             + ", ".join(f"{i}: {v:.3f}" for i, v in valid_nll.items()) + ")")
     model = make(hist if choice == "histogram" else choice)
     check_vocab(model, data, str(root))
-    before = measure(model, data, domain, cfg)
+    before = measure(model, data, domain, cfg, log, "before fine-tuning")
     if select == "all":
         model = load_model(out / "candidates" / f"expert-{choice:02d}" / "final")
         save_model(out / "final", model)
         r = read_summary(out / "candidates" / f"expert-{choice:02d}")
     else:
         r = finetune(cfg, data, domain, model, out, resume, log, domain_tokens=domain_tokens).summary()
-    after = measure(model, data, domain, cfg)
-    parts = {"finetune": training_cost(model.args, r["tokens"], t.seq_len, r["wall_s"])}
+    after = measure(model, data, domain, cfg, log, "after fine-tuning")
+    parts, every = {}, {}
+    parts["finetune"], every["finetune"] = finetune_costs(model.args, r, t.seq_len)
     if select == "best-loss":
         parts["selection"] = forward_cost(model.args, clusters.k * t.eval_batches * t.batch_size * t.seq_len,
                                           t.seq_len)
     elif select == "all":
         cand = [read_summary(out / "candidates" / f"expert-{i:02d}") for i in range(clusters.k)]
-        parts["finetune"] = sum((training_cost(model.args, c["tokens"], t.seq_len, c["wall_s"]) for c in cand),
-                                StageCost())
+        costs = [finetune_costs(model.args, c, t.seq_len) for c in cand]  # each candidate: (to its best, all steps)
+        parts["finetune"], every["finetune"] = (sum((c[j] for c in costs), StageCost()) for j in (0, 1))
     results = {
         "domain": domain, "method": cfg.method, "select": select, "selected_cluster": choice,
         "k": clusters.k, "domain_histogram": hist.tolist(), "top_cluster_share": float(hist.max()),
         "candidates_valid_nll": {str(i): v for i, v in valid_nll.items()}, "pretrained_from": str(root),
         "domain_train_tokens": len(domain_train_tokens(data, domain, domain_tokens)) - 1,
         "before": before, "after": after, "finetune_steps": r["steps"], "best_step": r["best_step"],
-        "stopped_early": r["stopped_early"], "wall_s": time.time() - t0, **cost_fields(parts, model.args, cfg),
-        "config": to_dict(cfg),
+        "stopped_early": r["stopped_early"], **stop_fields(r, t), "wall_s": time.time() - t0,
+        **cost_fields(parts, model.args, cfg, every), "config": to_dict(cfg),
     }
     write_json_atomic(out / "results.json", results)
     return results
@@ -214,16 +223,15 @@ def expert_steps(total_steps: int, k: int, per_expert: int = 0) -> int:
 def expert_plan(cfg: Config, k: int) -> tuple[int, int]:
     """(steps, batch_size) of each of k experts under mixture.accounting: paper = the slm's steps at 1/k of its
     batch (the paper's experts, trained in parallel); split-steps = pretrain.steps // k at the full batch. Both
-    spend the slm's tokens (hence FLOPs) over the k experts; mixture.expert_steps overrides the steps.
-
-    paper with batch_size not a multiple of k: each expert's batch is batch_size // k (at least 1) and its steps
-    grow to keep batch_size / k rows per slm step, rounded to a whole step (batch 8, k = 16: 1 row, half the
-    steps; batch 8, k = 3: 2 rows, round(4/3 x steps)): the tokens match the slm's to within one step per expert."""
+    spend the slm's tokens (hence FLOPs) over the k experts; mixture.expert_steps overrides the steps."""
     t, mix = cfg.pretrain, cfg.mixture
     if mix.accounting == "split-steps":
         return expert_steps(t.steps, k, mix.expert_steps), t.batch_size
-    batch = max(1, t.batch_size // k)
-    return mix.expert_steps or max(1, round(t.steps * t.batch_size / (k * batch))), batch
+    if t.batch_size % k:
+        raise ConfigError(f"pretrain.batch_size={t.batch_size} is not a multiple of the clustering's k={k}: with "
+                          f"mixture.accounting=paper each expert trains at batch_size / k; pick a multiple of {k} "
+                          "or --mixture.accounting split-steps")
+    return mix.expert_steps or t.steps, t.batch_size // k
 
 
 def load_expert(root: str | Path, i: int, method: str):
@@ -258,7 +266,7 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
     k = clusters.k
     steps, batch = expert_plan(cfg, k)
     texp = dataclasses.replace(t, steps=steps, batch_size=batch,
-                               eval_batches=t.eval_batches * t.batch_size // batch)
+                               eval_batches=t.eval_batches * (t.batch_size // batch))
     if expert is not None and not 0 <= expert < k:
         raise ConfigError(f"--expert {expert}: the clustering has k={k} clusters; pick 0..{k - 1}")
     generic = data.corpora[GENERIC]

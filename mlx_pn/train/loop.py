@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -89,6 +89,8 @@ class TrainResult:
     tokens: int
     wall_s: float
     data_wait_s: float = 0.0  # time the step waited for the prefetch thread
+    planned_steps: int = 0  # the step budget (budget(): steps, or max_epochs over the batches' windows)
+    stopped_by: str = ""  # what ended the run: "early stopping", "max_epochs" or "steps" (the first cap hit)
     history: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -207,11 +209,29 @@ def make_step(model, optimizer, loss_fn, micro_batches: int, grad_clip: float, c
     return partial(mx.compile, inputs=state, outputs=state)(step) if compile else step
 
 
+def budget(cfg: TrainConfig, batches) -> tuple[TrainConfig, str]:
+    """The run's step budget -> (cfg with `steps` set to it, the cap that sets it: "max_epochs" or "steps").
+
+    cfg.max_epochs > 0 caps the run at ceil(max_epochs x batches.n_windows / (batch_size x grad_accum)) steps and
+    cfg.steps > 0 at steps (0: no step cap); the lower cap wins. Early stopping may end the run before either. The
+    learning-rate schedule decays over this budget."""
+    if not cfg.max_epochs:
+        return cfg, "steps"
+    n = getattr(batches, "n_windows", None)
+    if n is None:
+        raise TrainingError(f"max_epochs={cfg.max_epochs} needs batches that count their windows "
+                            f"({type(batches).__name__} does not); set max_epochs 0 and a number of steps")
+    epoch_steps = max(1, math.ceil(cfg.max_epochs * n / (cfg.batch_size * cfg.grad_accum)))
+    if cfg.steps and cfg.steps <= epoch_steps:
+        return cfg, "steps"
+    return replace(cfg, steps=epoch_steps), "max_epochs"
+
+
 def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, *,
           valid_tokens: np.ndarray | None = None, valid_labels: np.ndarray | None = None,
           loss_fn: Callable = cross_entropy, resume: bool = True, desc: str = "train",
           extra_config: dict | None = None, log: Callable = print, group=None) -> TrainResult:
-    """Train `model` in place for cfg.steps (or until early stopping) and write `out_dir`.
+    """Train `model` in place for budget(cfg, batches) steps (or until early stopping) and write `out_dir`.
 
     `batches.batch(step, A)` gives (A, B, L + 1) tokens, or a tuple (tokens, *extras) whose extras reach
     `loss_fn(model, x, y, *extras)`. valid_tokens: a 1-D split or (N, L + 1) windows; valid_labels: their
@@ -223,6 +243,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     """
     group, rank, world_size = dist.resolve(group)
     main = rank == 0
+    cfg, cap = budget(cfg, batches)  # cfg.steps: the planned steps from here on
     if not main:
         log = _quiet
     out = Path(out_dir)
@@ -332,7 +353,11 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     final_loss = math.nan if state.last_loss is None else state.last_loss
     result = TrainResult(steps=state.step, final_loss=final_loss, best_valid_nll=state.best_valid_nll,
                          best_step=state.best_step, stopped_early=state.stopped_early, tokens=state.tokens,
-                         wall_s=time.perf_counter() - t0, data_wait_s=pf.wait_s, history=metrics.rows())
+                         wall_s=time.perf_counter() - t0, data_wait_s=pf.wait_s, planned_steps=cfg.steps,
+                         stopped_by="early stopping" if state.stopped_early else cap, history=metrics.rows())
+    log(f"[{desc}] stopped by {result.stopped_by} at step {state.step} of {cfg.steps} planned"
+        + (f" ({batches.epochs(state.step, cfg.grad_accum):.2f} epochs)" if hasattr(batches, "epochs") else "")
+        + ("" if state.best_step is None else f"; best validation at step {state.best_step}"))
     interrupt.done()
     dist.barrier(group)  # no rank leaves before rank 0 has written the final model
     return result
