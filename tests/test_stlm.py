@@ -77,12 +77,13 @@ def test_shared_export_to_mlx_lm(tiny_run, tmp_path):
     vocab = tiny_run[1].tokenizer.vocab_size
     model = build_model(shared_args(vocab_size=vocab, share_ffn=True, share_attn_out=True, tie_word_embeddings=False))
     report = export_mlx_lm(model, tiny_run[1].tokenizer.hf_dir, tmp_path / "m")
-    assert report["max_abs_logit_diff"] == 0.0 and report["exported_params"] > report["params"]
+    # within 1e-5, not 0: our MLP's fast silu vs mlx-lm's nn.silu (mlx_pn.models.ops; measured 8.9e-7)
+    assert report["max_abs_logit_diff"] <= 1e-5 and report["exported_params"] > report["params"]
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["model_type"] == "llama" and "share_ffn" not in cfg and cfg["tie_word_embeddings"] is False
     lm, _ = load(str(tmp_path / "m"))
     x = mx.array(np.random.default_rng(0).integers(3, vocab, (1, 7)))
-    assert mx.array_equal(lm(x), model(x)).item()
+    assert mx.abs(lm(x) - model(x)).max().item() <= 1e-5
 
 
 # --- construction hooks ------------------------------------------------------------------------------
