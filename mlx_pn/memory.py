@@ -11,6 +11,7 @@ f = intermediate_size, H heads, V vocabulary, P parameters, P_t of them trained)
     activations kept for the backward pass: 4 B L N (10 d + 4 f + 2 H L)   (norms, q/k/v/o, rope, attention
         scores and probabilities (the CPU attention is not fused), the SwiGLU's gate/up/product, residuals)
     logits: 4 B L V x 3   (the logits, their softmax and their gradient)
+    (a bf16/fp16 step, train.precision: 2 bytes an activation; on a GPU the fused attention keeps no scores)
 Available memory: the GPU's memory where MLX runs on one (mx.device_info()), else MemAvailable of /proc/meminfo
 (capped by a cgroup limit: containers) on Linux, `sysctl hw.memsize` on macOS. tests/test_hostile_input.py checks
 the estimate against MLX's measured peak of a real step.
@@ -97,14 +98,19 @@ def param_count(args) -> int:
             + (mlp if shared_mlp else 0) + (d * d if shared_o else 0))
 
 
-def training_bytes(args, n_params: int, n_trainable: int, batch_size: int, seq_len: int) -> dict[str, int]:
-    """The estimate of the module docstring, by part (bytes)."""
+def training_bytes(args, n_params: int, n_trainable: int, batch_size: int, seq_len: int, act_bytes: int = BYTES,
+                   fused_attention: bool = False) -> dict[str, int]:
+    """The estimate of the module docstring, by part (bytes). act_bytes: 2 for a bf16/fp16 step (activations in
+    that dtype; the loss still takes the logits to float32); fused_attention: a GPU's attention, whose scores are
+    not kept (left out, so that the estimate stays a lower bound there: only a step that clearly cannot fit is
+    refused)."""
     d, n, f = args.hidden_size, args.num_hidden_layers, args.intermediate_size
     h, v = args.num_attention_heads, args.vocab_size
     tokens = batch_size * seq_len
+    scores = 0 if fused_attention else 2 * h * seq_len
     return {"weights": BYTES * n_params, "gradients": BYTES * n_trainable, "adamw": 2 * BYTES * n_trainable,
-            "activations": BYTES * tokens * n * (10 * d + 4 * f + 2 * h * seq_len),
-            "logits": 3 * BYTES * tokens * v}
+            "activations": act_bytes * tokens * n * (10 * d + 4 * f + scores),
+            "logits": (act_bytes + 2 * BYTES) * tokens * v}
 
 
 def _verdict(need: int, what: str, fix: str, log=None) -> None:
@@ -141,7 +147,11 @@ def check_training(model, cfg, desc: str = "train", log=None) -> dict[str, int]:
         return {}
     n_params = sum(p.size for _, p in tree_flatten(model.parameters()))
     n_trainable = sum(p.size for _, p in tree_flatten(model.trainable_parameters()))
-    parts = training_bytes(args, n_params, n_trainable, cfg.batch_size, cfg.seq_len)
+    import mlx.core as mx
+
+    gpu = mx.default_device() == mx.gpu
+    low = getattr(cfg, "precision", "fp32") in ("bf16", "fp16") or (getattr(cfg, "precision", "") == "auto" and gpu)
+    parts = training_bytes(args, n_params, n_trainable, cfg.batch_size, cfg.seq_len, 2 if low else BYTES, gpu)
     detail = ", ".join(f"{k} {_gb(b)}" for k, b in parts.items())
     _verdict(sum(parts.values()), f"[{desc}] training ({n_params:,} parameters, batch_size {cfg.batch_size} x "
                                   f"seq_len {cfg.seq_len}: {detail})",
