@@ -163,7 +163,9 @@ class TrainConfig:
                               f"steps, which the comparison matches FLOPs by); set {name}.max_epochs 0")
         if self.max_epochs < 0 or (self.steps == 0 and self.max_epochs == 0):
             raise ConfigError(f"{name}.steps={self.steps} and {name}.max_epochs={self.max_epochs}: set a budget, "
-                              f"steps > 0 (a step cap) or max_epochs > 0 (an epoch cap), or both")
+                              f"steps > 0 (a step cap) or max_epochs > 0 (an epoch cap), or both, e.g. --{name}.steps 0 "
+                              f"--{name}.max_epochs 10 (a config file's {name} section starts from TrainConfig's "
+                              f"defaults, max_epochs 0, not from the built-in fine-tuning defaults)")
         if not 0 < self.lr < float("inf"):
             raise ConfigError(f"{name}.lr must be a finite number > 0, got {self.lr}")
         if self.precision not in PRECISIONS:
