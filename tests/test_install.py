@@ -37,7 +37,7 @@ def installed(tmp_path_factory):
     shutil.copytree(REPO / "mlx_pn", src / "mlx_pn", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for f in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / f, src / f)
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-cache-dir", "--no-deps", "--no-build-isolation", str(src),
           "-w", str(tmp / "dist")], cwd=tmp)
     (wheel,) = (tmp / "dist").glob("mlx_pn-*.whl")
     env_dir = tmp / "venv"
@@ -46,7 +46,7 @@ def installed(tmp_path_factory):
     purelib = _run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                    cwd=tmp).stdout.strip()
     (Path(purelib) / "reuse_outer_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q", "--no-deps",
+    _run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q", "--no-cache-dir", "--no-deps",
           "--no-build-isolation", "--no-index", str(wheel)], cwd=tmp)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", MLX_DISABLE_COMPILE="1", PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
