@@ -529,3 +529,32 @@ def test_tokenizer_with_only_too_long_documents_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match=r"tokenizer: no document of the generic text is shorter than 16.8 MB"):
         train_tokenizer(["word " * (4 * 10**6)], 300, tmp_path / "tok")
     assert not (tmp_path / "tok").exists()
+
+
+def test_the_loop_refuses_a_window_past_the_models_positions(tok_and_model, tmp_path):
+    """The large model's seq_len is not checked at load (only the methods that build it use it): the loop checks
+    every model before its first step."""
+    import numpy as np
+
+    from mlx_pn.config import TrainConfig
+    from mlx_pn.data.batches import PackedBatches
+    from mlx_pn.train.loop import TrainingError, train
+
+    _, model = tok_and_model
+    batches = PackedBatches(np.zeros(8 * 300, np.uint16), seq_len=257, batch_size=2, seed=0)
+    with pytest.raises(TrainingError, match=r"\[llm\] seq_len=257 is longer than the model's "
+                                            r"max_position_embeddings=256"):
+        train(model, TrainConfig(steps=1, batch_size=2, seq_len=257), batches, tmp_path / "r", desc="llm",
+              log=lambda *a: None)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_interrupt_outside_training_says_so():
+    from mlx_pn import interrupt
+
+    interrupt.done()
+    assert interrupt.message(KeyboardInterrupt()).startswith("interrupted (Ctrl-C) outside training; finished")
+    assert interrupt.exit_code(interrupt.Terminated()) == 143 and interrupt.exit_code(KeyboardInterrupt()) == 130
+    interrupt.note("specialize legal", 7, None)
+    assert "at step 7 of [specialize legal]; last checkpoint: none yet" in interrupt.message(interrupt.Terminated())
+    interrupt.done()
