@@ -58,7 +58,8 @@ def build_parser(description: str, cls=Config, extra: typing.Callable | None = N
         meta = {bool: "BOOL", int: "INT", float: "FLOAT"}.get(base, "NAME=SRC,..." if base is dict else "STR")
         # Values stay strings here; config.parse_value converts them with the field's type.
         g.add_argument(f"--{key}", dest=f"ov:{key}", default=None, metavar=meta,
-                       help=f"{f.metadata.get('help', '')} (default: {obj!r})")
+                       # argparse %-formats help: a literal % in a field's help must not crash --help
+                       help=f"{f.metadata.get('help', '')} (default: {obj!r})".replace("%", "%%"))
     return p
 
 
