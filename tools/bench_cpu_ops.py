@@ -20,6 +20,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--inner", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default="", help="run the ops whose name contains this text")
     args = ap.parse_args(argv)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -59,6 +60,13 @@ def main(argv=None):
     def m_vjp(f, *a):
         return mx.vjp(f, list(a), [mx.ones_like(f(*a))])
 
+    u = mx.array(arr(N, Fi))
+
+    def swiglu(act):  # the MLP's activation and gate product, as the compiled step sees them
+        return mx.compile(lambda a, b: mx.vjp(lambda t: act(t) * b, [a], [b]))
+
+    swiglu_nn, swiglu_fast = swiglu(nn.silu), swiglu(fast_silu)
+    tu = torch.from_numpy(np.array(u))
     silu_nn = mx.compile(lambda a: m_vjp(nn.silu, a))
     silu_fast = mx.compile(lambda a: m_vjp(fast_silu, a))
     sdpa = mx.compile(lambda a: m_vjp(lambda t: mx.fast.scaled_dot_product_attention(t, t, t, scale=0.125,
@@ -92,6 +100,10 @@ def main(argv=None):
         "LM head N x d @ d x V (fwd)": (lambda: mxa["x"] @ mxa["wh"].T, lambda: tha["x"] @ tha["wh"].T),
         "silu fwd+bwd, nn.silu (N x F)": (lambda: silu_nn(mxa["g"]), lambda: t_bwd(F.silu, tha["g"])),
         "silu fwd+bwd, fast silu (ours)": (lambda: silu_fast(mxa["g"]), lambda: t_bwd(F.silu, tha["g"])),
+        "silu(gate) * up fwd+bwd, nn.silu": (lambda: swiglu_nn(mxa["g"], u), lambda: t_bwd(
+            lambda t: F.silu(t) * tu, tha["g"])),
+        "silu(gate) * up fwd+bwd, fast silu": (lambda: swiglu_fast(mxa["g"], u), lambda: t_bwd(
+            lambda t: F.silu(t) * tu, tha["g"])),
         "exp (N x V)": (lambda: mx.exp(mxa["logits"]), lambda: torch.exp(tha["logits"])),
         "causal SDPA fwd+bwd (B,H,L,Dh)": (lambda: sdpa(mxa["q"]), lambda: t_bwd(
             lambda t: F.scaled_dot_product_attention(t, t, t, is_causal=True, scale=0.125), tha["q"])),
@@ -116,6 +128,8 @@ def main(argv=None):
     print("| op | MLX ms | PyTorch ms | MLX / PyTorch |")
     print("|---|---|---|---|")
     for name, (m, t) in ops.items():
+        if args.only not in name:
+            continue
         timed(m, msync), timed(t, tsync)  # warm up (compile)
         ms, ts = [], []
         for _ in range(args.repeats):
