@@ -20,6 +20,16 @@ class ConfigError(ValueError):
     """A config file or flag is wrong; the message says where and how to fix it."""
 
 
+def check_name(name, key: str) -> str:
+    """A name that becomes a folder (a domain, a grid variant): one plain path component, so that nothing is
+    ever written outside the run's folders. A ConfigError naming the key and the fix otherwise."""
+    if not isinstance(name, str) or name.strip() in ("", ".", "..") or name != name.strip() or any(
+            c in name for c in "/\\\0") or name.startswith((".", "~")):
+        raise ConfigError(f"{key}: {name!r} is not a usable name (it becomes a folder): use letters, digits, '-' "
+                          f"or '_', with no '/', '\\', '..', leading '.' or '~', and not empty")
+    return name
+
+
 def _need(ok: bool, key: str, value, rule: str, fix: str) -> None:
     """ConfigError "KEY must be RULE, got VALUE; FIX" unless `ok`: the one shape of a numeric field's error."""
     if not ok:
@@ -64,6 +74,8 @@ class DataConfig:
         bad = {k: v for k, v in self.domains.items() if not isinstance(k, str) or not isinstance(v, str) or not v}
         if bad:
             raise ConfigError(f"{name}.domains: each entry must be NAME: SOURCES (a non-empty string), got {bad!r}")
+        for domain in self.domains:
+            check_name(domain, f"{name}.domains")
         if not 0 <= self.valid_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
             raise ConfigError(f"{name}.valid_fraction and {name}.test_fraction must be in [0, 0.5)")
         if self.vocab_size < 260:
@@ -315,6 +327,7 @@ class Config:
 
     def check(self) -> None:
         """The rules across sections and of the top-level keys (each section checks itself: validate)."""
+        check_name(self.domain, "domain")
         if self.select not in SELECTS:
             raise ConfigError(f"select: unknown selection '{self.select}'{_suggest(self.select, SELECTS)}")
 

@@ -68,12 +68,13 @@ def has_marker(folder: str | Path, kind: str) -> bool:
 
 
 def check_replaceable(folder: str | Path, kind: str, legacy: Callable[[Path], bool] | None = None) -> None:
-    """Raise ForeignFolderError unless `folder` is absent or is this library's `kind` folder: it carries the
+    """Raise ForeignFolderError unless `folder` is absent, empty or this library's `kind` folder: it carries the
     marker, or (made before markers existed) `legacy(folder)` recognises it."""
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return
-    if folder.is_dir() and not folder.is_symlink() and (has_marker(folder, kind) or (legacy and legacy(folder))):
+    if folder.is_dir() and not folder.is_symlink() and (has_marker(folder, kind) or (legacy and legacy(folder))
+                                                         or not any(folder.iterdir())):  # empty: nothing to lose
         return
     raise ForeignFolderError(f"{folder} exists and is not a {kind} folder made by mlx_pn (no {MARKER} of kind "
                              f"'{kind}'); refusing to replace or delete it: move it away, or choose another output "

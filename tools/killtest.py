@@ -4,6 +4,8 @@
     python -m tools.killtest --kills 20 --seed 3 --stage prepare --stage pretrain
     python -m tools.killtest --stage compare --kills 5       # recipes.compare on a reduced tiny grid
     python -m tools.killtest --mode writes                # crash exactly at durable-write boundaries
+    python -m tools.killtest --signal TERM                # SIGTERM (then SIGKILL after 30 s) instead of kill -9
+    python -m tools.killtest --mode concurrent            # two launches of each stage at once on one folder
     python -m tools.killtest --add "mine=python -m recipes.pretrain --config my.yaml --out {out}" --stage mine
 
 For each stage (run in order; each one works on the outputs of the previous ones):
@@ -16,7 +18,11 @@ For each stage (run in order; each one works on the outputs of the previous ones
    like the last one, and the next attempt starts again from the previous stages' outputs. With
    `--mode writes` each launch is instead killed by the process itself at its c-th durable write
    (before or after the rename; c = 1, 1+, 2, 2+, ...), via the MLX_PN_CRASH_AT_WRITE hook of
-   mlx_pn/io.py;
+   mlx_pn/io.py. `--signal TERM` sends SIGTERM instead of SIGKILL (and SIGKILL 30 s later if the launch
+   is still running), and reports the exit codes the launches ended with. `--mode concurrent` instead
+   starts a second launch of the same command on the same folder while the first runs (after a seeded
+   delay): each must finish (exit 0) or stop with the run lock's one line ("pid N is writing ..."),
+   never a traceback, and after one more launch the outputs must equal the reference;
 3. after every kill, every visible output is checked complete: checkpoints by their sha256, shards by
    their manifest, JSON/JSONL parse, safetensors/npy/spm load. Temporary files (.NAME.tmp-PID-*) may
    exist between launches and must be gone when the stage is done;
@@ -81,6 +87,8 @@ class StageReport:
     attempts: int = 1
     max_abs_diff: float = 0.0
     rerun_unchanged: bool = True
+    exit_codes: list[int] = field(default_factory=list)  # of the launches a signal ended (--signal TERM)
+    lock_refusals: int = 0  # concurrent mode: second launches stopped by the run lock
 
     @property
     def ok(self) -> bool:
@@ -106,8 +114,9 @@ def _env(extra: dict | None = None) -> dict:
 
 
 def launch(argv: list[str], log: Path, kill_after: float | None = None, env: dict | None = None,
-           timeout: float = 600) -> tuple[int | None, float, str]:
-    """Run argv in its own process group; SIGKILL the group after kill_after seconds.
+           timeout: float = 600, sig: int = signal.SIGKILL, codes: list | None = None) -> tuple[int | None, float, str]:
+    """Run argv in its own process group; send `sig` to the group after kill_after seconds (SIGKILL 30 s
+    later if it is still running; its exit code appended to `codes`).
     -> (exit code, or None when we killed it; seconds; output)."""
     t0 = time.perf_counter()
     with open(log, "wb") as f:
@@ -120,8 +129,14 @@ def launch(argv: list[str], log: Path, kill_after: float | None = None, env: dic
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
                 raise RuntimeError(f"{argv} ran past {timeout}s; see {log}")
-            os.killpg(p.pid, signal.SIGKILL)  # our own child's group: the command and anything it started
-            p.wait()
+            os.killpg(p.pid, sig)  # our own child's group: the command and anything it started
+            try:
+                got = p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                got = p.wait()
+            if codes is not None:
+                codes.append(got)
             rc = None
     return rc, time.perf_counter() - t0, log.read_text(errors="replace")
 
@@ -282,7 +297,7 @@ def _state(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def run_stage(name: str, command: str, ref: Path, kill: Path, logs: Path, kills: int, rng: random.Random,
-              mode: str = "time", atol: float = 0.0, log=print) -> StageReport:
+              mode: str = "time", atol: float = 0.0, log=print, sig: int = signal.SIGKILL) -> StageReport:
     r = StageReport(name)
     logs.mkdir(parents=True, exist_ok=True)
     rc, r.ref_s, out = launch(_argv(command, ref), logs / f"{name}-ref.log")
@@ -300,6 +315,9 @@ def run_stage(name: str, command: str, ref: Path, kill: Path, logs: Path, kills:
     if changed:
         r.rerun_unchanged = False
         r.problems += [f"re-running the finished stage changed a file: {c}" for c in changed]
+    if mode == "concurrent":
+        _run_concurrent(r, command, ref, kill, logs / name, kills, rng, atol)
+        return r
     attempts = 1
     points = [f"{c}{p}" for c in range(1, 1000) for p in ("", "+")]
     while True:
@@ -318,7 +336,7 @@ def run_stage(name: str, command: str, ref: Path, kill: Path, logs: Path, kills:
                 r.crash_points.append(point)
         else:
             delay = None if last else rng.uniform(0.1, 0.9) * r.ref_s
-            rc, t, out = launch(_argv(command, kill), log_path, kill_after=delay)
+            rc, t, out = launch(_argv(command, kill), log_path, kill_after=delay, sig=sig, codes=r.exit_codes)
             killed = rc is None
         r.resumed_from_checkpoint += out.count("resuming from")
         if killed:
@@ -344,6 +362,44 @@ def run_stage(name: str, command: str, ref: Path, kill: Path, logs: Path, kills:
     return r
 
 
+LOCKED = re.compile(r"^error: pid \d+ is writing .+ since .+ \(command: .+\)", re.M)
+
+
+def _run_concurrent(r: StageReport, command: str, ref: Path, kill: Path, logs: Path, rounds: int,
+                    rng: random.Random, atol: float) -> None:
+    """`rounds` times: launch A, then B on the same folder after a seeded delay in [0, 0.5 T]; each must exit
+    0 or stop with the run lock's line; then one more launch finishes, and the outputs equal the reference.
+    Each round starts again from the previous stages' outputs."""
+    logs.mkdir(parents=True, exist_ok=True)
+    base = logs.parent.parent / f"base-{r.name}"
+    for i in range(1, max(rounds, 1) + 1):
+        if i > 1:
+            shutil.rmtree(kill)
+            shutil.copytree(base, kill, symlinks=True)
+        fa, fb = open(logs / f"a-{i:03d}.log", "wb"), open(logs / f"b-{i:03d}.log", "wb")
+        a = subprocess.Popen(_argv(command, kill), cwd=REPO, stdout=fa, stderr=subprocess.STDOUT, env=_env(),
+                             start_new_session=True)
+        time.sleep(rng.uniform(0.0, 0.5) * r.ref_s)
+        b = subprocess.Popen(_argv(command, kill), cwd=REPO, stdout=fb, stderr=subprocess.STDOUT, env=_env(),
+                             start_new_session=True)
+        codes = [p.wait(timeout=600) for p in (a, b)]
+        fa.close(), fb.close()
+        r.launches += 2
+        for who, rc in zip("ab", codes):
+            out = (logs / f"{who}-{i:03d}.log").read_text(errors="replace")
+            if rc == 2 and LOCKED.search(out) and "Traceback" not in out:
+                r.lock_refusals += 1
+            elif rc != 0:
+                r.problems.append(f"round {i}, launch {who.upper()}: exit {rc} without the run lock's line: "
+                                  f"{out[-1500:]}")
+        rc, _, out = launch(_argv(command, kill), logs / f"after-{i:03d}.log")
+        r.launches += 1
+        if rc != 0:
+            r.problems.append(f"round {i}: the launch after both failed (exit {rc}): {out[-1500:]}")
+        _check_finished(r, ref, kill, atol, f"round {i}: ")
+    r.attempts = max(rounds, 1)
+
+
 def _check_finished(r: StageReport, ref: Path, kill: Path, atol: float, where: str) -> None:
     left = temp_leftovers(kill)
     if left:
@@ -355,7 +411,7 @@ def _check_finished(r: StageReport, ref: Path, kill: Path, atol: float, where: s
 
 
 def run(stages: dict[str, str], work: Path, kills: int = 10, seed: int = 0, mode: str = "time",
-        atol: float = 0.0, log=print) -> list[StageReport]:
+        atol: float = 0.0, log=print, sig: int = signal.SIGKILL) -> list[StageReport]:
     """Every stage in order, reference in WORK/ref, killed run in WORK/kill -> reports."""
     ref, kill, logs = work / "ref", work / "kill", work / "logs"
     for p in (ref, kill):
@@ -368,10 +424,11 @@ def run(stages: dict[str, str], work: Path, kills: int = 10, seed: int = 0, mode
         shutil.rmtree(base, ignore_errors=True)
         shutil.copytree(kill, base, symlinks=True)  # the killed run's state before this stage (writes mode)
         t0 = time.perf_counter()
-        r = run_stage(name, command, ref, kill, logs, kills, rng, mode, atol, log)
+        r = run_stage(name, command, ref, kill, logs, kills, rng, mode, atol, log, sig)
         shutil.rmtree(base, ignore_errors=True)
         log(f"[killtest] {name}: {r.kills} kills, {r.launches} launches, {r.resumed_from_checkpoint} resumed from a "
-            f"checkpoint, {'OK' if r.ok else f'{len(r.problems)} PROBLEMS'} ({time.perf_counter() - t0:.0f} s)")
+            f"checkpoint, {r.lock_refusals} refused by the run lock, "
+            f"{'OK' if r.ok else f'{len(r.problems)} PROBLEMS'} ({time.perf_counter() - t0:.0f} s)")
         reports.append(r)
     return reports
 
@@ -388,6 +445,11 @@ def format_report(reports: list[StageReport], seed: int, mode: str) -> str:
     lines += ["", "Uninterrupted run / start-up (s): "
               + ", ".join(f"{r.name} {r.ref_s:.1f}/{r.startup_s:.1f}" for r in reports)]
     for r in reports:
+        if r.exit_codes:
+            lines.append(f"{r.name} exit codes of the signalled launches: {' '.join(map(str, r.exit_codes))}")
+        if mode == "concurrent":
+            lines.append(f"{r.name}: {r.attempts} rounds of two launches at once, {r.lock_refusals} stopped by the run "
+                         f"lock, the rest finished")
         if r.crash_points:
             lines.append(f"{r.name} crash points (write number, + = after the rename): {' '.join(r.crash_points)}")
         for p in r.problems:
@@ -399,8 +461,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kills", type=int, default=10, help="kills per stage (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill times")
-    p.add_argument("--mode", choices=["time", "writes"], default="time",
-                   help="time: SIGKILL after a random delay; writes: the process kills itself at a durable write")
+    p.add_argument("--mode", choices=["time", "writes", "concurrent"], default="time",
+                   help="time: a signal after a random delay; writes: the process kills itself at a durable write; "
+                        "concurrent: a second launch on the same folder while the first runs (--kills rounds)")
+    p.add_argument("--signal", choices=["KILL", "TERM"], default="KILL",
+                   help="time mode: the signal sent (TERM: SIGKILL 30 s later if still running)")
     p.add_argument("--stage", action="append", default=None, help="run only these stages (repeatable); a stage reading an earlier one's outputs needs it listed too")
     p.add_argument("--add", action="append", default=[], metavar="NAME=COMMAND",
                    help="another stage: a command line with {out} for the output folder")
@@ -417,7 +482,7 @@ def main(argv=None):
             p.error(f"unknown stage {', '.join(sorted(unknown))}; have {', '.join(stages)}")
         stages = {k: v for k, v in stages.items() if k in a.stage}
     work = Path(a.work)
-    reports = run(stages, work, a.kills, a.seed, a.mode, a.atol)
+    reports = run(stages, work, a.kills, a.seed, a.mode, a.atol, sig=getattr(signal, f"SIG{a.signal}"))
     text = format_report(reports, a.seed, a.mode)
     (work / "report.md").write_text(text)
     print(text)

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from mlx_pn.compare.results import _macro, results_markdown
-from mlx_pn.config import Config, ConfigError, _f, leaf_keys, parse_value, set_key, to_dict, validate
+from mlx_pn.config import (Config, ConfigError, _f, check_name, leaf_keys, parse_value, set_key, to_dict,
+                            validate)
 from mlx_pn.io import atomic_file, write_json_atomic
 from mlx_pn.methods import METHODS, get
 from mlx_pn.methods.layout import BASE_METHOD
@@ -49,6 +50,10 @@ class GridConfig:
     lr_sweep: str = _f("", "comma-separated multipliers of pretrain.lr (and min_lr) tried for each row with its own "
                            "generic pretraining at the smallest budget and pretrain.seed, under OUT/sweep/; the lowest "
                            "generic validation loss wins at every budget and seed (empty = no sweep: pretrain.lr)")
+
+    def check(self, name: str = "grid") -> None:
+        for variant in self.variants:  # each becomes a folder b{budget}/variant-NAME
+            check_name(variant, f"{name}.variants")
 
 
 @dataclass
@@ -81,12 +86,16 @@ def grid_rows(cfg: CompareConfig) -> list[Row]:
     rows = [Row(m, m) for m in sorted(set(methods), key=order.index)]
     keys = leaf_keys(Config)
     for name, spec in cfg.grid.variants.items():
+        check_name(name, "grid.variants")
         ov = {}
         for item in str(spec).split():
             k, sep, v = item.partition("=")
             if not sep or k not in keys:
                 raise ConfigError(f"grid.variants.{name}: '{item}' is not KEY=VALUE with a config key (e.g. "
                                   f"model.share_ffn=true)")
+            if k in ("out", "data.dir"):  # a row writes under the grid's --out, beside the other rows
+                raise ConfigError(f"grid.variants.{name}: '{k}' cannot vary per row (every row writes under "
+                                  f"--out); run a second grid with its own --out instead")
             ov[k] = v
         rows.append(Row(name, ov.pop("method", BASE_METHOD), ov))
     return rows

@@ -29,6 +29,20 @@ class PreparedData:
         return [n for n in self.corpora if n != GENERIC]
 
 
+class _LazyLegacy:
+    """Equal to the legacy (absolute-path) fingerprint of `spec`, or to `key` with it as "generic": computed only
+    when the current fingerprint did not match (data made before fingerprints were checkout-independent)."""
+
+    def __init__(self, spec: str, key: dict | None = None):
+        self.spec, self.key = spec, key
+
+    def __eq__(self, other) -> bool:
+        legacy = fingerprint(self.spec, legacy=True)
+        return other == (legacy if self.key is None else self.key | {"generic": legacy})
+
+    __hash__ = None
+
+
 def _sources(cfg: Config) -> dict[str, tuple[str, str]]:
     """corpus name -> (source spec, config key for error messages)."""
     out = {GENERIC: (cfg.data.generic, "data.generic")}
@@ -62,7 +76,7 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
             # made by an older version (or one killed between the two writes): adopt the current settings
             log(f"[data] {meta} is missing; assuming {tok_dir} was trained on data.generic as configured now")
             write_json_atomic(meta, tok_key)
-        elif json.loads(meta.read_text()) != tok_key:
+        elif json.loads(meta.read_text()) not in (tok_key, _LazyLegacy(cfg.data.generic, tok_key)):
             raise DataError(
                 f"{tok_dir} was trained on other generic text or settings than data.generic={cfg.data.generic!r} "
                 f"now gives; delete {tok_dir} to retrain it (models trained with the old one need it), or use "
@@ -82,7 +96,8 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         folder = root / "shards" / name
         m = read_manifest(folder)
         fresh = (m is not None and m.get("source") == spec and m.get("tokenizer_sha256") == tok.sha256
-                 and m.get("split") == split_key and m.get("fingerprint") == prints[name]
+                 and m.get("split") == split_key
+                 and m.get("fingerprint") in (prints[name], _LazyLegacy(spec))  # or the older, path-based one
                  and (m.get("duplicates") or {}).get("method") == dedup.VERSION)
         if fresh:
             try:

@@ -20,9 +20,11 @@ from tqdm import tqdm
 
 from mlx_pn.data.sources import DataError, Document
 from mlx_pn.data.tokenizer import Tokenizer
-from mlx_pn.io import DiskSpaceError, atomic_folder, check_disk_space, file_sha256, write_json_atomic  # noqa: F401
+from mlx_pn.io import (DiskSpaceError, ForeignFolderError, atomic_folder, check_disk_space,  # noqa: F401
+                       check_inside, check_replaceable, file_sha256, write_json_atomic)
 
 MANIFEST = "manifest.json"
+SHARDS = "shards"  # the marker kind of a shard set (mlx_pn.io.write_marker)
 VERIFIED = "verified.json"  # {split: [size, mtime_ns]} of the files whose sha256 was last checked good
 
 
@@ -46,7 +48,15 @@ def _dtype(vocab_size: int) -> np.dtype:
 
 def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, folder: Path,
                  source: str, extra: dict | None = None, batch_docs: int = 256) -> dict:
-    """Tokenize every split into ``folder/name`` (written to a temp folder, then renamed)."""
+    """Tokenize every split into ``folder/name`` (written to a temp folder, then renamed). An existing
+    ``folder/name`` is replaced only when it is a shard set (its marker, or a manifest of this module's)."""
+    try:  # nothing is tokenized, let alone replaced, before the destination is known to be ours
+        check_inside(folder / name, folder, f"the shards of '{name}'")
+        if (folder / name).resolve() == Path(folder).resolve():
+            raise ForeignFolderError(f"the shards of '{name}' would replace {folder} itself; use a plain name")
+        check_replaceable(folder / name, SHARDS, _legacy_shards)
+    except ForeignFolderError as e:
+        raise DataError(str(e)) from None
     dtype = _dtype(tok.vocab_size)
     try:
         check_disk_space(folder, shard_bytes_needed(splits, dtype.itemsize), f"the token shards of '{name}'",
@@ -77,8 +87,14 @@ def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, f
         write_json_atomic(tmp / MANIFEST, manifest)
         write_json_atomic(tmp / VERIFIED, _stamps(tmp, manifest["splits"]))
 
-    atomic_folder(folder / name, write)
+    atomic_folder(folder / name, write, kind=SHARDS, legacy=_legacy_shards)
     return manifest
+
+
+def _legacy_shards(folder: Path) -> bool:
+    """A shard set written before folders carried markers: its manifest names it and holds its splits."""
+    m = read_manifest(folder)
+    return isinstance(m, dict) and m.get("name") == folder.name and "splits" in m and "tokenizer_sha256" in m
 
 
 def read_manifest(folder: Path) -> dict | None:

@@ -230,12 +230,15 @@ def source_files(spec: str) -> list[Path] | None:
     return files
 
 
-def fingerprint(spec: str) -> str:
+def fingerprint(spec: str, legacy: bool = False) -> str:
     """sha256 over the spec and the content of every file it reads: cached shards are rebuilt when the
-    text changes, not only when the spec does."""
+    text changes, not only when the spec does. A bundled file counts by its name, not by where this checkout
+    lies, so a moved checkout keeps its data; legacy: the older hash over every file's absolute path (shards
+    and tokenizers made with it are still accepted)."""
     h = hashlib.sha256(spec.encode())
     for f in source_files(spec) or []:
-        h.update(str(f).encode())
+        bundled = not legacy and f.parent == BUNDLED_DIR
+        h.update(f"bundled:{f.name}".encode() if bundled else str(f).encode())
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)

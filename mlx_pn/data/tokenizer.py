@@ -97,7 +97,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | Path, m
         if meta is not None:
             (tmp / "source.json").write_text(json.dumps(meta))
 
-    atomic_folder(folder, write)
+    atomic_folder(folder, write, kind="tokenizer", legacy=lambda f: (f / "spm.model").exists())
     return Tokenizer(folder)
 
 

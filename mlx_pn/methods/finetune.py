@@ -103,9 +103,12 @@ def finetune(cfg: Config, data: PreparedData, domain: str, model, out: Path, res
     from mlx_pn.train.loop import train  # looked up per call: tests replace it
 
     t = t or cfg.finetune
+    from mlx_pn.fingerprint import weights_sha256
+
+    # the weights it starts from (the pretrained parent): a resume after the parent changed is refused
     r = train(model, t, batches or domain_batches(cfg, data, domain, t, domain_tokens), out,
               valid_tokens=data.corpora[domain].tokens("valid"), resume=resume, loss_fn=loss_fn,
-              desc=f"finetune {domain}", log=log)
+              desc=f"finetune {domain}", log=log, fingerprint={"start.weights": weights_sha256(model)})
     write_summary(out, r)
     return r
 

@@ -11,11 +11,11 @@ from mlx_pn.config import Config, ConfigError
 from mlx_pn.costs import StageCost, training_cost
 from mlx_pn.data.batches import PackedBatches
 from mlx_pn.data.prepare import GENERIC, PreparedData
+from mlx_pn.fingerprint import expected
 from mlx_pn.methods.finetune import check_domain, specialize_model
 from mlx_pn.methods.layout import finished, method_clustering, pretrain_dir, read_summary, write_summary
 from mlx_pn.methods.method import Method
-from mlx_pn.methods.slm import missing_start, new_model
-from mlx_pn.models.build import load_model
+from mlx_pn.methods.slm import load_start, missing_start, new_model
 
 
 def check_window(cfg: Config) -> None:
@@ -48,7 +48,7 @@ def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, ex
     check_domain(cfg, data, domain)
     out, t = pretrain_dir(cfg, domain), cfg.pretrain
     what = f"pretrain {cfg.method} {domain}"
-    done = finished(out, t.steps, resume, log, what)
+    done = finished(out, t.steps, resume, log, what, expected(t, data.corpora[GENERIC].tokens("train")))
     if done:
         return done
     idx, stats = importance_indices(cfg, data, domain)
@@ -71,7 +71,7 @@ def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True
     if not (src / "model.safetensors").exists():
         raise missing_start(src, f"python -m recipes.importance --domain {domain}")
     parts = {"importance_pretraining": StageCost.from_dict((read_summary(src.parent) or {}).get("cost"))}
-    return specialize_model(cfg, data, domain, load_model(src), src, resume, log, domain_tokens, parts=parts)
+    return specialize_model(cfg, data, domain, load_start(src, cfg), src, resume, log, domain_tokens, parts=parts)
 
 
 def _grid_pretrain(cfg: Config, data, domains: list[str], log) -> None:

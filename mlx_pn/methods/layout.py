@@ -15,8 +15,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from mlx_pn.config import Config, ConfigError
+from mlx_pn.config import Config, ConfigError, check_name
 from mlx_pn.costs import StageCost
+from mlx_pn.fingerprint import check_same
 from mlx_pn.io import write_json_atomic
 
 BASE_METHOD = "slm"  # its folders carry no method suffix (OUT/pretrain, OUT/specialize)
@@ -29,13 +30,15 @@ def _stage_root(cfg: Config, stage: str) -> Path:
 def pretrain_dir(cfg: Config, domain: str | None = None) -> Path:
     """OUT/pretrain[-METHOD], or OUT/pretrain-METHOD/DOMAIN for a method pretrained per domain."""
     root = _stage_root(cfg, "pretrain")
+    if domain:
+        check_name(domain, "domain")  # a folder under --out, nothing outside it
     return root / domain if domain else root
 
 
 def specialize_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
     """OUT/specialize[-METHOD]/DOMAIN, or DOMAIN-NNNtok when fine-tuning on the first NNN domain tokens only."""
     name = f"{domain}-{domain_tokens}tok" if domain_tokens else domain
-    return _stage_root(cfg, "specialize") / name
+    return _stage_root(cfg, "specialize") / check_name(name, "domain")  # a folder under --out, nothing outside it
 
 
 def specialized_model_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
@@ -47,14 +50,18 @@ def as_method(cfg: Config, method: str) -> Config:
     return dataclasses.replace(cfg, method=method)
 
 
-def finished(out: Path, steps: int, resume: bool, log, what: str) -> dict | None:
-    """The summary of a stage that already ran `steps` steps to the end, else None."""
+def finished(out: Path, steps: int, resume: bool, log, what: str, fingerprint: dict | None = None) -> dict | None:
+    """The summary of a stage that already ran `steps` steps to the end, else None. fingerprint: what this
+    command would train (mlx_pn.train.loop.run_fingerprint, or the keys of it known before the model is
+    built); a finished run made with other values of those keys is a StaleRunError, not "already done"."""
     summary = out / "summary.json"
     if resume and summary.exists() and (out / "final" / "model.safetensors").exists():
         s = json.loads(summary.read_text())
         # "cost" is written with the summary once the stage is complete: without it the stage was killed
         # before its end (resuming from the final checkpoint writes both)
         if (s.get("steps") == steps or s.get("planned_steps") == steps) and "cost" in s:
+            if fingerprint is not None:
+                check_same(s.get("fingerprint"), fingerprint, f"[{what}] {out}")
             log(f"[{what}] already done ({out}); delete it to retrain")
             return s
     return None
@@ -65,7 +72,7 @@ def write_summary(out: Path, result, cost: StageCost | None = None, group=None, 
     Written by the rank that wrote the run (rank 0 of `group`, the train() argument)."""
     from mlx_pn.train import distributed as dist
 
-    summary = result.summary()
+    summary = result.summary() | {"fingerprint": getattr(result, "fingerprint", {})}
     if cost is not None:
         summary.update(cost=cost.as_dict(), **extra)
     if dist.resolve(group)[1] == 0:

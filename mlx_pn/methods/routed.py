@@ -24,6 +24,7 @@ from mlx_pn.costs import StageCost, forward_cost, projection_flops_per_token, tr
 from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
+from mlx_pn.fingerprint import expected
 from mlx_pn.io import write_json_atomic
 from mlx_pn.methods.finetune import (check_vocab, cost_fields, domain_train_tokens, finetune, finetune_costs, measure,
                                      stop_fields)
@@ -152,7 +153,8 @@ def projected_method(name: str, coefficients: str, default_select: str) -> Metho
         from mlx_pn.train.losses import cross_entropy
 
         out, t = pretrain_dir(cfg), cfg.pretrain
-        done = finished(out, t.steps, resume, log, f"pretrain {cfg.method}")
+        done = finished(out, t.steps, resume, log, f"pretrain {cfg.method}",
+                        expected(t, data.corpora[GENERIC].tokens("train")))
         if done:
             return done
         clusters = method_clustering(cfg)
@@ -277,7 +279,7 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
     args = model_args(cfg.model, data.tokenizer.vocab_size)
     for i in ([expert] if expert is not None else dist.my_share(range(k))):
         out = expert_dir(root, i)
-        if finished(out, steps, resume, log, f"pretrain {cfg.method} expert {i}"):
+        if finished(out, steps, resume, log, f"pretrain {cfg.method} expert {i}", expected(texp, tokens)):
             continue
         idx = expert_windows(labels, n, i)
         if len(idx) < batch:

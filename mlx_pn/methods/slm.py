@@ -27,11 +27,27 @@ def missing_start(src: Path, how: str) -> ConfigError:
     return ConfigError(f"{src} does not exist: run `{how}` with the same --out first")
 
 
-def load_start(src: Path, cfg: Config):
-    """The pretrained model a specialization starts from; a ConfigError naming the command that makes it."""
+def load_start(src: Path, cfg: Config, section: str | None = None):
+    """The pretrained model a specialization starts from; a ConfigError naming the command that makes it, or
+    the keys where it differs from the model cfg.<section> describes (model; large for llm)."""
     if not (src / "model.safetensors").exists():
         raise missing_start(src, f"python -m recipes.pretrain --method {cfg.method}")
-    return load_model(src)
+    model = load_model(src)
+    check_same_args(model, cfg, section or ("large" if cfg.method == "llm" else "model"), src)
+    return model
+
+
+def check_same_args(model, cfg: Config, section: str, src: Path) -> None:
+    """A ConfigError when a loaded model is not the one cfg.<section> builds (e.g. --model.hidden_size 32 on a
+    64-wide pretrained model): fine-tuning it would silently ignore the flag."""
+    want = model_args(getattr(cfg, section), model.args.vocab_size, section)
+    have = dataclasses.asdict(model.args) if dataclasses.is_dataclass(model.args) else {}
+    diff = {k: (have.get(k), v) for k, v in dataclasses.asdict(want).items() if have.get(k) != v}
+    if type(want) is not type(model.args) or diff:
+        listed = ", ".join(f"{k} {a} (config: {b})" for k, (a, b) in diff.items()) or type(model.args).__name__
+        raise ConfigError(f"{src} is not the model the {section} section describes: it has {listed}; use the "
+                          f"{section}.* settings it was pretrained with, or pretrain again with these (another --out, "
+                          f"or --no-resume)")
 
 
 def _pretrain_plain(section: str):
@@ -39,18 +55,20 @@ def _pretrain_plain(section: str):
         """One model (cfg.<section>) on the generic train split -> pretrain_dir(cfg)."""
         out, t = pretrain_dir(cfg), cfg.pretrain
         what = "pretrain" if cfg.method == BASE_METHOD else f"pretrain {cfg.method}"
-        done = finished(out, t.steps, resume, log, what)
-        if done:
-            return done
         model = new_model(cfg, data, section, seed=t.seed)
-        log(f"[{what}] {getattr(cfg, section).preset} model: {model.num_params() / 1e6:.2f}M parameters "
-            f"({model.num_params(embeddings=False) / 1e6:.2f}M without embeddings)")
         generic = data.corpora[GENERIC]
         batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed, "data.generic (train split)")
+        from mlx_pn.train.loop import run_fingerprint, train
+
+        # "already done" only for this model, data and optimisation (finished() compares the steps itself)
+        fp = run_fingerprint(model, t, batches, generic.tokens("valid"))
+        done = finished(out, t.steps, resume, log, what, {k: v for k, v in fp.items() if k != "train.steps"})
+        if done:
+            return done
+        log(f"[{what}] {getattr(cfg, section).preset} model: {model.num_params() / 1e6:.2f}M parameters "
+            f"({model.num_params(embeddings=False) / 1e6:.2f}M without embeddings)")
         log(f"[{what}] {t.steps} steps x {t.batch_size * t.grad_accum * t.seq_len} tokens = "
             f"{batches.epochs(t.steps, t.grad_accum):.2f} epochs of the generic train split")
-        from mlx_pn.train.loop import train
-
         r = train(model, t, batches, out, valid_tokens=generic.tokens("valid"), resume=resume, desc=what, log=log)
         return write_summary(out, r, training_cost(model.args, r.tokens, t.seq_len, r.wall_s))
 

@@ -209,7 +209,9 @@ def verify_model_folder(folder: Path) -> None:
 
 def save_model(folder: str | Path, model, extra_config: dict | None = None) -> Path:
     """write_model into a temp folder renamed to `folder`: a crash never leaves half a model."""
-    return atomic_folder(Path(folder), lambda tmp: write_model(tmp, model, extra_config))
+    # replaces only a model folder (marked, or one with a config.json and weights from before markers)
+    return atomic_folder(Path(folder), lambda tmp: write_model(tmp, model, extra_config), kind="model",
+                         legacy=lambda f: (f / "config.json").exists() and (f / "model.safetensors").exists())
 
 
 def load_model(folder: str | Path):

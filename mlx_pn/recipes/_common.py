@@ -10,14 +10,14 @@ from pathlib import Path
 import mlx_pn  # noqa: F401  (sets up the BLAS before anything imports mlx.core)
 from mlx_pn.config import ConfigError
 from mlx_pn.data.sources import DataError
-from mlx_pn.io import DiskSpaceError, WriteError, write_error
+from mlx_pn.io import DiskSpaceError, ForeignFolderError, WriteError, write_error
 
 from mlx_pn.config import PRESETS as CONFIGS  # noqa: E402 (the preset files: mlx_pn/recipes/configs; a recipe's default_config is one of them)
 
 # Error classes of heavier modules, looked up only when something was raised: importing mlx_pn.export
 # (mlx_lm, transformers) costs ~2 s, and an error of a module never imported cannot have been raised.
 _LAZY = {"mlx_pn.export": "ExportError", "mlx_pn.models.build": "CheckpointError",
-         "mlx_pn.train.loop": "TrainingError"}
+         "mlx_pn.train.loop": "TrainingError", "mlx_pn.runlock": "RunLockError"}
 
 
 def add_resume(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_resume(p: argparse.ArgumentParser) -> None:
 def known_errors() -> tuple[type, ...]:
     """The user-fixable error classes: what, where, how to fix in one message."""
     lazy = tuple(getattr(sys.modules[m], name) for m, name in _LAZY.items() if m in sys.modules)
-    return (ConfigError, DataError, DiskSpaceError, WriteError) + lazy
+    return (ConfigError, DataError, DiskSpaceError, WriteError, ForeignFolderError) + lazy
 
 
 @contextmanager

@@ -19,7 +19,17 @@ from mlx_pn.io import atomic_folder, check_disk_space, file_sha256, remove_tree
 from mlx_pn.models.build import CheckpointError
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 2) -> Path:
+FILES = ("model.safetensors", "optimizer.safetensors")  # what state.json's sha256 map must cover
+CHECKPOINT = "checkpoint"  # the marker kind of a checkpoint folder (mlx_pn.io.write_marker)
+
+
+def _legacy(folder: Path) -> bool:
+    """A checkpoint written before folders carried markers."""
+    return (folder / "state.json").exists()
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 2,
+                    fingerprint: dict | None = None) -> Path:
     def write(tmp: Path):
         # sorted keys: a resumed run writes byte-identical files (a restored optimizer state is ordered
         # differently from a fresh one), so equal checkpoints have equal hashes
@@ -31,14 +41,14 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
         opt = dict(sorted(tree_flatten(optimizer.state)))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
         state = {"step": step, "trainer": trainer_state,
-                 "sha256": {f: file_sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")}}
+                 "sha256": {f: file_sha256(tmp / f) for f in FILES}, "fingerprint": fingerprint or {}}
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         # Prune the older checkpoints to keep - 1 *before* the new one appears, so that a crash right after
         # the rename leaves exactly `keep` (a run that resumes at its last step never saves, so never prunes)
         _prune(root, max(keep - 1, 1), before=name)
 
     name = f"step_{step:07d}"
-    path = atomic_folder(root / name, write)
+    path = atomic_folder(root / name, write, kind=CHECKPOINT, legacy=_legacy)
     _prune(root, keep)
     return path
 
@@ -49,7 +59,7 @@ def _prune(root: Path, keep: int, before: str | None = None) -> None:
         return
     ckpts = [p for p in list_checkpoints(root) if before is None or p.name < before]
     for old in ckpts[:-keep]:
-        remove_tree(old)  # renamed away first: a kill mid-deletion leaves no half-deleted checkpoint
+        remove_tree(old, CHECKPOINT, _legacy)  # renamed away first: a kill mid-deletion leaves no half-deleted one
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -64,10 +74,23 @@ def verify_checkpoint(path: Path) -> dict:
         state = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}/state.json unreadable ({e})") from None
-    for name, digest in state.get("sha256", {}).items():
+    sha = state.get("sha256") if isinstance(state, dict) else None
+    if not isinstance(sha, dict) or not set(FILES) <= set(sha):
+        raise CheckpointError(f"{path}/state.json has no sha256 of {' and '.join(FILES)}: not trusted")
+    if state.get("step") != _folder_step(path) or not isinstance(state.get("trainer"), dict):
+        raise CheckpointError(f"{path}/state.json says step {state.get('step')!r} in a folder named {path.name} "
+                              f"(or has no trainer state): edited or damaged, not trusted")
+    for name, digest in sha.items():
         if not (path / name).exists() or file_sha256(path / name) != digest:
             raise CheckpointError(f"{path}/{name} is missing or corrupted (sha256 mismatch)")
     return state
+
+
+def _folder_step(path: Path) -> int | None:
+    try:
+        return int(path.name[len("step_"):])
+    except ValueError:
+        return None
 
 
 def latest_good_checkpoint(root: Path) -> tuple[Path, dict] | None:

@@ -37,9 +37,11 @@ from tqdm import tqdm
 
 from mlx_pn.config import TrainConfig, to_dict
 from mlx_pn.data.batches import PackedBatches, Prefetcher
+from mlx_pn import runlock
+from mlx_pn.fingerprint import array_sha256, batches_keys, check_same, model_keys, train_keys
 from mlx_pn import interrupt, memory
 from mlx_pn.io import write_json_atomic, write_text_atomic
-from mlx_pn.models.build import save_model
+from mlx_pn.models.build import CheckpointError, save_model
 from mlx_pn.train import distributed as dist
 from mlx_pn.train.checkpoint import latest_good_checkpoint, restore_checkpoint, save_checkpoint
 from mlx_pn.train.evaluate import nll
@@ -91,11 +93,13 @@ class TrainResult:
     data_wait_s: float = 0.0  # time the step waited for the prefetch thread
     planned_steps: int = 0  # the step budget (budget(): steps, or max_epochs over the batches' windows)
     stopped_by: str = ""  # what ended the run: "early stopping", "max_epochs" or "steps" (the first cap hit)
+    fingerprint: dict = field(default_factory=dict)  # what the result depends on (run_fingerprint)
     history: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
-        """Every field but the history, in declaration order: a stage's summary.json before its cost is added."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"}
+        """Every field but the history and the fingerprint, in declaration order: a stage's summary.json before its
+        cost is added (methods.layout.write_summary adds the fingerprint too)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("history", "fingerprint")}
 
 
 def _row_step(line: str) -> float:
@@ -227,10 +231,37 @@ def budget(cfg: TrainConfig, batches) -> tuple[TrainConfig, str]:
     return replace(cfg, steps=epoch_steps), "max_epochs"
 
 
-def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, *,
-          valid_tokens: np.ndarray | None = None, valid_labels: np.ndarray | None = None,
-          loss_fn: Callable = cross_entropy, resume: bool = True, desc: str = "train",
-          extra_config: dict | None = None, log: Callable = print, group=None) -> TrainResult:
+RUN_FILES = ("checkpoints", "metrics.jsonl", "train_config.json", "best", "final", "summary.json", "results.json")
+
+
+def run_fingerprint(model, cfg: TrainConfig, batches, valid_tokens=None, valid_labels=None,
+                    extra: dict | None = None) -> dict:
+    """What a run of train(model, cfg, batches, ...) computes depends on (mlx_pn.fingerprint): call it before
+    training. extra: the caller's own keys (a loss's settings; a fine-tuning's start.weights, its parent)."""
+    fp = train_keys(cfg) | model_keys(model) | batches_keys(batches)
+    if valid_tokens is not None:
+        fp["data.valid"] = array_sha256(valid_tokens)
+    if valid_labels is not None:
+        fp["data.valid.labels"] = array_sha256(valid_labels)
+    return fp | (extra or {})
+
+
+def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, *, resume: bool = True,
+          log: Callable = print, group=None, **kw) -> TrainResult:
+    """_train (below: the arguments) holding the run lock of `out_dir` (rank 0; mlx_pn.runlock), after moving a
+    previous run's files aside when `resume` is False, so its checkpoints are never resumed later."""
+    main = dist.resolve(group)[1] == 0
+    with runlock.hold(out_dir, log, enabled=main):
+        if not resume and main and any((Path(out_dir) / n).exists() for n in ("checkpoints", "final")):
+            runlock.set_aside(out_dir, RUN_FILES, log)
+        return _train(model, cfg, batches, out_dir, resume=resume, log=log, group=group, **kw)
+
+
+def _train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, *,
+           valid_tokens: np.ndarray | None = None, valid_labels: np.ndarray | None = None,
+           loss_fn: Callable = cross_entropy, resume: bool = True, desc: str = "train",
+           extra_config: dict | None = None, log: Callable = print, group=None,
+           fingerprint: dict | None = None) -> TrainResult:
     """Train `model` in place for budget(cfg, batches) steps (or until early stopping) and write `out_dir`.
 
     `batches.batch(step, A)` gives (A, B, L + 1) tokens, or a tuple (tokens, *extras) whose extras reach
@@ -240,6 +271,8 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     group: None = the ranks this process was launched with (data parallel; a single process without a launcher),
     dist.SOLO = this process alone (e.g. one slm-mix expert per rank), or an mx.distributed.Group. cfg.batch_size
     is the global batch: each of n ranks computes batch_size / n of its rows.
+    fingerprint: keys of the caller's added to run_fingerprint's; a checkpoint made with another fingerprint is
+    not resumed (StaleRunError listing the keys that differ).
     """
     group, rank, world_size = dist.resolve(group)
     main = rank == 0
@@ -256,10 +289,13 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     optimizer = make_optimizer(cfg)
     optimizer.init(model.trainable_parameters())
     state = TrainState()
+    fp = run_fingerprint(model, cfg, batches, valid_tokens, valid_labels, fingerprint) if main else {}
     found = latest_good_checkpoint(ckpt_root) if resume and main else None
     if found:
         path, saved = found
-        restore_checkpoint(path, model, optimizer)
+        _check_steps(path, saved, cfg, desc)
+        restore_checkpoint(path, model, optimizer)  # another shape: a CheckpointError naming the folder
+        _check_resumable(path, saved, cfg, fp, desc)
         state = TrainState.from_dict(saved["trainer"] | {"step": saved["step"]})
         log(f"[{desc}] resuming from {path} (step {state.step})")
     resumed, last_ckpt = bool(found), (found[0] if found else None)
@@ -330,7 +366,8 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
                 if use_early_stop and state.bad_evals >= cfg.patience:
                     state.stopped_early = True
             if (step % cfg.save_every == 0 or step == cfg.steps or state.stopped_early) and main:
-                last_ckpt = save_checkpoint(ckpt_root, step, model, optimizer, asdict(state), cfg.keep_checkpoints)
+                last_ckpt = save_checkpoint(ckpt_root, step, model, optimizer, asdict(state), cfg.keep_checkpoints,
+                                            fingerprint=fp)
             interrupt.note(desc, step, last_ckpt)
             if state.stopped_early:
                 say(f"[{desc}] early stop at step {step}: no improvement in {cfg.patience} evaluations; "
@@ -354,6 +391,7 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     result = TrainResult(steps=state.step, final_loss=final_loss, best_valid_nll=state.best_valid_nll,
                          best_step=state.best_step, stopped_early=state.stopped_early, tokens=state.tokens,
                          wall_s=time.perf_counter() - t0, data_wait_s=pf.wait_s, planned_steps=cfg.steps,
+                         fingerprint=fp,
                          stopped_by="early stopping" if state.stopped_early else cap, history=metrics.rows())
     log(f"[{desc}] stopped by {result.stopped_by} at step {state.step} of {cfg.steps} planned"
         + (f" ({batches.epochs(state.step, cfg.grad_accum):.2f} epochs)" if hasattr(batches, "epochs") else "")
@@ -361,6 +399,26 @@ def train(model, cfg: TrainConfig, batches: PackedBatches, out_dir: str | Path, 
     interrupt.done()
     dist.barrier(group)  # no rank leaves before rank 0 has written the final model
     return result
+
+
+def _check_steps(path: Path, saved: dict, cfg: TrainConfig, desc: str) -> None:
+    step = saved["step"]
+    if step > cfg.steps:
+        raise TrainingError(f"[{desc}] {path} is at step {step}, past the {cfg.steps} steps this config plans; raise "
+                            f"the steps to at least {step} to continue that run, or rerun with --no-resume to start "
+                            f"over (the old run is moved aside)")
+
+
+def _check_resumable(path: Path, saved: dict, cfg: TrainConfig, fp: dict, desc: str) -> None:
+    """A checkpoint is resumed only into the run that made it: not past the planned steps (_check_steps), with
+    the same fingerprint, and a token count that matches its step (a state.json edited by hand does not)."""
+    step = saved["step"]
+    check_same(saved.get("fingerprint"), fp, f"[{desc}] {path.parent.parent} (checkpoint {path.name})")
+    tokens = saved["trainer"].get("tokens")
+    if tokens is not None and tokens != step * cfg.batch_size * cfg.grad_accum * cfg.seq_len:
+        raise CheckpointError(f"{path}/state.json: {tokens:,} tokens trained is not {step} steps of "
+                              f"{cfg.batch_size * cfg.grad_accum * cfg.seq_len} tokens; the file was edited or "
+                              f"damaged: delete {path} to resume from the checkpoint before it")
 
 
 def _quiet(*_a, **_k) -> None:
