@@ -2,6 +2,19 @@
 slm, slm-pn and slm-hn at several rho, over seeds (tiny preset, bundled text, k = 8). Writes nothing outside --out.
 
     python -m tools.measure_code_shared --out /tmp/code-shared [--steps 300] [--seeds 0,1,2]
+
+Measured 2026-12-01 on the shared 2-core machine with --steps 200 (tiny preset, batch 16 x 64, lr 3e-3,
+k = 8, projected.match_lr on unless said), generic validation ppl at seeds 0, 1, 2 (geo-mean):
+    slm                      235.1, 260.0, 247.5  (247.3)
+    slm-pn rho = 0           318.9, 319.8, 352.3  (330.0)   expert cosine at the end 0.04-0.15
+    slm-pn rho = 0.5         210.8, 252.3, 216.7  (225.9)
+    slm-pn rho = 0.9         183.2, 246.2, 191.2  (205.1)   end cosine 0.77-0.95  <- the default
+    slm-pn rho = 0.99        176.6, 251.2, 200.4  (207.2)
+    slm-pn rho = 0.9, match_lr off   113.7, 200.0, 116.0  (138.2)  (the basis moving ~||alpha||_1 x lr)
+    slm-hn rho = 0           294.4, 280.3, 295.2  (289.9)   init cosine -0.03-0.06 at h = 8
+    slm-hn rho = 0.9         210.2, 131.9, 205.5  (178.6)
+rho = 0.9 and 0.99 are within the seed spread; 0.9 keeps the experts further apart. The unmatched row says the
+slm's own lr is too low at this scale: that is for the grid's learning-rate sweep, not for this default.
 """
 
 from __future__ import annotations
