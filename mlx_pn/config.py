@@ -274,8 +274,9 @@ MIXTURE_ACCOUNTING = ("paper", "split-steps")
 class MixtureConfig:
     accounting: str = _f("paper", "slm-mix: how the k experts share the slm's pretraining budget: paper (each expert "
                                   "trains pretrain.steps steps at pretrain.batch_size / k, as the paper's parallel "
-                                  "experts) | split-steps (pretrain.steps // k steps each at the full batch); the "
-                                  "same tokens and FLOPs either way")
+                                  "experts; when k does not divide the batch, batch_size // k rows (>= 1) and "
+                                  "proportionally more steps) | split-steps (pretrain.steps // k steps each at the "
+                                  "full batch); the same tokens and FLOPs either way")
     expert_steps: int = _f(0, "slm-mix: pretraining steps per expert; 0 = from mixture.accounting (pretrain.steps, or "
                               "pretrain.steps // k with split-steps)")
 

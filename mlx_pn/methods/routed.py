@@ -225,15 +225,16 @@ def expert_steps(total_steps: int, k: int, per_expert: int = 0) -> int:
 def expert_plan(cfg: Config, k: int) -> tuple[int, int]:
     """(steps, batch_size) of each of k experts under mixture.accounting: paper = the slm's steps at 1/k of its
     batch (the paper's experts, trained in parallel); split-steps = pretrain.steps // k at the full batch. Both
-    spend the slm's tokens (hence FLOPs) over the k experts; mixture.expert_steps overrides the steps."""
+    spend the slm's tokens (hence FLOPs) over the k experts; mixture.expert_steps overrides the steps.
+
+    paper with batch_size not a multiple of k: each expert's batch is batch_size // k (at least 1) and its steps
+    grow to keep batch_size / k rows per slm step, rounded to a whole step (batch 8, k = 16: 1 row, half the
+    steps; batch 8, k = 3: 2 rows, round(4/3 x steps)): the tokens match the slm's to within one step per expert."""
     t, mix = cfg.pretrain, cfg.mixture
     if mix.accounting == "split-steps":
         return expert_steps(t.steps, k, mix.expert_steps), t.batch_size
-    if t.batch_size % k:
-        raise ConfigError(f"pretrain.batch_size={t.batch_size} is not a multiple of the clustering's k={k}: with "
-                          f"mixture.accounting=paper each expert trains at batch_size / k; pick a multiple of {k} "
-                          "or --mixture.accounting split-steps")
-    return mix.expert_steps or t.steps, t.batch_size // k
+    batch = max(1, t.batch_size // k)
+    return mix.expert_steps or max(1, round(t.steps * t.batch_size / (k * batch))), batch
 
 
 def load_expert(root: str | Path, i: int, method: str):
@@ -268,7 +269,7 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
     k = clusters.k
     steps, batch = expert_plan(cfg, k)
     texp = dataclasses.replace(t, steps=steps, batch_size=batch,
-                               eval_batches=t.eval_batches * (t.batch_size // batch))
+                               eval_batches=t.eval_batches * t.batch_size // batch)
     if expert is not None and not 0 <= expert < k:
         raise ConfigError(f"--expert {expert}: the clustering has k={k} clusters; pick 0..{k - 1}")
     generic = data.corpora[GENERIC]
