@@ -180,8 +180,6 @@ class TrainConfig:
                               f"defaults, max_epochs 0, not from the built-in fine-tuning defaults)")
         if not 0 < self.lr < float("inf"):
             raise ConfigError(f"{name}.lr must be a finite number > 0, got {self.lr}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"{name}.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for k in ("eval_every", "save_every", "log_every"):
             _need(getattr(self, k) >= 1, f"{name}.{k}", getattr(self, k), ">= 1",
                   "it is a period in steps (1 = every step; the end of the run is always included)")
@@ -197,6 +195,8 @@ class TrainConfig:
         for k in ("min_lr", "weight_decay"):
             _need(_finite(getattr(self, k)) and getattr(self, k) >= 0, f"{name}.{k}", getattr(self, k),
                   "a finite number >= 0", "0 is allowed")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{name}.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass

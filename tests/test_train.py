@@ -50,8 +50,8 @@ def test_loss_falls_on_real_text(tiny_run, tmp_path):
     assert (tmp_path / "final" / "model.safetensors").exists()
     assert not (tmp_path / "summary.json").exists()  # the stage writes it, from r.summary() plus its cost
     s = r.summary()
-    assert list(s) == ["steps", "final_loss", "best_valid_nll", "best_step", "stopped_early", "tokens", "wall_s",
-                       "data_wait_s", "planned_steps", "stopped_by"]
+    assert list(s)[:10] == ["steps", "final_loss", "best_valid_nll", "best_step", "stopped_early", "tokens",
+                            "wall_s", "data_wait_s", "planned_steps", "stopped_by"]
     assert (s["steps"], s["final_loss"], s["tokens"]) == (30, losses[-1], 30 * 4 * 32)
     assert (s["planned_steps"], s["stopped_by"]) == (30, "steps")
     assert s["best_valid_nll"] == min(valid) and s["data_wait_s"] >= 0 and not s["stopped_early"]
