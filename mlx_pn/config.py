@@ -6,6 +6,7 @@ file (or flag) and suggest the closest valid key, so a typo never silently train
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -176,8 +177,7 @@ class TrainConfig:
         if self.max_epochs < 0 or (self.steps == 0 and self.max_epochs == 0):
             raise ConfigError(f"{name}.steps={self.steps} and {name}.max_epochs={self.max_epochs}: set a budget, "
                               f"steps > 0 (a step cap) or max_epochs > 0 (an epoch cap), or both, e.g. --{name}.steps 0 "
-                              f"--{name}.max_epochs 10 (a config file's {name} section starts from TrainConfig's "
-                              f"defaults, max_epochs 0, not from the built-in fine-tuning defaults)")
+                              f"--{name}.max_epochs 10")
         if not 0 < self.lr < float("inf"):
             raise ConfigError(f"{name}.lr must be a finite number > 0, got {self.lr}")
         for k in ("eval_every", "save_every", "log_every"):
@@ -429,21 +429,34 @@ def _check_type(value, tp, key: str, where: str):
     return value
 
 
-def from_dict(cls, d: dict, where: str = "config", prefix: str = ""):
-    """Build a nested dataclass from a dict; unknown keys raise ConfigError with a suggestion."""
+def _field_default(f: dataclasses.Field):
+    """A field's own default value (a fresh object for a default_factory)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return copy.deepcopy(f.default)
+
+
+def from_dict(cls, d: dict, where: str = "config", prefix: str = "", base=None):
+    """Build a nested dataclass from a dict on top of `base` (default: the class's defaults); unknown keys raise
+    ConfigError with a suggestion. A section starts from its field's own defaults, so a file's `finetune:`
+    section keeps the fine-tuning defaults (lr 1e-3, early stopping) for every key it does not set, and a
+    `large:` section the large model's preset."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {d!r}")
     hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    obj = base if base is not None else cls()
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if k not in names:
-            valid = [f"{prefix}{n}" for n in names]
+        if k not in fields:
+            valid = [f"{prefix}{n}" for n in fields]
             raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, valid)}")
         tp = hints[k]
-        kwargs[k] = from_dict(tp, v, where, f"{key}.") if _is_dataclass_type(tp) else _check_type(v, tp, key, where)
-    return cls(**kwargs)
+        if _is_dataclass_type(tp):
+            setattr(obj, k, from_dict(tp, v, where, f"{key}.", base=_field_default(fields[k])))
+        else:
+            setattr(obj, k, _check_type(v, tp, key, where))
+    return obj
 
 
 def to_dict(obj) -> dict:

@@ -95,3 +95,18 @@ def test_stlm_options_refused_where_they_cannot_work():
     with pytest.raises(ConfigError, match="frontend must be"):
         load_config(None, {"model.frontend": "bytes"})
     assert load_config(None, {"method": "slm-mix", "model.share_ffn": "true"}).model.share_ffn
+
+
+def test_a_file_section_starts_from_its_own_fields_defaults(tmp_path):
+    """A `finetune:` section that sets only its steps keeps the fine-tuning defaults (lr, early stopping), not the
+    pretraining ones; a `large:` section without a preset keeps the large model's."""
+    from mlx_pn.config import Config
+
+    f = tmp_path / "c.yaml"
+    f.write_text("finetune:\n  steps: 7\nlarge:\n  hidden_size: 96\npretrain:\n  steps: 5\n")
+    cfg, default = load_config(f), Config()
+    assert cfg.finetune.steps == 7 and cfg.pretrain.steps == 5
+    for key in ("lr", "min_lr", "warmup", "patience", "max_epochs", "eval_every"):
+        assert getattr(cfg.finetune, key) == getattr(default.finetune, key), key
+    assert cfg.finetune.lr != cfg.pretrain.lr and cfg.finetune.patience > 0
+    assert cfg.large.preset == default.large.preset == "cpu-large" and cfg.large.hidden_size == 96
