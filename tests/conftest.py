@@ -44,3 +44,14 @@ def pretrained(tiny_run):
     cfg, data = tiny_run
     summary = pretrain(cfg, data, log=lambda *a: None)
     return cfg, data, summary
+
+
+@pytest.fixture(scope="session")
+def clustered(tiny_run):
+    """(cfg, data) of tiny_run with its k = 4 clustering on disk (what the routed methods and slm-is read)."""
+    from mlx_pn.clustering.stage import clusters_root, run_clustering, window_len
+
+    cfg, data = tiny_run
+    run_clustering(cfg.cluster, window_len(cfg.cluster, cfg.pretrain.seq_len), clusters_root(cfg.data_dir), data,
+                   ks=[4], log=lambda *a: None)
+    return tiny_run

@@ -75,16 +75,6 @@ def test_teacher_cache_equals_live_and_resumes(tmp_path):
     assert part.read_bytes() == before
 
 
-@pytest.fixture(scope="module")
-def clustered_is(tiny_run):
-    from mlx_pn.clustering.stage import clusters_root, run_clustering, window_len
-
-    cfg, data = tiny_run
-    run_clustering(cfg.cluster, window_len(cfg.cluster, cfg.pretrain.seq_len), clusters_root(cfg.data_dir), data,
-                   ks=[4], log=lambda *a: None)
-    return tiny_run
-
-
 def _cfg(tiny_run, out, method, **kw):
     cfg, _ = tiny_run
     ov = {"data.dir": str(cfg.data_dir), "method": method, "cluster.k": 4, "cluster.k_importance": 4,
@@ -93,12 +83,12 @@ def _cfg(tiny_run, out, method, **kw):
     return tiny_config(out, **ov)
 
 
-def test_importance_windows_follow_the_domain_histogram(clustered_is, tmp_path):
+def test_importance_windows_follow_the_domain_histogram(clustered, tmp_path):
     from mlx_pn.methods.importance import importance_indices
     from mlx_pn.methods.layout import method_clustering
 
-    _, data = clustered_is
-    cfg = _cfg(clustered_is, tmp_path, "slm-is")
+    _, data = clustered
+    cfg = _cfg(clustered, tmp_path, "slm-is")
     clusters = method_clustering(cfg, "k_importance")  # cluster.k_importance = 4
     g = clusters.labels("generic", "train")
     for d in ("legal", "drama"):
@@ -110,19 +100,19 @@ def test_importance_windows_follow_the_domain_histogram(clustered_is, tmp_path):
                            np.bincount(g, minlength=4))  # really resampled, not the generic mix
 
 
-def test_every_baseline_end_to_end(clustered_is, tmp_path_factory):
+def test_every_baseline_end_to_end(clustered, tmp_path_factory):
     """llm, slm-d (disk and live teacher), slm-nopt and slm-is: pretrain, specialize, export through mlx-lm."""
     from mlx_pn.export import export_mlx_lm
     from mlx_pn.methods import pretrain, specialize
     from mlx_pn.models.build import load_model
 
-    _, data = clustered_is
+    _, data = clustered
     out = tmp_path_factory.mktemp("baselines")
     domain = "legal"
     ppl = {}
     for method, kw in [("llm", {}), ("slm-d", {"distill.cache": "disk"}), ("slm-d", {"distill.cache": "live"}),
                        ("slm-nopt", {}), ("slm-is", {})]:
-        cfg = _cfg(clustered_is, out, method, **kw)
+        cfg = _cfg(clustered, out, method, **kw)
         s = pretrain(cfg, data, **QUIET)
         assert "cost" in s
         live = kw.get("distill.cache") == "live"

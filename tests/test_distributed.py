@@ -39,7 +39,7 @@ WORKER = textwrap.dedent('''
                                      num_attention_heads=4, vocab_size=V), seed=0)
 
     def cfg():
-        return TrainConfig(steps=4, batch_size=4, seq_len=16, grad_accum=2, lr=3e-3, warmup=1, log_every=1,
+        return TrainConfig(steps=6, batch_size=4, seq_len=16, grad_accum=2, lr=3e-3, warmup=1, log_every=1,
                            eval_every=2, eval_batches=1, save_every=2, compile=False)
 
     def run(out, group):
@@ -56,15 +56,15 @@ WORKER = textwrap.dedent('''
         mx.eval(loss, gnorm, m.parameters())
         res = {"loss": loss.item(), "gnorm": gnorm.item(), "rank": rank, "size": size}
         np.savez(Path(out) / f"step-{rank}.npz", **{k: np.array(v) for k, v in tree_flatten(m.parameters())})
-        # (2) the whole loop: 4 steps, sharded data, validation, checkpoints on rank 0 only
+        # (2) the whole loop: 6 steps, sharded data, validation, checkpoints on rank 0 only
         m2 = model()
         r = train(m2, cfg(), batches, Path(out) / "train", valid_tokens=tokens[:600], log=lambda *a: None,
                   group=group)
         res["train_loss"] = r.final_loss
         np.savez(Path(out) / f"train-{rank}.npz", **{k: np.array(v) for k, v in tree_flatten(m2.parameters())})
-        # (3) resume to 6 steps: rank 0 reads the step-4 checkpoint, the others get its TrainState by broadcast
+        # (3) the same command again: rank 0 resumes from the step-6 checkpoint, the others get its weights, optimizer
+        # state and TrainState by broadcast (a run resumed with other steps is refused: its schedule would differ)
         c6 = cfg()
-        c6.steps = 6
         r6 = train(model(), c6, batches, Path(out) / "train", valid_tokens=tokens[:600], log=lambda *a: None,
                    group=group)
         res["resumed"] = {k: v for k, v in r6.summary().items() if k not in ("wall_s", "data_wait_s")}
@@ -132,7 +132,7 @@ def test_two_ranks_take_the_single_process_update(tmp_path):
 
     # rank 0 alone wrote the run's files: one metrics line per step/eval, checkpoints, final weights
     rows = [json.loads(ln) for ln in (dp / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]  # 4 steps, then 2 more after the resume
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]  # the rerun trained nothing more
     assert all("data_wait_s" in r for r in rows if "loss" in r)
     assert (dp / "train" / "final" / "model.safetensors").exists()
     assert json.loads((dp / "train" / "train_config.json").read_text())["data_parallel_ranks"] == 2

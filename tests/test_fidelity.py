@@ -171,22 +171,12 @@ def test_mixture_accounting_plans(tiny_run):
         load_config(None, {"mixture.accounting": "papers"})
 
 
-@pytest.fixture(scope="module")
-def clustered4(tiny_run):
-    from mlx_pn.clustering.stage import clusters_root, run_clustering, window_len
-
-    cfg, data = tiny_run
-    run_clustering(cfg.cluster, window_len(cfg.cluster, cfg.pretrain.seq_len), clusters_root(cfg.data_dir), data,
-                   ks=[4], log=lambda *a: None)
-    return tiny_run
-
-
-def test_mixture_paper_accounting_spends_the_slms_tokens(clustered4, tmp_path):
+def test_mixture_paper_accounting_spends_the_slms_tokens(clustered, tmp_path):
     import json
 
     from mlx_pn.methods import pretrain
 
-    cfg, data = clustered4
+    cfg, data = clustered
     c = copy.deepcopy(cfg)
     c.data.dir, c.out, c.method, c.cluster.k = str(cfg.data_dir), str(tmp_path), "slm-mix", 4
     c.pretrain.steps, c.pretrain.eval_every, c.pretrain.save_every = 6, 6, 6
@@ -197,13 +187,13 @@ def test_mixture_paper_accounting_spends_the_slms_tokens(clustered4, tmp_path):
     assert t0["batch_size"] == 2 and t0["steps"] == 6 and t0["eval_batches"] == 4 * c.pretrain.eval_batches
 
 
-def test_expert_divergence_in_the_summary_and_the_grid_rows(clustered4, tmp_path):
+def test_expert_divergence_in_the_summary_and_the_grid_rows(clustered, tmp_path):
     from mlx_pn.compare.grid import CompareConfig, Row, collect, row_config
     from mlx_pn.methods import load_config, pretrain
 
     from conftest import TINY
 
-    cfg, data = clustered4
+    cfg, data = clustered
     base = load_config(TINY, {"out": str(tmp_path), "data.dir": str(cfg.data_dir), "data.max_docs": "300",
                               "cluster.k": "4", "pretrain.steps": "8", "pretrain.eval_every": "8",
                               "pretrain.save_every": "8", "grid.domains": "legal"}, cls=CompareConfig)

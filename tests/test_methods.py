@@ -152,16 +152,6 @@ def _method_cfg(tiny_run, out, method, **ov):
     return c
 
 
-@pytest.fixture(scope="module")
-def clustered(tiny_run):
-    from mlx_pn.clustering.stage import clusters_root, run_clustering, window_len
-
-    cfg, data = tiny_run
-    run_clustering(cfg.cluster, window_len(cfg.cluster, cfg.pretrain.seq_len), clusters_root(cfg.data_dir), data,
-                   ks=[4], log=lambda *a: None)
-    return tiny_run
-
-
 # One pretraining per method (shared by its cases); each case specializes another domain.
 @pytest.mark.parametrize("method,select,domain,grouped", [
     ("slm-pn", "most-frequent", "legal", False), ("slm-pn", "histogram", "drama", False),
