@@ -41,10 +41,6 @@ def specialize_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
     return _stage_root(cfg, "specialize") / check_name(name, "domain")  # a folder under --out, nothing outside it
 
 
-def specialized_model_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
-    return specialize_dir(cfg, domain, domain_tokens) / "final"
-
-
 def as_method(cfg: Config, method: str) -> Config:
     """The same config for another method (slm-d reads slm's and llm's folders)."""
     return dataclasses.replace(cfg, method=method)
