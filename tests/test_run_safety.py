@@ -283,12 +283,16 @@ def test_a_finished_pretraining_rerun_with_another_config_is_not_already_done(pr
             pretrain(other, data, log=_quiet)
 
 
-def test_specialize_with_another_model_width_is_an_error(pretrained):
+def test_specialize_with_another_model_width_is_an_error(pretrained, tmp_path):
     from mlx_pn.config import ConfigError
     from mlx_pn.methods import specialize
 
     cfg, data, _ = pretrained
-    other = tiny_config(cfg.out, **{"model.hidden_size": "32"})
+    # a copy of the pretraining alone: other tests specialize in the shared session folder, and a finished
+    # specialization there would answer first (stale config), before the model is loaded
+    out = tmp_path / "run"
+    shutil.copytree(Path(cfg.out) / "pretrain", out / "pretrain")
+    other = tiny_config(out, **{"model.hidden_size": "32", "data.dir": str(cfg.data_dir)})
     with pytest.raises(ConfigError, match=r"pretrain/final is not the model the model section describes: it has "
                                           r"hidden_size 64 \(config: 32\)"):
         specialize(other, data, "legal", log=_quiet)
