@@ -256,7 +256,7 @@ class DistillConfig:
                             "fp16 in OUT/specialize-slm-d/DOMAIN/teacher/) | live (teacher run inside every step) | "
                             "auto (disk when fine-tuning may read every window at least once, else live)")
     teacher: str = _f("", "slm-d: folder of the fine-tuned teacher; empty = OUT/specialize-llm/DOMAIN/final "
-                          "(`python -m recipes.specialize --method llm` makes it)")
+                          "(`mlx-pn specialize --method llm` makes it)")
 
     def check(self, name: str = "distill") -> None:
         if self.cache not in ("auto", "disk", "live"):
@@ -306,7 +306,7 @@ class Config:
                             "cluster) | slm-hn (hypernetwork) | slm-nopt (no pretraining: the domain only) | llm "
                             "(the large model, section `large`) | slm-d (slm distilled from the fine-tuned llm) | "
                             "slm-is (pretrained per domain on generic text importance-resampled to the domain); "
-                            "the cluster-based ones need `python -m recipes.cluster` first")
+                            "the cluster-based ones need `mlx-pn cluster` first")
     select: str = _f("auto", "how specialization picks the starting SLM: most-frequent (the domain's top cluster) | "
                              "best-loss (lowest domain-validation loss before fine-tuning) | all (fine-tune every "
                              "expert, keep the best validation) | histogram (slm-pn/slm-hn: project with the whole "

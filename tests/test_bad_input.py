@@ -129,7 +129,7 @@ def test_routed_method_without_its_pretraining(run_copy, capsys):
     from recipes import specialize
 
     exits_clearly(specialize.main, argv(run_copy, "--method", "slm-pn", "--domain", "legal"), capsys,
-                  "method slm-pn routes windows by cluster", "has no clustering; run `python -m recipes.cluster`")
+                  "method slm-pn routes windows by cluster", "has no clustering; run `mlx-pn cluster`")
 
 
 # --- names, typos, types in the config ----------------------------------------------------------
@@ -275,3 +275,18 @@ def test_not_enough_disk_through_the_recipe(tmp_path, monkeypatch, capsys):
     # the tokenizer trains (small), then the first shard does not fit
     exits_clearly(prepare.main, ["--corpus", "config"] + argv(tmp_path / "o", "--data.max_docs", "40"), capsys,
                   "not enough disk space for the token shards of 'generic'", "set data.dir")
+
+
+@pytest.mark.parametrize("argv0, shown", [
+    ("/home/u/mlx-pn/recipes/cluster.py", "python -m recipes.cluster"),  # a clone's python -m recipes.cluster
+    ("mlx-pn cluster", "mlx-pn cluster"),  # the installed command (mlx_pn.recipes.main sets argv[0])
+    ("/venv/lib/python3.11/site-packages/mlx_pn/recipes/cluster.py", "mlx-pn cluster"),  # python -m mlx_pn.recipes.X
+    ("/home/u/my_script.py", "mlx-pn cluster"),  # mlx_pn imported by a user's own script
+])
+def test_hints_name_the_command_the_way_it_was_started(monkeypatch, argv0, shown):
+    import sys
+
+    from mlx_pn.commands import recipe_command
+
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert recipe_command("cluster") == shown

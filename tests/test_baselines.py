@@ -143,8 +143,8 @@ def test_baselines_name_what_is_missing(tiny_run, tmp_path):
     from mlx_pn.methods import specialize
 
     _, data = tiny_run
-    for method, hint in [("slm-d", "recipes.pretrain --method slm-d"), ("slm-is", "recipes.importance"),
-                         ("llm", "recipes.pretrain --method llm")]:
+    for method, hint in [("slm-d", "`mlx-pn pretrain --method slm-d`"), ("slm-is", "`mlx-pn importance --domain legal`"),
+                         ("llm", "`mlx-pn pretrain --method llm`")]:
         with pytest.raises(ConfigError, match=hint):
             specialize(_cfg(tiny_run, tmp_path / method, method), data, "legal", **QUIET)
     with pytest.raises(ConfigError, match="distill.cache"):

@@ -61,5 +61,5 @@ def test_folder_names_on_disk(tiny_run):
     assert clustering_folder(cluster, window, root, 4) == root / f"{cluster.embedder}-w{window}-k4"
     assert (root / f"{cluster.embedder}-w{window}-k4" / "manifest.json").exists()
     assert (root / f"emb-{cluster.embedder}-w{window}" / "generic.train.npy").exists()
-    with pytest.raises(FileNotFoundError, match="has no clustering; run `python -m recipes.cluster`"):
+    with pytest.raises(FileNotFoundError, match="has no clustering; run `mlx-pn cluster`"):
         load_clustering(cluster, window, root, 5)

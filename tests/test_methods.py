@@ -2,6 +2,8 @@
 
 import copy
 import json
+import sys
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -220,11 +222,11 @@ def test_unknown_method_and_missing_clusters(tiny_run, tmp_path):
 
     cfg = _method_cfg(tiny_run, tmp_path, "slm-pn")
     cfg.cluster.k = 7  # never clustered
-    with pytest.raises(ConfigError, match="recipes.cluster"):
+    with pytest.raises(ConfigError, match="run `mlx-pn cluster` with this config"):
         pretrain(cfg, tiny_run[1], log=lambda *a: None)
 
 
-def test_recipes_train_one_expert_and_name_missing_clusters(clustered, tmp_path, capsys):
+def test_recipes_train_one_expert_and_name_missing_clusters(clustered, tmp_path, capsys, monkeypatch):
     from recipes import pretrain as pretrain_recipe
 
     cfg, _ = clustered
@@ -234,9 +236,11 @@ def test_recipes_train_one_expert_and_name_missing_clusters(clustered, tmp_path,
     assert (tmp_path / "pretrain-slm-mix" / "expert-01" / "final" / "model.safetensors").exists()
     assert not (tmp_path / "pretrain-slm-mix" / "expert-00").exists()
     assert "1/4 experts done" in capsys.readouterr().out
+    # started as a clone's `python -m recipes.pretrain`, the hint names the clone's form of the command
+    monkeypatch.setattr(sys, "argv", [str(Path(pretrain_recipe.__file__)), *argv])
     with pytest.raises(SystemExit) as e:
         pretrain_recipe.main(argv[:-1] + ["slm-pn", "--cluster.k", "5"])
-    assert e.value.code == 2 and "python -m recipes.cluster" in capsys.readouterr().err
+    assert e.value.code == 2 and "`python -m recipes.cluster` with this config" in capsys.readouterr().err
 
 
 def cfg_path():

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from mlx_pn.commands import recipe_command
 from mlx_pn.config import ClusterConfig, ConfigError
 from mlx_pn.clustering.kmeans import MIN_WINDOWS_PER_CLUSTER, assign, cluster_report, histogram, kmeans, nmi
 from mlx_pn.data.prepare import GENERIC, PreparedData
@@ -122,7 +123,7 @@ def load_clustering(cluster: ClusterConfig, window: int, root: Path, k: int) -> 
     run_clustering has not made it."""
     folder = clustering_folder(cluster, window, root, k)
     if not (folder / "manifest.json").exists():
-        raise FileNotFoundError(f"{folder} has no clustering; run `python -m recipes.cluster` with this config")
+        raise FileNotFoundError(f"{folder} has no clustering; run `{recipe_command('cluster')}` with this config")
     h = json.loads((folder / "histograms.json").read_text())
     return Clustering(folder, len(np.load(folder / "centroids.npy")), np.load(folder / "centroids.npy"), h)
 

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from mlx_pn.commands import recipe_command
 from mlx_pn.data.sources import DataError
 
 
@@ -38,7 +39,7 @@ class PackedBatches:
             if len(labels) < total:
                 raise DataError(f"{name}: {len(labels)} cluster labels for {total} windows of {seq_len} tokens; "
                                 f"the clustering was made with another window length or shard (rerun "
-                                f"`python -m recipes.cluster` with this config)")
+                                f"`{recipe_command('cluster')}` with this config)")
         self.indices, self.labels = indices, labels
         self.n_windows = total if indices is None else len(indices)
         if self.n_windows < batch_size:
@@ -110,7 +111,7 @@ class ClusterGroupedBatches:
         n = max(0, (len(tokens) - 1) // seq_len)
         labels = np.asarray(labels, dtype=np.int32)[:n]
         if len(labels) < n:
-            raise DataError(f"{name}: {len(labels)} cluster labels for {n} windows; rerun `python -m recipes.cluster`")
+            raise DataError(f"{name}: {len(labels)} cluster labels for {n} windows; rerun `{recipe_command('cluster')}`")
         groups = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
         self.groups = {c: w for c, w in groups.items() if len(w) >= batch_size}  # a batch needs B windows
         if not self.groups:

@@ -31,7 +31,7 @@ class Tokenizer:
         self.folder = Path(folder)
         model = self.folder / "spm.model"
         if not model.exists():
-            raise DataError(f"{model} is missing; run the data stage (recipes.pretrain builds it) first")
+            raise DataError(f"{model} is missing; run the data stage (mlx-pn pretrain builds it) first")
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(model))
         except (RuntimeError, OSError) as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlx_pn.commands import recipe_command
 from mlx_pn.config import Config, ConfigError
 from mlx_pn.costs import StageCost, forward_cost
 from mlx_pn.data.prepare import PreparedData
@@ -69,7 +70,7 @@ def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, re
 
     tdir, dc, t = teacher_dir(cfg, domain, domain_tokens), cfg.distill, cfg.finetune
     if not (tdir / "model.safetensors").exists():
-        raise ConfigError(f"slm-d needs the domain-fine-tuned teacher {tdir}: run `python -m recipes.specialize "
+        raise ConfigError(f"slm-d needs the domain-fine-tuned teacher {tdir}: run `{recipe_command('specialize')} "
                           f"--method {TEACHER} --domain {domain}` with the same --out first (or set --distill.teacher)")
     teacher = load_model(tdir)
     check_vocab(teacher, data, str(tdir))

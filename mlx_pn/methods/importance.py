@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlx_pn.commands import recipe_command
 from mlx_pn.config import Config, ConfigError
 from mlx_pn.costs import StageCost, training_cost
 from mlx_pn.data.batches import PackedBatches
@@ -69,7 +70,7 @@ def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True
                domain_tokens: int = 0) -> dict:
     src = pretrain_dir(cfg, domain) / "final"
     if not (src / "model.safetensors").exists():
-        raise missing_start(src, f"python -m recipes.importance --domain {domain}")
+        raise missing_start(src, f"{recipe_command('importance')} --domain {domain}")
     parts = {"importance_pretraining": StageCost.from_dict((read_summary(src.parent) or {}).get("cost"))}
     return specialize_model(cfg, data, domain, load_start(src, cfg), src, resume, log, domain_tokens, parts=parts)
 

@@ -1,5 +1,5 @@
 """The cluster-routed methods: every generic training window is routed by its cluster (cluster.k of
-`python -m recipes.cluster`), and specialization picks or makes one plain SLM from the domain's clusters.
+`mlx-pn cluster`), and specialization picks or makes one plain SLM from the domain's clusters.
 
 slm-pn: a projected network (shared attention/embeddings, MLP W(l, i) = sum_r (E_i M_l)_r T_l[r]);
 slm-hn: the same basis with a hypernetwork (cluster histogram -> coefficients);
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_pn.commands import recipe_command
 from mlx_pn.config import Config, ConfigError, to_dict
 from mlx_pn.costs import StageCost, forward_cost, projection_flops_per_token, train_flops_per_token, training_cost
 from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches, eval_windows
@@ -191,7 +192,7 @@ def projected_method(name: str, coefficients: str, default_select: str) -> Metho
         def load():
             src = pretrain_dir(cfg) / "final"
             if not (src / "model.safetensors").exists():
-                raise missing_start(src, f"python -m recipes.pretrain --method {cfg.method}")
+                raise missing_start(src, f"{recipe_command('pretrain')} --method {cfg.method}")
             return load_projected(src).specialize  # cluster id or histogram -> Transformer
 
         return specialize_routed(cfg, data, domain, load, resolve_select(cfg, default_select), resume, log,
@@ -241,7 +242,7 @@ def load_expert(root: str | Path, i: int, method: str):
     """Expert i's final weights; a ConfigError naming the command that trains it."""
     folder = expert_dir(root, i) / "final"
     if not (folder / "model.safetensors").exists():
-        raise ConfigError(f"{folder} does not exist: train it with `python -m recipes.pretrain --method {method} "
+        raise ConfigError(f"{folder} does not exist: train it with `{recipe_command('pretrain')} --method {method} "
                           f"--expert {i}` (or without --expert to train all experts)")
     return load_model(folder)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from mlx_pn.commands import recipe_command
 from mlx_pn.config import Config, ConfigError
 from mlx_pn.costs import StageCost, train_flops_per_token, training_cost
 from mlx_pn.data.batches import PackedBatches
@@ -31,7 +32,7 @@ def load_start(src: Path, cfg: Config, section: str | None = None):
     """The pretrained model a specialization starts from; a ConfigError naming the command that makes it, or
     the keys where it differs from the model cfg.<section> describes (model; large for llm)."""
     if not (src / "model.safetensors").exists():
-        raise missing_start(src, f"python -m recipes.pretrain --method {cfg.method}")
+        raise missing_start(src, f"{recipe_command('pretrain')} --method {cfg.method}")
     model = load_model(src)
     check_same_args(model, cfg, section or ("large" if cfg.method == "llm" else "model"), src)
     return model
@@ -102,7 +103,7 @@ def nopt_train_config(cfg: Config):
 
 
 def _nopt_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None) -> dict:
-    log(f"[pretrain {cfg.method}] nothing to pretrain: `python -m recipes.specialize --method {cfg.method}` trains "
+    log(f"[pretrain {cfg.method}] nothing to pretrain: `{recipe_command('specialize')} --method {cfg.method}` trains "
         "the SLM from scratch on the domain")
     return {"method": cfg.method, "steps": 0, "best_valid_nll": None, "cost": StageCost(0.0, 0, 0.0).as_dict()}
 

@@ -2,7 +2,7 @@
 
 Nothing is shared (attention included): each expert *is* an SLM, pretrained by the one training loop
 on the windows of its own cluster only. The experts are embarrassingly parallel: each has its own
-folder, so k processes (or machines) can each train one (`python -m recipes.pretrain --method slm-mix
+folder, so k processes (or machines) can each train one (`mlx-pn pretrain --method slm-mix
 --expert i`); by default they are trained one after another. Specialization picks one expert
 (most-frequent, best-loss, or all = fine-tune every one and keep the best) and
 fine-tunes it like an SLM (the paper's Table 5).
