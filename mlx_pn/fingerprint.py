@@ -52,12 +52,15 @@ def array_sha256(a) -> str:
     return h.hexdigest()
 
 
-def expected(t, tokens=None) -> dict:
-    """The keys of a pretraining's fingerprint known before its model is built (for layout.finished): its
-    TrainConfig but the steps (finished compares those itself), and the generic train tokens."""
+def expected(t, tokens=None, model=None) -> dict:
+    """The keys of a pretraining's fingerprint that layout.finished compares before it says "already done": its
+    TrainConfig but the steps (finished compares those itself), the generic train tokens, and the model's
+    args (`model`: the freshly built one, so another width or projected.h is not "already done")."""
     fp = {k: v for k, v in train_keys(t).items() if k != "train.steps"}
     if tokens is not None:
         fp["data.train"] = array_sha256(tokens)
+    if model is not None:
+        fp.update(model_keys(model))
     return fp
 
 
@@ -81,10 +84,14 @@ def train_keys(t) -> dict:
 
 
 def model_keys(model) -> dict:
-    args = getattr(model, "args", None)
-    if args is None or not dataclasses.is_dataclass(args):
-        return {"model.class": type(model).__name__}
-    return {"model.class": type(model).__name__} | {f"model.{k}": v for k, v in dataclasses.asdict(args).items()}
+    """model.class, model.<args field> and, for a projected network, model.projected.<its ProjectedArgs field>."""
+    args, pargs = getattr(model, "args", None), getattr(model, "pargs", None)
+    fp = {"model.class": type(model).__name__}
+    if args is not None and dataclasses.is_dataclass(args):
+        fp.update({f"model.{k}": v for k, v in dataclasses.asdict(args).items()})
+    if pargs is not None and dataclasses.is_dataclass(pargs):
+        fp.update({f"model.projected.{k}": v for k, v in dataclasses.asdict(pargs).items()})
+    return fp
 
 
 def batches_keys(batches, prefix: str = "data.train") -> dict:
@@ -163,9 +170,10 @@ def parent_sha256(path) -> str | None:
     return h.hexdigest()
 
 
-def specialize_fingerprint(cfg, data, domain: str, parent) -> dict:
+def specialize_fingerprint(cfg, data, domain: str, parent, teacher=None) -> dict:
     """results.json's fingerprint: the config keys, the sha256 of the domain's shards and of the generic test
-    split (both measured), and of the parent model (`parent`: results.json's pretrained_from)."""
+    split (both measured), of the parent model (`parent`: results.json's pretrained_from) and of a
+    distillation's teacher (`teacher`: results.json's teacher)."""
     fp = config_keys(cfg)
     for name, splits in ((domain, None), ("generic", ("test",))):
         for split, info in sorted(data.corpora[name].manifest["splits"].items()):
@@ -173,4 +181,6 @@ def specialize_fingerprint(cfg, data, domain: str, parent) -> dict:
                 fp[f"data.{'domain' if name == domain else name}.{split}"] = info.get("sha256")
     if parent:
         fp["parent.weights"] = parent_sha256(parent) or "missing"
+    if teacher:
+        fp["teacher.weights"] = parent_sha256(teacher) or "missing"
     return fp

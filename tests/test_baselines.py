@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_map
 
 from mlx_pn.config import ConfigError
 from mlx_pn.models.build import build_model
@@ -137,6 +138,20 @@ def test_every_baseline_end_to_end(clustered, tmp_path_factory):
             assert r["pretrained_from"] is None and s["steps"] == 0
             assert r["before"][domain]["ppl"] > 0.5 * data.tokenizer.vocab_size  # a random model
     assert all(np.isfinite(list(ppl.values())))
+
+    # a finished slm-is pretraining rerun with another width is stale, not "already done"
+    from mlx_pn.fingerprint import StaleRunError
+    from mlx_pn.models.build import save_model
+
+    with pytest.raises(StaleRunError, match=r"model\.hidden_size: 64 -> 32"):
+        pretrain(_cfg(clustered, out, "slm-is", **{"model.hidden_size": 32}), data, **QUIET)
+    # the teacher fine-tuned again: the distilled student's results are stale (its parent is unchanged)
+    teacher = out / "specialize-llm" / domain / "final"
+    model = load_model(teacher)
+    model.update(tree_map(lambda v: v * 1.01, model.parameters()))
+    save_model(teacher, model)
+    with pytest.raises(StaleRunError, match=r"teacher\.weights"):
+        specialize(_cfg(clustered, out, "slm-d", **{"distill.cache": "live"}), data, domain, **QUIET)
 
 
 def test_baselines_name_what_is_missing(tiny_run, tmp_path):

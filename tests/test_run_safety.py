@@ -298,6 +298,38 @@ def test_specialize_with_another_model_width_is_an_error(pretrained, tmp_path):
         specialize(other, data, "legal", log=_quiet)
 
 
+def test_a_finished_routed_pretraining_with_another_model_is_not_already_done(clustered, tmp_path):
+    """slm-pn and slm-mix compare the model they would build (width, projected.*) before "already done"; the
+    projected model folder's files are checked against their sha256.json when it is loaded."""
+    from mlx_pn.fingerprint import StaleRunError
+    from mlx_pn.methods import pretrain
+    from mlx_pn.models.build import CheckpointError
+    from mlx_pn.models.projected import load_projected
+
+    cfg0, data = clustered
+    small = {"data.dir": str(cfg0.data_dir), "cluster.k": "4", "pretrain.steps": "4", "pretrain.eval_every": "2",
+             "pretrain.save_every": "2"}
+    for method, key, value, shown in (("slm-pn", "projected.h", "2", r"model\.projected\.h: 4 -> 2"),
+                                      ("slm-pn", "model.hidden_size", "32", r"model\.hidden_size: 64 -> 32"),
+                                      ("slm-mix", "model.hidden_size", "32", r"model\.hidden_size: 64 -> 32")):
+        cfg = tiny_config(tmp_path, method=method, **small)
+        lines = []
+        pretrain(cfg, data, log=lines.append)
+        pretrain(cfg, data, log=lines.append)
+        assert any("already done" in ln for ln in lines)
+        with pytest.raises(StaleRunError, match=shown):
+            pretrain(tiny_config(tmp_path, method=method, **small, **{key: value}), data, log=_quiet)
+    final = tmp_path / "pretrain-slm-pn" / "final"
+    assert load_projected(final).pargs.k == 4
+    with open(final / "model.safetensors", "r+b") as f:  # one byte of the weights changed on disk
+        f.seek(-3, os.SEEK_END)
+        b = f.read(1)
+        f.seek(-3, os.SEEK_END)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is missing or was changed after it was written"):
+        load_projected(final)
+
+
 def test_a_specialization_is_stale_when_its_parent_or_its_domain_changed(pretrained, tmp_path):
     import mlx.core as mx
 

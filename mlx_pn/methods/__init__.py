@@ -78,14 +78,16 @@ def specialize(cfg: Config, data, domain: str, resume: bool = True, log=print, d
         if resume and results_path.exists():
             old = json.loads(results_path.read_text())
             # stale when the config, the domain's shards or the parent model changed since
-            check_same(old.get("fingerprint"), specialize_fingerprint(cfg, data, domain, old.get("pretrained_from")),
+            check_same(old.get("fingerprint"), specialize_fingerprint(cfg, data, domain, old.get("pretrained_from"),
+                                                                      old.get("teacher")),
                        f"[specialize] {domain}: {out}")
             log(f"[specialize] {domain}: already done ({results_path}); delete {results_path.parent} to redo")
             return old
         # --no-resume: the loop moves the old run's files aside (once this stage's model is built and checked)
         results = method.specialize(cfg, data, domain, resume=resume, log=log, domain_tokens=domain_tokens)
         if main and results_path.exists():
-            results["fingerprint"] = specialize_fingerprint(cfg, data, domain, results.get("pretrained_from"))
+            results["fingerprint"] = specialize_fingerprint(cfg, data, domain, results.get("pretrained_from"),
+                                                            results.get("teacher"))
             write_json_atomic(results_path, results)
         return results
 

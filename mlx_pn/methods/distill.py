@@ -74,6 +74,8 @@ def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, re
                           f"--method {TEACHER} --domain {domain}` with the same --out first (or set --distill.teacher)")
     teacher = load_model(tdir)
     check_vocab(teacher, data, str(tdir))
+    # a resume after the teacher changed (fine-tuned again, another --distill.teacher) is refused
+    teacher_fp = {"teacher.weights": file_sha256(tdir / "model.safetensors")}
     k = min(dc.top_k, teacher.args.vocab_size)
     base = domain_batches(cfg, data, domain, domain_tokens=domain_tokens)
     parts = {}
@@ -90,15 +92,15 @@ def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, re
     if mode == "disk":
         tokens = domain_train_tokens(data, domain, domain_tokens)
         cache = TeacherCache(out / "teacher", base.n_windows, t.seq_len, k)
-        key = {"teacher": file_sha256(tdir / "model.safetensors"), "k": k, "temperature": dc.temperature,
+        key = {"teacher": teacher_fp["teacher.weights"], "k": k, "temperature": dc.temperature,
                "seq_len": t.seq_len, "windows": base.n_windows}
         secs = cache.build(teacher, tokens, dc.temperature, key, t.batch_size, log)
         parts["teacher_forward"] = forward_cost(teacher.args, base.n_windows * t.seq_len, t.seq_len, secs)
         r = finetune(cfg, data, domain, student, out, resume, log, batches=TeacherCacheBatches(base, cache),
-                     loss_fn=cached_distill_loss(dc.alpha, dc.temperature))
+                     loss_fn=cached_distill_loss(dc.alpha, dc.temperature), fingerprint=teacher_fp)
     else:
         r = finetune(cfg, data, domain, student, out, resume, log, batches=base,
-                     loss_fn=live_distill_loss(teacher, k, dc.alpha, dc.temperature))
+                     loss_fn=live_distill_loss(teacher, k, dc.alpha, dc.temperature), fingerprint=teacher_fp)
         parts["teacher_forward"] = forward_cost(teacher.args, r.tokens, t.seq_len, None)  # inside the steps' time
     extra = {"teacher": str(tdir), "distill": {"mode": mode, "top_k": k, "alpha": dc.alpha,
                                                "temperature": dc.temperature,

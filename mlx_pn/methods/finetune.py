@@ -98,8 +98,9 @@ def domain_batches(cfg: Config, data: PreparedData, domain: str, t=None, domain_
 
 
 def finetune(cfg: Config, data: PreparedData, domain: str, model, out: Path, resume: bool, log, t=None,
-             batches=None, loss_fn: Callable = cross_entropy, domain_tokens: int = 0):
-    """Fine-tune one SLM on the domain (early stopping on domain validation) -> TrainResult (+ summary.json)."""
+             batches=None, loss_fn: Callable = cross_entropy, domain_tokens: int = 0, fingerprint: dict | None = None):
+    """Fine-tune one SLM on the domain (early stopping on domain validation) -> TrainResult (+ summary.json).
+    fingerprint: the caller's keys the run also depends on (slm-d: its teacher's weights)."""
     from mlx_pn.train.loop import train  # looked up per call: tests replace it
 
     t = t or cfg.finetune
@@ -108,7 +109,7 @@ def finetune(cfg: Config, data: PreparedData, domain: str, model, out: Path, res
     # the weights it starts from (the pretrained parent): a resume after the parent changed is refused
     r = train(model, t, batches or domain_batches(cfg, data, domain, t, domain_tokens), out,
               valid_tokens=data.corpora[domain].tokens("valid"), resume=resume, loss_fn=loss_fn,
-              desc=f"finetune {domain}", log=log, fingerprint={"start.weights": weights_sha256(model)})
+              desc=f"finetune {domain}", log=log, fingerprint={"start.weights": weights_sha256(model)} | (fingerprint or {}))
     write_summary(out, r)
     return r
 

@@ -49,7 +49,8 @@ def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, ex
     check_domain(cfg, data, domain)
     out, t = pretrain_dir(cfg, domain), cfg.pretrain
     what = f"pretrain {cfg.method} {domain}"
-    done = finished(out, t.steps, resume, log, what, expected(t, data.corpora[GENERIC].tokens("train")))
+    model = new_model(cfg, data, seed=t.seed)
+    done = finished(out, t.steps, resume, log, what, expected(t, data.corpora[GENERIC].tokens("train"), model))
     if done:
         return done
     idx, stats = importance_indices(cfg, data, domain)
@@ -59,7 +60,6 @@ def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, ex
     generic = data.corpora[GENERIC]
     batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed,
                             f"data.generic resampled to {domain}", indices=idx)
-    model = new_model(cfg, data, seed=t.seed)
     r = train(model, t, batches, out, valid_tokens=data.corpora[domain].tokens("valid"), resume=resume,
               desc=what, extra_config={"mlx_pn_method": cfg.method, "domain": domain}, log=log)
     return write_summary(out, r, training_cost(model.args, r.tokens, t.seq_len, r.wall_s), domain=domain,

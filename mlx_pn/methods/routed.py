@@ -154,14 +154,14 @@ def projected_method(name: str, coefficients: str, default_select: str) -> Metho
         from mlx_pn.train.losses import cross_entropy
 
         out, t = pretrain_dir(cfg), cfg.pretrain
-        done = finished(out, t.steps, resume, log, f"pretrain {cfg.method}",
-                        expected(t, data.corpora[GENERIC].tokens("train")))
-        if done:
-            return done
         clusters = method_clustering(cfg)
         pargs = projected_args(cfg, clusters.k, coefficients)
         slm_args = model_args(cfg.model, data.tokenizer.vocab_size)
         model = build_projected(slm_args, pargs, seed=t.seed)
+        done = finished(out, t.steps, resume, log, f"pretrain {cfg.method}",
+                        expected(t, data.corpora[GENERIC].tokens("train"), model))
+        if done:
+            return done
         cos_init = expert_cosine(model)
         log(f"[pretrain {cfg.method}] {model.num_params() / 1e6:.2f}M parameters (k={pargs.k}, m={pargs.m}, "
             f"h={pargs.h}); each specialized SLM has the {cfg.model.preset} preset's size; experts' cosine at init "
@@ -281,7 +281,8 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
     args = model_args(cfg.model, data.tokenizer.vocab_size)
     for i in ([expert] if expert is not None else dist.my_share(range(k))):
         out = expert_dir(root, i)
-        if finished(out, steps, resume, log, f"pretrain {cfg.method} expert {i}", expected(texp, tokens)):
+        model = new_model(cfg, data, seed=t.seed + i)
+        if finished(out, steps, resume, log, f"pretrain {cfg.method} expert {i}", expected(texp, tokens, model)):
             continue
         idx = expert_windows(labels, n, i)
         if len(idx) < batch:
@@ -291,7 +292,6 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
         log(f"[pretrain {cfg.method}] expert {i}/{k}: {steps} steps x batch {batch} on {len(idx)} windows "
             f"({batches.epochs(steps, t.grad_accum):.2f} epochs of its cluster)")
         valid = vwin[vlab == i] if len(vlab) == len(vwin) and (vlab == i).any() else None
-        model = new_model(cfg, data, seed=t.seed + i)
         r = train(model, texp, batches, out, valid_tokens=valid, resume=resume, desc=f"pretrain expert {i}",
                   extra_config={"mlx_pn_method": cfg.method, "expert": i, "k": k}, log=log, group=dist.SOLO)
         write_summary(out, r, training_cost(args, r.tokens, t.seq_len, r.wall_s), group=dist.SOLO)

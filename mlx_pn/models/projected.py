@@ -235,12 +235,21 @@ def projected_config(model: ProjectedTransformer, method: str) -> dict:
 
 
 def load_projected(folder: str | Path) -> ProjectedTransformer:
-    """A model saved by `train`/`save_model` with `projected_config` extras."""
+    """A model saved by `train`/`save_model` with `projected_config` extras; its files checked against their
+    sha256.json like any model folder's (a CheckpointError naming the changed file)."""
+    from mlx_pn.models.build import CheckpointError, verify_model_folder
+
     folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"{folder}: no config.json; is this a model folder written by mlx_pn?")
+    verify_model_folder(folder)
     cfg = json.loads((folder / "config.json").read_text())
     if "projected" not in cfg:
         raise ValueError(f"{folder}/config.json has no 'projected' section: not a slm-pn/slm-hn model")
     model = ProjectedTransformer(ModelArgs.from_dict(cfg), ProjectedArgs.from_dict(cfg["projected"]))
-    model.load_weights(str(folder / "model.safetensors"), strict=True)
+    try:
+        model.load_weights(str(folder / "model.safetensors"), strict=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{folder}/model.safetensors: cannot load ({e})") from None
     mx.eval(model.parameters())
     return model
