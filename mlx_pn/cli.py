@@ -76,11 +76,17 @@ def parse(parser: argparse.ArgumentParser, argv=None, cls=None):
         hint = f"; did you mean '--{close[0]}'?" if close else "; see --help for the valid options"
         parser.error(f"unknown option '{flag}'{hint}")
     overrides = {k[3:]: v for k, v in vars(args).items() if k.startswith("ov:") and v is not None}
+    from mlx_pn import interrupt
     from mlx_pn.methods import load_config  # with the method's own rules (imports mlx: after --help)
 
+    # loading the config takes seconds (it imports mlx): a SIGTERM there is the one-line exit 143 too
+    interrupt.install_sigterm()
     try:
         cfg = load_config(args.config, overrides, cls)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as interrupt.Terminated
+        print(interrupt.message(e), file=sys.stderr)
+        raise SystemExit(interrupt.exit_code(e)) from None
     return cfg, args

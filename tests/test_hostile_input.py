@@ -321,6 +321,30 @@ def test_interrupt_says_where_and_how_to_resume(pretrained, tmp_path, sig, code,
         assert int(lines[-1].split("step_")[1][:7]) >= int(m.group(3)), lines
 
 
+def test_sigterm_while_the_config_loads_is_the_one_line_exit(tmp_path):
+    """Loading the config takes seconds (it imports mlx), before the recipe's own handler: a SIGTERM there
+    (sent from inside load_config, so it lands there every time) is one line and exit 143, not a silent death."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = (
+        "import os, signal, time\n"
+        "import mlx_pn.methods as m\n"
+        "def load_config(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "m.load_config = load_config\n"
+        "from recipes import pretrain\n"
+        f"pretrain.main(['--config', 'tiny', '--out', {str(tmp_path / 'run')!r}])\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 143, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert "interrupted (SIGTERM) outside training; finished stages and files are kept" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 # --- 3. an honest export ----------------------------------------------------------------------------
 
 
