@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -111,9 +112,12 @@ def mlx_lm_config(model: Transformer, dtype: str = "float32") -> dict:
 
 def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quantize: int | None = None,
                   group_size: int = 64, dtype: str = "float32", force: bool = False,
-                  verify: bool = True, card_from: str | Path | None = None, base_model: str | None = None) -> dict:
+                  verify: bool = True, card_from: str | Path | None = None, base_model: str | None = None,
+                  log=None) -> dict:
     """Write `out` atomically; returns a report with the verification result. card_from: the trained model's
-    folder; with it, out/README.md is its model card (mlx_pn.model_card; base_model goes in its front matter)."""
+    folder; with it, out/README.md is its model card (mlx_pn.model_card; base_model goes in its front matter).
+    log: where the steps are said as they start (writing, verifying with mlx-lm, the result); None: silent."""
+    say = log or (lambda *a: None)
     from mlx_lm.utils import quantize_model
 
     out = Path(out)
@@ -172,7 +176,14 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
     def write_and_verify(tmp: Path):
         """Verified in the temporary folder: only a verified export ever has its final name (an error or Ctrl-C
         here leaves nothing under it)."""
+        kind = f"{quantize}-bit, group size {group_size}" if quantize else dtype
+        say(f"[export] {out}: writing {report['exported_params'] / 1e6:.2f}M parameters ({kind}, "
+            f"{weight_bytes / 2**20:.1f} MiB)")
         write(tmp)
+        t0 = time.time()
+        if verify:
+            say("[export] verifying: loading it with mlx_lm.load and comparing its logits on a fixed input with the "
+                "trained model's")
         try:
             if quantize:
                 report.update(measured_bits(tmp, layers, quantize, group_size))
@@ -185,6 +196,9 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
                 report.update(verify_export(model, tmp, exact=not quantize))
         except ExportError as e:
             raise ExportError(str(e).replace(str(tmp), str(out))) from None
+        if verify:
+            say(f"[export] verified in {time.time() - t0:.1f} s: max |logit diff| {report['max_abs_logit_diff']:.2g}, "
+                f"greedy token agreement {report['argmax_agreement']:.0%}")
 
     # --force replaces only a previous export (marked, or an old one of only export files): never a run folder
     atomic_folder(out, write_and_verify, kind="export", legacy=_old_export)

@@ -72,7 +72,7 @@ def run(cfg, resume: bool = True, log=print) -> dict:
     timings["specialize_s"] = time.time() - t0 - timings["data_s"] - timings["pretrain_s"]
     folder = export_dir(cfg)
     report = export_mlx_lm(load_model(specialize_dir(cfg, d) / "final"), data.tokenizer.hf_dir, folder, force=True,
-                           card_from=specialize_dir(cfg, d) / "final")
+                           card_from=specialize_dir(cfg, d) / "final", log=log)
     samples = generate_with_mlx_lm(folder, prompts(d))
     plot_training_curves({"pretrain (generic)": pretrain_dir(cfg) / "metrics.jsonl",
                           f"fine-tune ({d})": specialize_dir(cfg, d) / "metrics.jsonl"},

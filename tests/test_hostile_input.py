@@ -293,7 +293,10 @@ def test_interrupt_says_where_and_how_to_resume(pretrained, tmp_path, sig, code,
     cmd = [sys.executable, "-m", "recipes.pretrain", "--config", str(TINY), "--out", str(out), "--data.dir",
            str(cfg.data_dir), "--data.max_docs", "300", "--pretrain.steps", "300", "--pretrain.save_every", "3",
            "--pretrain.eval_every", "1000"]
-    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it: a pytest started in the background (`cmd &`) ignores SIGINT, and its
+    # children would inherit that
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpts = out / "pretrain" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not (ckpts.exists() and any(c.name.startswith("step_") for c in ckpts.iterdir())):

@@ -77,6 +77,12 @@ def test_reproduce_commands_read_the_written_config(exported):
 
 def test_export_prints_the_hint_lines(exported):
     _, dest, _, out = exported
+    # each step is said as it starts (writing, verifying with mlx-lm), then the verification's result
+    lines = out.splitlines()
+    starts = [next(i for i, ln in enumerate(lines) if ln.startswith(p)) for p in (
+        f"[export] {dest}: writing 0.", "[export] verifying: loading it with mlx_lm.load", "[export] verified in ")]
+    assert starts == sorted(starts), out
+    assert re.search(r"max \|logit diff\| [0-9.e-]+, greedy token agreement 100%", out), out
     for hint in (f"mlx-pn lm generate --model {dest}", f"mlx_lm.server --model {dest}",
                  f"mlx_lm lora --model {dest} --train --data DATA_DIR --num-layers -1",
                  f"mlx_lm upload --path {dest} --upload-repo USER/NAME",

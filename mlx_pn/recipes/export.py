@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from mlx_pn.cli import build_parser as cli_parser, parse
+from mlx_pn.commands import recipe_command
 from mlx_pn.recipes._common import clear_errors
 
 
@@ -49,15 +50,16 @@ def main(argv=None):
 
         src = Path(args.model) if args.model else specialize_dir(cfg, cfg.domain) / "final"
         if not (src / "model.safetensors").exists():
-            raise SystemExit(f"error: {src}/model.safetensors does not exist; run recipes.specialize "
-                             f"(or pass --model FOLDER)")
+            raise SystemExit(f"error: {src}/model.safetensors does not exist; run `{recipe_command('specialize')}` "
+                             f"with this config first (or pass --model FOLDER)")
         check_not_routed_pretraining(src, cfg)
         tok = Path(args.tokenizer) if args.tokenizer else cfg.data_dir / "tokenizer" / "hf"
         suffix = f"-q{args.quantize}" if args.quantize else ""
         folder = "export" if cfg.method == "slm" else f"export-{cfg.method}"
         dest = Path(args.to) if args.to else Path(cfg.out) / folder / f"{cfg.domain}{suffix}"
         report = export_mlx_lm(load_model(src), tok, dest, quantize=args.quantize, group_size=args.group_size,
-                               dtype=args.dtype, force=args.force, card_from=src, base_model=args.base_model)
+                               dtype=args.dtype, force=args.force, card_from=src, base_model=args.base_model,
+                               log=print)
         print(json.dumps(report, indent=2))
         print(f"model card: {dest / 'README.md'}\ntry it: {generate_command(dest)}")
         remote = "model_file" in json.loads((dest / "config.json").read_text())
