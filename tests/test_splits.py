@@ -125,3 +125,30 @@ def test_data_stage_logs_the_duplicates(tmp_path):
     prepare_data(cfg, log=lines.append)
     said = [x for x in lines if x.startswith("[data] dom: 4 documents in 2 duplicate groups (2 exact, 0 near")]
     assert len(said) == 1 and "0 groups across splits" in said[0]
+
+
+def test_a_moved_text_corpus_splits_the_same_way(tmp_path):
+    """A .txt file is one document; its id (which, with its text, picks its split) is its path inside the folder
+    the spec names, or its name: the same corpus in another place splits the same way (the id was the absolute
+    path, so a one-document domain was short of its train or of its valid split depending on the temp folder)."""
+    import shutil
+
+    from mlx_pn.data.sources import read_source
+
+    rng = random.Random(0)
+    a = tmp_path / "a" / "corpus"
+    (a / "sub").mkdir(parents=True)
+    for i in range(60):
+        (a / ("sub" if i % 2 else "") / f"doc{i}.txt").write_text(_text(rng))
+    b = tmp_path / "elsewhere" / "deeper" / "corpus"
+    shutil.copytree(a, b)
+
+    def names(spec):
+        docs = list(read_source(str(spec)))
+        return {k: sorted(d.id for d in v) for k, v in split_documents(docs, 0.1, 0.1).items()}
+
+    first = names(a)
+    assert first == names(b) and len(first["valid"]) and len(first["test"])
+    assert "sub/doc1.txt" in sum(first.values(), [])
+    one = b / "sub" / "doc1.txt"
+    assert [d.id for d in read_source(str(one))] == ["doc1.txt"]

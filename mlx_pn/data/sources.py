@@ -172,19 +172,22 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(FILE_SUFFIXES))
 
 
-def _path(path: Path, field: str) -> Iterator[Document]:
+def _path(path: Path, field: str, root: Path | None = None) -> Iterator[Document]:
+    """root: the folder the spec named (a text file's id is its path inside it, or its name: never where the
+    folder lives, since the id picks the document's split and a moved corpus must split the same way)."""
     if path.is_dir():
         files = _files(path)
         if not files:
             raise DataError(f"{field}: folder {path} holds no {'/'.join(FILE_SUFFIXES)} files")
         for f in files:
-            yield from _path(f, field)
+            yield from _path(f, field, root or path)
     elif path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
         yield from _jsonl(path)
     elif path.suffix == ".parquet":
         yield from _parquet(path)
     else:
-        yield Document(str(path), _decode(path.read_bytes(), str(path)))
+        doc_id = path.relative_to(root).as_posix() if root is not None else path.name
+        yield Document(doc_id, _decode(path.read_bytes(), str(path)))
 
 
 def _parts(spec: str) -> list[str]:
