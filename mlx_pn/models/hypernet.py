@@ -46,7 +46,9 @@ class HyperNetwork(nn.Module):
         self.out_proj.bias = mx.zeros_like(self.out_proj.bias)
         if shared > 0:
             self.out_proj.weight = self.out_proj.weight * (1 - shared) ** 0.5
-            b = mx.random.normal((self.h,)) * (shared / self.h) ** 0.5  # one draw, the same in every layer
+            # one draw, the same in every layer, scaled to its expected norm sqrt(rho) (as slm-pn's shared code)
+            b = mx.random.normal((self.h,))
+            b = b * (shared**0.5 / mx.maximum(mx.linalg.norm(b), 1e-12))
             self.out_proj.bias = mx.tile(b, (self.num_layers,))
 
     def __call__(self, cond: mx.array) -> mx.array:
