@@ -85,9 +85,10 @@ def specialize(cfg: Config, data, domain: str, resume: bool = True, log=print, d
             return old
         # --no-resume: the loop moves the old run's files aside (once this stage's model is built and checked)
         results = method.specialize(cfg, data, domain, resume=resume, log=log, domain_tokens=domain_tokens)
-        if main and results_path.exists():
-            results["fingerprint"] = specialize_fingerprint(cfg, data, domain, results.get("pretrained_from"),
-                                                            results.get("teacher"))
+        # written here, once and with its fingerprint: a results.json never lacks what "already done" compares
+        results["fingerprint"] = specialize_fingerprint(cfg, data, domain, results.get("pretrained_from"),
+                                                        results.get("teacher"))
+        if main:
             write_json_atomic(results_path, results)
         return results
 

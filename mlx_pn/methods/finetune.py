@@ -14,7 +14,6 @@ from mlx_pn.costs import StageCost, inference_flops_per_token, training_cost
 from mlx_pn.data.batches import PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
-from mlx_pn.io import write_json_atomic
 from mlx_pn.methods.layout import specialize_dir, write_summary
 from mlx_pn.train.evaluate import bits_per_byte, nll
 from mlx_pn.train.losses import cross_entropy
@@ -145,7 +144,8 @@ def cost_fields(parts: dict[str, StageCost], args, cfg: Config, all_steps: dict[
 
 def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: Path | None, resume: bool, log,
                      domain_tokens: int = 0, parts: dict | None = None, tune: Callable | None = None) -> dict:
-    """Measure `model` (started from `src`; None: a new model), fine-tune it, measure again -> results.json.
+    """Measure `model` (started from `src`; None: a new model), fine-tune it, measure again -> the results
+    (methods.specialize writes them to results.json).
 
     tune(model, out) -> (TrainResult, cost parts, extra result fields) replaces the plain fine-tuning (slm-d
     distils); parts: costs spent before this stage that count as specialization (slm-is's pretraining)."""
@@ -168,5 +168,4 @@ def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: P
         "stopped_early": r.stopped_early, **stop_fields(r.summary(), cfg.finetune), "wall_s": time.time() - t0,
         **extra, **cost_fields(parts, model.args, cfg, {"finetune": every}), "config": to_dict(cfg),
     }
-    write_json_atomic(out / "results.json", results)
-    return results
+    return results  # methods.specialize writes it (results.json)

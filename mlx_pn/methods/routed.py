@@ -110,8 +110,7 @@ def specialize_routed(cfg: Config, data: PreparedData, domain: str, load, select
         "stopped_early": r["stopped_early"], **stop_fields(r, t), "wall_s": time.time() - t0,
         **cost_fields(parts, model.args, cfg, every), "config": to_dict(cfg),
     }
-    write_json_atomic(out / "results.json", results)
-    return results
+    return results  # methods.specialize writes it (results.json)
 
 
 def routed_check(cfg: Config) -> None:
