@@ -87,6 +87,5 @@ def parse(parser: argparse.ArgumentParser, argv=None, cls=None):
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as interrupt.Terminated
-        print(interrupt.message(e), file=sys.stderr)
-        raise SystemExit(interrupt.exit_code(e)) from None
+        interrupt.exit_interrupted(e)
     return cfg, args

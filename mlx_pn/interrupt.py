@@ -10,6 +10,7 @@ checkpoint); the recipes' ``clear_errors`` prints :func:`message` and exits with
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal number: what a shell reports for a killed command
@@ -44,6 +45,12 @@ def install_sigterm() -> None:
 
 def exit_code(e: KeyboardInterrupt) -> int:
     return EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
+
+
+def exit_interrupted(e: KeyboardInterrupt) -> None:
+    """Print :func:`message` on stderr and exit with :func:`exit_code`: the end of a command that was interrupted."""
+    print(message(e), file=sys.stderr)
+    raise SystemExit(exit_code(e)) from None
 
 
 def message(e: KeyboardInterrupt) -> str:

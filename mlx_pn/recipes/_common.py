@@ -42,8 +42,7 @@ def clear_errors():
     try:
         yield
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as interrupt.Terminated
-        print(interrupt.message(e), file=sys.stderr)
-        raise SystemExit(interrupt.exit_code(e)) from None
+        interrupt.exit_interrupted(e)
     except Exception as e:  # noqa: BLE001 - re-raised unless it is one of ours
         err = e if isinstance(e, known_errors()) else write_error(e, None)
         if err is None:
