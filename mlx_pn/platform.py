@@ -120,17 +120,19 @@ def setup_blas() -> str:
 
 def warn_if_slow_blas() -> None:
     """Say once, clearly, when fp32 matmuls on the CPU will run on the reference BLAS, or on OpenBLAS kernels
-    older than the CPU (a preloaded library, or an OPENBLAS_CORETYPE that holds it back)."""
+    older than the CPU (a preloaded library that did not recognise it; a user's OPENBLAS_CORETYPE is kept)."""
     if _state["warned"]:
         return
-    best = openblas_coretype(cpu_flags(), platform.machine())
-    core = blas_core() if best and "OPENBLAS_CORETYPE" not in os.environ else None  # a user's choice is kept
-    if core and core.lower() not in (best.lower(), "cooperlake", "sapphirerapids", "zen", "skylakex"):
-        _state["warned"] = True
-        warnings.warn(f"mlx_pn: the preloaded OpenBLAS runs its {core} kernels on a CPU that runs {best}'s: "
-                      f"fp32 CPU matmuls are up to 5x slower. Fix: add OPENBLAS_CORETYPE={best} to the environment, "
-                      f"or drop LD_PRELOAD (import mlx_pn loads OpenBLAS and sets it)", RuntimeWarning, stacklevel=3)
-        return
+    # setup_blas sets OPENBLAS_CORETYPE before it loads the library: unset here means preloaded (or no OpenBLAS)
+    if (_state["blas"] or "").startswith("openblas:") and "OPENBLAS_CORETYPE" not in os.environ:
+        best, core = openblas_coretype(cpu_flags(), platform.machine()), blas_core()
+        if best and core and core.lower() not in (best.lower(), "cooperlake", "sapphirerapids", "zen", "skylakex"):
+            _state["warned"] = True
+            warnings.warn(f"mlx_pn: the preloaded OpenBLAS runs its {core} kernels on a CPU that runs {best}'s: "
+                          f"fp32 CPU matmuls are up to 5x slower. Fix: add OPENBLAS_CORETYPE={best} to the "
+                          f"environment, or drop LD_PRELOAD (import mlx_pn loads OpenBLAS and sets it)",
+                          RuntimeWarning, stacklevel=3)
+            return
     if _state["blas"] != "reference":
         return
     import mlx.core as mx
