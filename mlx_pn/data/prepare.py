@@ -29,18 +29,13 @@ class PreparedData:
         return [n for n in self.corpora if n != GENERIC]
 
 
-class _LazyLegacy:
-    """Equal to the legacy (absolute-path) fingerprint of `spec`, or to `key` with it as "generic": computed only
-    when the current fingerprint did not match (data made before fingerprints were checkout-independent)."""
-
-    def __init__(self, spec: str, key: dict | None = None):
-        self.spec, self.key = spec, key
-
-    def __eq__(self, other) -> bool:
-        legacy = fingerprint(self.spec, legacy=True)
-        return other == (legacy if self.key is None else self.key | {"generic": legacy})
-
-    __hash__ = None
+def _same_source(stored, current, spec: str, key: dict | None = None) -> bool:
+    """stored == current, or data made before fingerprints were checkout-independent: stored equals the legacy
+    (absolute-path) fingerprint of `spec`, or `key` with it as "generic" (computed only when needed)."""
+    if stored == current:
+        return True
+    legacy = fingerprint(spec, legacy=True)
+    return stored == (legacy if key is None else key | {"generic": legacy})
 
 
 def _sources(cfg: Config) -> dict[str, tuple[str, str]]:
@@ -76,7 +71,7 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
             # made by an older version (or one killed between the two writes): adopt the current settings
             log(f"[data] {meta} is missing; assuming {tok_dir} was trained on data.generic as configured now")
             write_json_atomic(meta, tok_key)
-        elif json.loads(meta.read_text()) not in (tok_key, _LazyLegacy(cfg.data.generic, tok_key)):
+        elif not _same_source(json.loads(meta.read_text()), tok_key, cfg.data.generic, tok_key):
             raise DataError(
                 f"{tok_dir} was trained on other generic text or settings than data.generic={cfg.data.generic!r} "
                 f"now gives; delete {tok_dir} to retrain it (models trained with the old one need it), or use "
@@ -97,7 +92,7 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         m = read_manifest(folder)
         fresh = (m is not None and m.get("source") == spec and m.get("tokenizer_sha256") == tok.sha256
                  and m.get("split") == split_key
-                 and m.get("fingerprint") in (prints[name], _LazyLegacy(spec))  # or the older, path-based one
+                 and _same_source(m.get("fingerprint"), prints[name], spec)  # or the older, path-based one
                  and (m.get("duplicates") or {}).get("method") == dedup.VERSION)
         if fresh:
             try:
