@@ -21,7 +21,7 @@ For each stage (run in order; each one works on the outputs of the previous ones
    mlx_pn/io.py. `--signal TERM` sends SIGTERM instead of SIGKILL (and SIGKILL 30 s later if the launch
    is still running), and reports the exit codes the launches ended with. `--mode concurrent` instead
    starts a second launch of the same command on the same folder while the first runs (after a seeded
-   delay): each must finish (exit 0) or stop with the run lock's one line ("pid N is writing ..."),
+   delay within the first half of the first one's work after start-up): each must finish (exit 0) or stop with the run lock's one line ("pid N is writing ..."),
    never a traceback, and after one more launch the outputs must equal the reference;
 3. after every kill, every visible output is checked complete: checkpoints by their sha256, shards by
    their manifest, JSON/JSONL parse, safetensors/npy/spm load. Temporary files (.NAME.tmp-PID-*) may
@@ -367,9 +367,10 @@ LOCKED = re.compile(r"^error: pid \d+ is writing .+ since .+ \(command: .+\)", r
 
 def _run_concurrent(r: StageReport, command: str, ref: Path, kill: Path, logs: Path, rounds: int,
                     rng: random.Random, atol: float) -> None:
-    """`rounds` times: launch A, then B on the same folder after a seeded delay in [0, 0.5 T]; each must exit
-    0 or stop with the run lock's line; then one more launch finishes, and the outputs equal the reference.
-    Each round starts again from the previous stages' outputs."""
+    """`rounds` times: launch A, then B on the same folder after a seeded delay in [0, 0.5 (T - S)] (within the
+    first half of A's work after its start-up S, so that B meets A's lock rather than a finished run, however
+    small the training share of T is); each must exit 0 or stop with the run lock's line; then one more launch
+    finishes, and the outputs equal the reference. Each round starts again from the previous stages' outputs."""
     logs.mkdir(parents=True, exist_ok=True)
     base = logs.parent.parent / f"base-{r.name}"
     for i in range(1, max(rounds, 1) + 1):
@@ -379,7 +380,7 @@ def _run_concurrent(r: StageReport, command: str, ref: Path, kill: Path, logs: P
         fa, fb = open(logs / f"a-{i:03d}.log", "wb"), open(logs / f"b-{i:03d}.log", "wb")
         a = subprocess.Popen(_argv(command, kill), cwd=REPO, stdout=fa, stderr=subprocess.STDOUT, env=_env(),
                              start_new_session=True)
-        time.sleep(rng.uniform(0.0, 0.5) * r.ref_s)
+        time.sleep(rng.uniform(0.0, 0.5) * max(r.ref_s - r.startup_s, 0.0))
         b = subprocess.Popen(_argv(command, kill), cwd=REPO, stdout=fb, stderr=subprocess.STDOUT, env=_env(),
                              start_new_session=True)
         codes = [p.wait(timeout=600) for p in (a, b)]
