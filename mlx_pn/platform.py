@@ -37,6 +37,13 @@ _state = {"blas": None, "warned": False, "lib": None}
 # OpenBLAS's x86-64 kernel families, best first, with the CPU flags each one's kernels execute
 _AVX512 = frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"})
 _CORETYPES = (("SkylakeX", _AVX512 | {"avx2", "fma"}), ("Haswell", frozenset({"avx2", "fma"})))
+# The vector width each kernel family's kernels use, as openblas_get_corename() names them (lower case): the
+# AVX-512 families (Cooperlake and SapphireRapids are SkylakeX's kernels plus bf16 / AMX ones), the AVX2 + FMA
+# ones (Zen runs Haswell's kernels), the AVX-only ones; anything else older. A family is "lesser" than another
+# only when its level is lower: Cooperlake on a CPU we would give SkylakeX is not lesser.
+_KERNEL_LEVEL = {**dict.fromkeys(("skylakex", "cooperlake", "sapphirerapids"), 3),
+                 **dict.fromkeys(("haswell", "zen", "excavator"), 2),
+                 **dict.fromkeys(("sandybridge", "bulldozer", "piledriver", "steamroller"), 1)}
 
 
 def cpu_flags() -> frozenset[str]:
@@ -56,6 +63,22 @@ def openblas_coretype(flags: frozenset[str], machine: str = "x86_64") -> str | N
     if machine not in ("x86_64", "AMD64"):
         return None
     return next((name for name, needs in _CORETYPES if needs <= flags), None)
+
+
+def kernel_level(core: str | None) -> int:
+    """How wide the vector kernels of an OpenBLAS kernel family are: 3 AVX-512, 2 AVX2, 1 AVX, 0 older/unknown."""
+    return _KERNEL_LEVEL.get((core or "").lower(), 0)
+
+
+def lesser_kernels(core: str | None, flags: frozenset[str], machine: str = "x86_64") -> str | None:
+    """The family OpenBLAS should run when the ``core`` it runs is narrower than what this CPU executes, else None.
+
+    Equal or wider families (Cooperlake or SapphireRapids where we would pick SkylakeX, Zen for Haswell) are
+    fine, and so is a CPU we have no family for."""
+    best = openblas_coretype(flags, machine)
+    if not best or not core or kernel_level(core) >= kernel_level(best):
+        return None
+    return best
 
 
 def _find_openblas() -> str | None:
@@ -125,8 +148,9 @@ def warn_if_slow_blas() -> None:
         return
     # setup_blas sets OPENBLAS_CORETYPE before it loads the library: unset here means preloaded (or no OpenBLAS)
     if (_state["blas"] or "").startswith("openblas:") and "OPENBLAS_CORETYPE" not in os.environ:
-        best, core = openblas_coretype(cpu_flags(), platform.machine()), blas_core()
-        if best and core and core.lower() not in (best.lower(), "cooperlake", "sapphirerapids", "zen", "skylakex"):
+        core = blas_core()
+        best = lesser_kernels(core, cpu_flags(), platform.machine())
+        if best:
             _state["warned"] = True
             warnings.warn(f"mlx_pn: the preloaded OpenBLAS runs its {core} kernels on a CPU that runs {best}'s: "
                           f"fp32 CPU matmuls are up to 5x slower. Fix: add OPENBLAS_CORETYPE={best} to the "
