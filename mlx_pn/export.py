@@ -28,6 +28,7 @@ from mlx.utils import tree_flatten
 from mlx_pn.data.tokenizer import BOS_ID, EOS_ID
 from mlx_pn.io import atomic_folder, check_disk_space
 from mlx_pn.models import byte_lm
+from mlx_pn.models.folder_check import check_tokenizer_json
 from mlx_pn.models.transformer import Transformer, unshared
 
 
@@ -126,7 +127,7 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
         raise ExportError(f"export directory {out} already exists; pass --force to overwrite it or choose another")
     if not (tok_dir / "tokenizer.json").exists():
         raise ExportError(f"{tok_dir}/tokenizer.json is missing; rebuild the tokenizer (data stage)")
-    vocab = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    vocab = check_tokenizer_json(tok_dir / "tokenizer.json")
     if len(vocab) != model.args.vocab_size:
         raise ExportError(f"tokenizer {tok_dir} has {len(vocab)} ids but the model's vocab_size is "
                           f"{model.args.vocab_size}; export with the tokenizer the model was trained with")
@@ -157,9 +158,7 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
         weights = dict(tree_flatten(export_model.parameters()))
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
         (tmp / "config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=4))
-        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (tok_dir / f).exists():
-                shutil.copy(tok_dir / f, tmp / f)
+        copy_tokenizer_files(tok_dir, tmp)
         (tmp / "generation_config.json").write_text(
             json.dumps({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID}, indent=2))
         if is_byte:
@@ -207,6 +206,23 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
 
         write_model_card(out, card_from, report, base_model)
     return report
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_tokenizer_files(tok_dir: Path, dest: Path) -> None:
+    """Copy the tokenizer's own files into `dest`; a symlink among them is refused, never followed: what it points
+    at (any file of the machine) would be published with the export by `mlx_lm upload`."""
+    for f in TOKENIZER_FILES:
+        src = tok_dir / f
+        if src.is_symlink():
+            raise ExportError(f"{src} is a symlink (to {src.readlink()}); an export copies only the tokenizer's own "
+                              f"regular files: replace it with the file itself or delete it, then rerun the export")
+        if src.exists():
+            if not src.is_file():
+                raise ExportError(f"{src} is not a regular file; delete it or replace it, then rerun the export")
+            shutil.copyfile(src, dest / f, follow_symlinks=False)
 
 
 def user_mode() -> int:

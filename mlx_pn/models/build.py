@@ -31,6 +31,7 @@ from mlx.utils import tree_flatten
 from mlx_pn.config import ConfigError, ModelConfig, _suggest, to_dict
 from mlx_pn.io import atomic_folder, check_disk_space, file_sha256, has_marker
 from mlx_pn.models import byte_lm
+from mlx_pn.models.folder_check import check_config
 from mlx_pn.models.transformer import ModelArgs, Transformer, init_trunk_weights
 
 # Sizes from the paper (Table 6) plus small presets for CPUs. The vocabulary comes from the
@@ -220,8 +221,9 @@ def load_model(folder: str | Path):
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{folder}: no config.json; is this a model folder written by mlx_pn?")
+    config = check_config(folder)  # untrusted input: each field checked and the weights sized before building
     verify_model_folder(folder)
-    model = model_from_config(json.loads(cfg_path.read_text()))
+    model = model_from_config(config)
     try:
         model.load_weights(str(folder / "model.safetensors"), strict=True)
     except Exception as e:  # noqa: BLE001
