@@ -42,7 +42,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     cfg, args = parse(parser, argv)
-    with clear_errors():
+    with clear_errors(None if args.to else cfg):  # --to: export_mlx_lm replaces only an export folder
         from mlx_pn.export import export_mlx_lm, generate_command
         from mlx_pn.model_card import usage_lines
         from mlx_pn.methods.layout import specialize_dir
