@@ -159,6 +159,7 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
         (tmp / "config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=4))
         copy_tokenizer_files(tok_dir, tmp)
+        add_chat_template(tmp / "tokenizer_config.json")
         (tmp / "generation_config.json").write_text(
             json.dumps({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID}, indent=2))
         if is_byte:
@@ -223,6 +224,23 @@ def copy_tokenizer_files(tok_dir: Path, dest: Path) -> None:
             if not src.is_file():
                 raise ExportError(f"{src} is not a regular file; delete it or replace it, then rerun the export")
             shutil.copyfile(src, dest / f, follow_symlinks=False)
+
+
+# The training format of chat records (mlx_pn.data.sources.record_text): one "ROLE: CONTENT" line per message, so
+# {"prompt": P, "completion": C} is "user: P\nassistant: C". The generation prompt ends at "assistant:", as the
+# completion's own leading space is part of its first token in training.
+CHAT_TEMPLATE = ("{%- for message in messages -%}{%- if not loop.first -%}{{ '\\n' }}{%- endif -%}"
+                 "{{ message['role'] }}: {{ message['content'] }}{%- endfor -%}"
+                 "{%- if add_generation_prompt -%}{{ '\\nassistant:' }}{%- endif -%}")
+
+
+def add_chat_template(path: Path) -> None:
+    """Give the exported tokenizer_config.json the training format's chat template: `mlx_lm lora` on
+    prompt/completion or chat data and mlx_lm.server's chat endpoint then format requests as the model was trained
+    (without one, lora refuses such data and the server falls back to its own USER:/ASSISTANT: lines)."""
+    cfg = json.loads(path.read_text()) if path.exists() else {}
+    cfg["chat_template"] = CHAT_TEMPLATE
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
 
 
 def user_mode() -> int:
