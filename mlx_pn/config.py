@@ -496,7 +496,25 @@ def load_file(path: str | Path) -> dict:
         else:
             import yaml
 
-            d = yaml.safe_load(text)
+            class _UniqueKeys(yaml.SafeLoader):
+                """safe_load refusing a key given twice in one mapping (a second `pretrain:` section silently
+                replaced the first: its lr fell back to the default)."""
+
+            def _mapping(loader, node, deep=False):
+                seen = set()
+                for key_node, _ in node.value:
+                    key = loader.construct_object(key_node, deep=deep)
+                    if key in seen:
+                        raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: the key '{key}' is given twice in "
+                                          f"one section (the second would silently replace the first); merge them "
+                                          f"into one")
+                    seen.add(key)
+                return loader.construct_mapping(node, deep=deep)
+
+            _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+            d = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - any parse error becomes a ConfigError naming the file
         raise ConfigError(f"{path}: cannot parse ({e})") from None
     return d or {}

@@ -25,7 +25,19 @@ def main(argv=None) -> None:
         print("usage: mlx-pn lm SUBCOMMAND [ARGS ...]   (mlx-lm's own subcommands; --help lists them)",
               file=sys.stderr)
         raise SystemExit(2)
-    cli.main()
+    try:
+        cli.main()
+    except ValueError as e:  # mlx_lm.cli's "CLI requires a subcommand in (...)": a traceback for a typo
+        if not str(e).startswith("CLI requires a subcommand"):
+            raise
+        import difflib
+
+        names = str(e).split(" in ", 1)[1].strip("()").replace("'", "").split(", ")
+        close = difflib.get_close_matches(argv[0], names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        print(f"mlx-pn lm: error: unknown subcommand '{argv[0]}'; {hint}choose one of {', '.join(names)}",
+              file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
