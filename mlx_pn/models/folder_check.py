@@ -47,7 +47,7 @@ def _size(cfg: dict, key: str, path: Path) -> int:
     v = cfg[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ModelFolderError(f"{path}: {key} must be a whole number >= 1, got {v!r} ({type(v).__name__}); "
-                               f"write it as a plain integer (e.g. \"{key}\": 64), or re-export the model")
+                               f"write the size the weights were saved with as a plain integer, or re-export the model")
     return v
 
 
