@@ -164,6 +164,43 @@ def test_changed_text_rebuilds_shards_and_guards_tokenizer(tmp_path):
         prepare_data(cfg, **quiet)
 
 
+def test_parquet_source_streams_without_writing_anywhere(tmp_path, monkeypatch):
+    """Read straight from the file (pyarrow), in order, ids kept: nothing cached under HOME (datasets'
+    load_dataset wrote a copy into ~/.cache/huggingface/datasets)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    texts = [f"document number {i} of a parquet corpus" for i in range(2500)]  # several record batches
+    pq.write_table(pa.table({"text": texts}), tmp_path / "many.parquet", row_group_size=700)
+    docs = load_documents(str(tmp_path / "many.parquet"))
+    assert [d.text for d in docs] == texts and docs[1234].id == "many.parquet:1234"
+    assert list(home.rglob("*")) == []
+
+
+@pytest.mark.parametrize("column, message", [
+    (["good", None], r"null.parquet: row 1 has no text \(null in column 'text'\)"),
+    ([1, 2], r"null.parquet: column 'text' holds int64, not strings"),
+])
+def test_parquet_text_that_is_not_text_is_a_clear_error(tmp_path, column, message):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": column}), tmp_path / "null.parquet")
+    with pytest.raises(DataError, match=message):
+        load_documents(str(tmp_path / "null.parquet"))
+
+
+def test_a_file_that_is_not_parquet_is_a_clear_error(tmp_path):
+    (tmp_path / "fake.parquet").write_text("just some text, not parquet")
+    with pytest.raises(DataError, match=r"fake.parquet: not a readable parquet file"):
+        load_documents(str(tmp_path / "fake.parquet"))
+
+
 def test_parquet_source_through_datasets(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

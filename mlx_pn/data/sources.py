@@ -135,16 +135,36 @@ def _jsonl(path: Path) -> Iterator[Document]:
         yield Document(str(obj.get("id", f"{path.name}:{n}")), text)
 
 
-def _parquet(path: Path) -> Iterator[Document]:
+def _parquet(path: Path, batch_rows: int = 1024) -> Iterator[Document]:
+    """Rows of a parquet file, streamed in record batches straight from the file with pyarrow (the engine under
+    `datasets`): bounded memory, and nothing written anywhere (datasets.load_dataset would cache a copy of the
+    file under ~/.cache/huggingface)."""
     try:
-        import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path}: reading .parquet needs the 'datasets' package: pip install datasets") from None
-    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    if "text" not in ds.column_names:
-        raise DataError(f"{path}: no 'text' column (columns: {ds.column_names}); rename the text column to 'text'")
-    for i, row in enumerate(ds):
-        yield Document(str(row.get("id", f"{path.name}:{i}")), row["text"])
+        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install pyarrow (or datasets)") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]}); convert it to "
+                        f".parquet, .jsonl or .txt") from None
+    names = pf.schema_arrow.names
+    if "text" not in names:
+        raise DataError(f"{path}: no 'text' column (columns: {names}); rename the text column to 'text'")
+    if not pa.types.is_string(pf.schema_arrow.field("text").type) and \
+            not pa.types.is_large_string(pf.schema_arrow.field("text").type):
+        raise DataError(f"{path}: column 'text' holds {pf.schema_arrow.field('text').type}, not strings; "
+                        f"store the document text as a string column")
+    columns = ["text"] + (["id"] if "id" in names else [])
+    i = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        ids = batch.column("id").to_pylist() if "id" in columns else None
+        for j, text in enumerate(batch.column("text").to_pylist()):
+            if text is None:
+                raise DataError(f"{path}: row {i + j} has no text (null in column 'text'); drop or fill that row")
+            yield Document(str(ids[j]) if ids is not None else f"{path.name}:{i + j}", text)
+        i += batch.num_rows
 
 
 def _hub(spec: str) -> Iterator[Document]:
