@@ -25,6 +25,7 @@ from mlx_pn.io import (DiskSpaceError, ForeignFolderError, atomic_folder, check_
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"  # the marker kind of a shard set (mlx_pn.io.write_marker)
+MAX_SOURCES = 1000  # per-source counts are kept in the manifest up to this many sources
 VERIFIED = "verified.json"  # {split: [size, mtime_ns]} of the files whose sha256 was last checked good
 
 
@@ -66,6 +67,14 @@ def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, f
     manifest = {"name": name, "source": source, "tokenizer_sha256": tok.sha256, "vocab_size": tok.vocab_size,
                 "dtype": dtype.name, "eos_id": tok.eos_id, **(extra or {}), "splits": {}}
 
+    sources: dict[str, dict] = {}  # counts per source (the id's first path part), for the corpus report
+
+    def count(doc: Document, n_tokens: int, split: str) -> None:
+        s = sources.setdefault(doc.id.split("/", 1)[0], {"documents": 0, "bytes_utf8": 0, "tokens": {}})
+        s["documents"] += 1
+        s["bytes_utf8"] += len(doc.text.encode("utf-8"))
+        s["tokens"][split] = s["tokens"].get(split, 0) + n_tokens
+
     def write(tmp: Path):
         total = sum(len(d) for d in splits.values())
         with tqdm(total=total, desc=f"tokenize {name}", unit="doc", leave=False) as bar:
@@ -74,16 +83,19 @@ def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, f
                 with open(tmp / f"{split}.bin", "wb") as f:
                     for i in range(0, len(docs), batch_docs):
                         chunk = docs[i:i + batch_docs]
-                        for ids in tok.encode_batch([d.text for d in chunk]):
+                        for doc, ids in zip(chunk, tok.encode_batch([d.text for d in chunk])):
                             arr = np.asarray(ids + [tok.eos_id], dtype=dtype)
                             f.write(arr.tobytes())
                             n_tokens += arr.size
+                            count(doc, arr.size, split)
                         bar.update(len(chunk))
                 manifest["splits"][split] = {
                     "documents": len(docs), "tokens": n_tokens,
                     "bytes_utf8": sum(len(d.text.encode()) for d in docs),
                     "sha256": file_sha256(tmp / f"{split}.bin"),
                 }
+        # a corpus of files without sub-folders has a source per document: not worth a table
+        manifest["sources"] = sources if len(sources) <= MAX_SOURCES else None
         write_json_atomic(tmp / MANIFEST, manifest)
         write_json_atomic(tmp / VERIFIED, _stamps(tmp, manifest["splits"]))
 
@@ -159,6 +171,18 @@ class Corpus:
         if self.manifest["splits"][split]["tokens"] == 0:
             return np.zeros(0, dtype=self.manifest["dtype"])
         return np.memmap(self.folder / f"{split}.bin", dtype=self.manifest["dtype"], mode="r")
+
+    def document_lengths(self, split: str, chunk: int = 1 << 24) -> np.ndarray:
+        """Tokens of each document of a split, eos included, in shard order: read from the shard's eos tokens
+        in chunks (bounded memory), checked against the manifest's document count."""
+        tokens, eos = self.tokens(split), self.manifest["eos_id"]
+        ends = [np.flatnonzero(tokens[i:i + chunk] == eos) + i for i in range(0, len(tokens), chunk)]
+        ends = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+        if len(ends) != self.manifest["splits"][split]["documents"] or (len(tokens) and ends[-1] != len(tokens) - 1):
+            raise DataError(f"{self.folder / (split + '.bin')}: {len(ends)} documents end in it but "
+                            f"{self.folder / MANIFEST} says {self.manifest['splits'][split]['documents']}; "
+                            f"delete {self.folder} and rerun the data stage")
+        return np.diff(ends, prepend=-1)
 
     def bytes_utf8(self, split: str) -> int:
         return self.manifest["splits"][split]["bytes_utf8"]
