@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from mlx_pn.config import Config
 from mlx_pn.data.shards import Corpus, build_shards, read_manifest
 from mlx_pn.io import write_json_atomic
-from mlx_pn.data import dedup
+from mlx_pn.data import dedup, remembered
 from mlx_pn.data.sources import DataError, fingerprint, load_splits
 from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -36,6 +36,15 @@ def _same_source(stored, current, spec: str, key: dict | None = None) -> bool:
         return True
     legacy = fingerprint(spec, legacy=True)
     return stored == (legacy if key is None else key | {"generic": legacy})
+
+
+def _made_from(root) -> str:
+    """', made from generic=X (DATA/sources.json): drop the flag to use it'", where the run recorded it."""
+    made = remembered.stored(root)
+    if not made:
+        return ""
+    return (f" (this run's data was made from data.generic={made.get('generic')!r}, vocab_size="
+            f"{made.get('vocab_size')}: {root / remembered.FILE}; leave data.* unset to use them)")
 
 
 def _sources(cfg: Config) -> dict[str, tuple[str, str]]:
@@ -74,8 +83,8 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         elif not _same_source(json.loads(meta.read_text()), tok_key, cfg.data.generic, tok_key):
             raise DataError(
                 f"{tok_dir} was trained on other generic text or settings than data.generic={cfg.data.generic!r} "
-                f"now gives; delete {tok_dir} to retrain it (models trained with the old one need it), or use "
-                f"another data.dir")
+                f"now gives{_made_from(root)}; for other text use another --out (or data.dir), or delete {tok_dir} "
+                f"to retrain it (models trained with the old one need it)")
         generic_splits = None
     else:
         generic_splits = load_splits(cfg.data.generic, "data.generic", cfg.data.valid_fraction,
@@ -126,6 +135,7 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         corpora[name] = Corpus(folder, tok)
         if only is not None and name in only:  # a domain about to be specialized to: every split is read
             _check_splits(corpora[name], spec, field, cfg)
+    remembered.record(cfg)
     return PreparedData(tok, corpora)
 
 
