@@ -43,6 +43,10 @@ def shard_bytes_needed(splits: dict[str, list[Document]], itemsize: int) -> int:
     return sum((len(d.text.encode("utf-8")) + 2) * itemsize for docs in splits.values() for d in docs) + (1 << 20)
 
 
+def _utf8_len(doc: Document) -> int:
+    return len(doc.text.encode("utf-8"))
+
+
 def _dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
@@ -69,29 +73,36 @@ def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, f
 
     sources: dict[str, dict] = {}  # counts per source (the id's first path part), for the corpus report
 
-    def count(doc: Document, n_tokens: int, split: str) -> None:
+    def count(doc: Document, n_bytes: int, n_tokens: int, split: str) -> None:
         s = sources.setdefault(doc.id.split("/", 1)[0], {"documents": 0, "bytes_utf8": 0, "tokens": {}})
         s["documents"] += 1
-        s["bytes_utf8"] += len(doc.text.encode("utf-8"))
+        s["bytes_utf8"] += n_bytes
         s["tokens"][split] = s["tokens"].get(split, 0) + n_tokens
 
     def write(tmp: Path):
-        total = sum(len(d) for d in splits.values())
-        with tqdm(total=total, desc=f"tokenize {name}", unit="doc", leave=False) as bar:
+        # progress in bytes of text (documents vary 1000x in length: a count of them forecasts badly), tokens beside
+        total = sum(count_bytes for docs in splits.values() for count_bytes in map(_utf8_len, docs))
+        done_tokens = 0
+        with tqdm(total=total, desc=f"tokenize {name}", unit="B", unit_scale=True, leave=False) as bar:
             for split, docs in splits.items():
-                n_tokens = 0
+                n_tokens = n_bytes = 0
                 with open(tmp / f"{split}.bin", "wb") as f:
                     for i in range(0, len(docs), batch_docs):
                         chunk = docs[i:i + batch_docs]
+                        chunk_bytes = 0
                         for doc, ids in zip(chunk, tok.encode_batch([d.text for d in chunk])):
                             arr = np.asarray(ids + [tok.eos_id], dtype=dtype)
                             f.write(arr.tobytes())
                             n_tokens += arr.size
-                            count(doc, arr.size, split)
-                        bar.update(len(chunk))
+                            nb = _utf8_len(doc)
+                            count(doc, nb, arr.size, split)
+                            chunk_bytes += nb
+                        n_bytes += chunk_bytes
+                        bar.update(chunk_bytes)
+                        bar.set_postfix(tokens=f"{(done_tokens + n_tokens) / 1e6:.2f}M", refresh=False)
+                done_tokens += n_tokens
                 manifest["splits"][split] = {
-                    "documents": len(docs), "tokens": n_tokens,
-                    "bytes_utf8": sum(len(d.text.encode()) for d in docs),
+                    "documents": len(docs), "tokens": n_tokens, "bytes_utf8": n_bytes,
                     "sha256": file_sha256(tmp / f"{split}.bin"),
                 }
         # a corpus of files without sub-folders has a source per document: not worth a table
