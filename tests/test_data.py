@@ -211,3 +211,34 @@ def test_parquet_source_through_datasets(tmp_path):
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match="no 'text' column"):
         load_documents(str(tmp_path / "bad.parquet"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link-to-dev-zero", "dev-zero"])
+def test_a_source_that_never_ends_is_a_clear_error(tmp_path, kind):
+    """A FIFO blocked forever in open(); /dev/zero (or a link to it) looped forever in the fingerprint."""
+    import os
+
+    from mlx_pn.data.sources import fingerprint
+
+    path = tmp_path / "src.txt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link-to-dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path = "/dev/zero"
+    want = "a named pipe" if kind == "fifo" else "a device"
+    with pytest.raises(DataError, match=rf"data.domains.z: \S*(src.txt|/dev/zero).* is {want}"):
+        fingerprint(str(path), field="data.domains.z")
+    with pytest.raises(DataError, match=rf"is {want}.*; point it at a text"):
+        load_documents(str(path), "data.domains.z")
+
+
+def test_utf16_text_gets_utf16_advice(tmp_path):
+    f = tmp_path / "wide.txt"
+    f.write_bytes("a short text in UTF-16".encode("utf-16"))
+    with pytest.raises(DataError, match=r"wide.txt: UTF-16 text .*iconv -f utf-16 -t utf-8"):
+        load_documents(str(f))
+    (tmp_path / "wide.txt").write_bytes("no byte-order mark".encode("utf-16-le"))
+    with pytest.raises(DataError, match="UTF-16 text"):
+        load_documents(str(f))

@@ -65,7 +65,7 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
     tok_dir = root / "tokenizer"
     split_key = {"valid_fraction": cfg.data.valid_fraction, "test_fraction": cfg.data.test_fraction,
                  "max_docs": cfg.data.max_docs}
-    prints = {name: fingerprint(spec) for name, (spec, _) in sources.items() if name in wanted}
+    prints = {name: fingerprint(spec, field=field) for name, (spec, field) in sources.items() if name in wanted}
     tok_key = {"generic": prints[GENERIC], "vocab_size": cfg.data.vocab_size, **split_key,
                "sample_mb": cfg.data.tokenizer_sample_mb}
     meta = tok_dir / "source.json"
