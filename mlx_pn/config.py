@@ -494,12 +494,34 @@ def load_file(path: str | Path) -> dict:
         if path.suffix == ".json":
             d = json.loads(text)
         else:
-            import yaml
-
-            d = yaml.safe_load(text)
+            d = _yaml_without_duplicate_keys(text, path)
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - any parse error becomes a ConfigError naming the file
         raise ConfigError(f"{path}: cannot parse ({e})") from None
     return d or {}
+
+
+def _yaml_without_duplicate_keys(text: str, path: Path):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: YAML keeps the last silently, so
+    a second `pretrain:` section dropped the first one's lr back to the default."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{path}: key '{key}' appears twice in one section (lines {seen[key]} and "
+                                  f"{key_node.start_mark.line + 1}); keep one and merge what is under them")
+            seen[key] = key_node.start_mark.line + 1
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None, cls=Config):
