@@ -16,7 +16,7 @@ import sys
 import typing
 from pathlib import Path
 
-from mlx_pn.config import Config, ConfigError, _base_type, leaf_keys
+from mlx_pn.config import PRESETS, Config, ConfigError, _base_type, leaf_keys
 
 
 def _shown(path: Path) -> str:
@@ -40,8 +40,8 @@ def build_parser(description: str, cls=Config, extra: typing.Callable | None = N
         epilog="Precedence: command line > --config file > defaults. Keys are dotted: --pretrain.lr 3e-4.",
     )
     shown = "" if default_config is None else f"; default: {_shown(default_config)}"
-    p.add_argument("--config", help=f"YAML or JSON config file, or a packaged preset by name (tiny, quickstart, "
-                   f"cpu, ...: mlx_pn/recipes/configs/){shown}",
+    presets = ", ".join(sorted(f.stem for f in PRESETS.glob("*.yaml")))
+    p.add_argument("--config", help=f"YAML or JSON config file, or a packaged preset by name ({presets}){shown}",
                    default=None if default_config is None else str(default_config))
     p.config_class = cls  # parse() builds this class
     if extra:
