@@ -11,10 +11,11 @@ import json
 from dataclasses import dataclass
 
 from mlx_pn.config import Config
-from mlx_pn.data.shards import Corpus, build_shards, read_manifest
+from mlx_pn.data.shards import Corpus, read_manifest
 from mlx_pn.io import write_json_atomic
 from mlx_pn.data import dedup, remembered
-from mlx_pn.data.sources import DataError, fingerprint, load_splits
+from mlx_pn.data.sources import DataError, fingerprint
+from mlx_pn.data.splitting import plan_corpus
 from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
 
 GENERIC = "generic"
@@ -70,6 +71,14 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                "sample_mb": cfg.data.tokenizer_sample_mb}
     meta = tok_dir / "source.json"
 
+    plans: dict = {}
+
+    def plan(name: str):  # each corpus is indexed (or read) at most once per call
+        if name not in plans:
+            spec, field = sources[name]
+            plans[name] = plan_corpus(name, spec, field, cfg, prints[name], log)
+        return plans[name]
+
     if (tok_dir / "spm.model").exists() and (tok_dir / "hf" / "tokenizer.json").exists():
         tok = Tokenizer(tok_dir)
         if tok.vocab_size != cfg.data.vocab_size:
@@ -85,16 +94,13 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                 f"{tok_dir} was trained on other generic text or settings than data.generic={cfg.data.generic!r} "
                 f"now gives{_made_from(root)}; for other text use another --out (or data.dir), or delete {tok_dir} "
                 f"to retrain it (models trained with the old one need it)")
-        generic_splits = None
     else:
-        generic_splits = load_splits(cfg.data.generic, "data.generic", cfg.data.valid_fraction,
-                                     cfg.data.test_fraction, cfg.data.max_docs)
-        splits = generic_splits[0]
+        generic = plan(GENERIC)
         log(f"[data] training a {cfg.data.vocab_size}-piece SentencePiece tokenizer on generic text")
-        tok = train_tokenizer((d.text for d in splits["train"]), cfg.data.vocab_size, tok_dir,
-                              cfg.data.tokenizer_sample_mb, meta=tok_key)
+        tok = train_tokenizer(generic.texts("train"), cfg.data.vocab_size, tok_dir, cfg.data.tokenizer_sample_mb,
+                              meta=tok_key)
 
-    corpora, generic_train = {}, None
+    corpora = {}
     for name in wanted:
         spec, field = sources[name]
         folder = root / "shards" / name
@@ -111,19 +117,13 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                 log(f"[data] {name}: rebuilding the damaged shards from {field}")
                 fresh = False
         if not fresh:
-            splits, how = generic_splits if (name == GENERIC and generic_splits is not None) else \
-                load_splits(spec, field, cfg.data.valid_fraction, cfg.data.test_fraction, cfg.data.max_docs)
-            if name == GENERIC:
-                generic_train = dedup.NearIndex([d.text for d in splits["train"]])
-            elif generic_train is None:  # the generic shards were cached: its train split, for the overlap
-                generic_train = dedup.NearIndex([d.text for d in load_splits(
-                    cfg.data.generic, "data.generic", cfg.data.valid_fraction, cfg.data.test_fraction,
-                    cfg.data.max_docs)[0]["train"]])
+            corpus = plan(name)
             # the duplicates left (groups across splits: given splits only) and the generic/domain overlap
-            leaks = dedup.leak_report(splits, None if name == GENERIC else generic_train)
-            m = build_shards(name, splits, tok, root / "shards", spec, extra={"split": split_key, "fingerprint": prints[name],
-                                                                          "splits_from": how or "split by document",
-                                                                          "duplicates": leaks})
+            leaks = corpus.leak_report(None if name == GENERIC else plan(GENERIC).reference())
+            how = corpus.how
+            m = corpus.write(tok, root / "shards", extra={"split": split_key, "fingerprint": prints[name],
+                                                          "splits_from": how or "split by document",
+                                                          "duplicates": leaks})
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
             log(f"[data] {name}: {sizes}" + (f" (splits: {how})" if how else ""))
             over = sum((leaks.get("in_generic_train") or {}).values())
