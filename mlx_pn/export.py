@@ -122,7 +122,13 @@ def _check_inputs(model, tok_dir: Path, out: Path, force: bool, dtype: str) -> N
         raise ExportError(f"{tok_dir / links[0]} is a symbolic link (to {(tok_dir / links[0]).resolve()}); the export "
                           f"copies only the tokenizer's own files: replace the link with the file, or rebuild the "
                           f"tokenizer (data stage)")
-    vocab = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    try:
+        vocab = json.loads((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+        len(vocab)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{tok_dir / 'tokenizer.json'} is not a readable tokenizer ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:80] if str(e) else 'no model.vocab'}); rebuild the tokenizer "
+                          f"(data stage)") from None
     if len(vocab) != model.args.vocab_size:
         raise ExportError(f"tokenizer {tok_dir} has {len(vocab)} ids but the model's vocab_size is "
                           f"{model.args.vocab_size}; export with the tokenizer the model was trained with")

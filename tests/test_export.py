@@ -95,3 +95,14 @@ def test_export_copies_no_symlinked_tokenizer_file(tiny_run, tok_dir, tmp_path):
     with pytest.raises(ExportError, match="special_tokens_map.json is a symbolic link"):
         export_mlx_lm(model_for(tiny_run[1].tokenizer.vocab_size), fake, tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("content", ['{"model": {"vocab"', '{"model": {}}', "[]", ""])
+def test_a_damaged_tokenizer_json_is_one_line(tiny_run, tok_dir, tmp_path, content):
+    import shutil
+
+    fake = tmp_path / "tok"
+    shutil.copytree(tok_dir, fake)
+    (fake / "tokenizer.json").write_text(content)
+    with pytest.raises(ExportError, match="tokenizer.json is not a readable tokenizer"):
+        export_mlx_lm(model_for(tiny_run[1].tokenizer.vocab_size), fake, tmp_path / "m")
