@@ -95,6 +95,8 @@ class DataConfig:
     max_docs: int = _f(0, "use at most this many documents per corpus (0 = all); handy for smoke runs")
     test_windows: int = _f(0, "evaluate at most this many windows of each test split (0 = all; bits/byte only "
                               "when all)")
+    workers: int = _f(0, "processes that index the text for splitting and de-duplication (0 = one per core); the "
+                         "result is the same for any number")
 
     def check(self, name: str = "data") -> None:
         """ConfigError naming `{name}.KEY`, the value and the fix, for a value this section cannot use."""
@@ -109,8 +111,8 @@ class DataConfig:
             raise ConfigError(f"{name}.vocab_size={self.vocab_size} is too small: byte fallback alone needs 259 ids")
         _need(_finite(self.tokenizer_sample_mb) and self.tokenizer_sample_mb > 0, f"{name}.tokenizer_sample_mb",
               self.tokenizer_sample_mb, "a finite number > 0", "the default is 32")
-        for k in ("max_docs", "test_windows"):
-            _need(getattr(self, k) >= 0, f"{name}.{k}", getattr(self, k), ">= 0", "0 means all")
+        for k in ("max_docs", "test_windows", "workers"):
+            _need(getattr(self, k) >= 0, f"{name}.{k}", getattr(self, k), ">= 0", "0 means all (cores, for workers)")
 
 
 @dataclass

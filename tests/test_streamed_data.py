@@ -102,3 +102,15 @@ def test_a_source_that_changes_between_passes_is_an_error(tmp_path):
 
     with pytest.raises(DataError, match="changed while it was being read"):
         list(streamed.texts("train"))
+
+
+def test_the_index_is_the_same_for_one_and_two_workers(tmp_path):
+    """data.workers: worker processes index the text; the files are byte for byte those of one process."""
+    make_corpus(tmp_path / "gen", seed=7, n=400)
+    docs = load_documents(str(tmp_path / "gen"))
+    build_index(docs, tmp_path / "one", workers=1)
+    build_index(docs, tmp_path / "two", workers=2)
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "two").iterdir()) and "shingles.bin" in files
+    for name in files:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

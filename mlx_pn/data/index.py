@@ -16,7 +16,8 @@ import hashlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from itertools import islice
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -52,29 +53,72 @@ class CorpusIndex:
         return self.sh_data[self.sh_off[i]:self.sh_off[i + 1]]
 
 
-def build_index(docs: Iterable[Document], folder: Path, desc: str = "index", total_bytes: int | None = None
-                ) -> CorpusIndex:
-    """One streamed pass over `docs` -> its index in `folder` (signatures and shingles on disk)."""
+def _index_entry(text: str, doc_id: str, shingler) -> tuple[float, int, bytes, bytes, bytes]:
+    """What the index keeps of one document: (split hash, UTF-8 bytes, exact key, signature, shingles)."""
+    w = dedup.words(text)
+    sh = shingler.shingles(text, w)
+    if len(shingler.cache) > _SHINGLER_WORDS:
+        shingler.cache.clear()
+    return (split_hash(Document(doc_id, text)), len(text.encode("utf-8")), dedup.exact_key(text, w),
+            dedup._signature(sh).tobytes(), sh.tobytes())
+
+
+_worker_shingler = None
+
+
+def _index_chunk(docs: list[tuple[str, str]]) -> list[tuple]:
+    """A worker process's share: index entries of (id, text) pairs, in order."""
+    global _worker_shingler
+    if _worker_shingler is None:
+        _worker_shingler = dedup._Shingler()
+    return [_index_entry(text, doc_id, _worker_shingler) for doc_id, text in docs]
+
+
+def _entries(docs: Iterable[Document], workers: int, chunk_docs: int = 64) -> Iterator[tuple]:
+    """Index entries of `docs` in order: computed here (workers <= 1) or by `workers` processes, with at most
+    4 chunks per worker in flight (the reader never runs ahead of them by more: bounded memory)."""
+    if workers <= 1:
+        shingler = dedup._Shingler()
+        for d in docs:
+            yield _index_entry(d.text, d.id, shingler)
+        return
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    it = iter(docs)
+    # spawn, not fork: a process that has MLX (and Metal or CUDA) loaded must not fork
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        pending: deque = deque()
+        while True:
+            while len(pending) < 4 * workers:
+                chunk = [(d.id, d.text) for d in islice(it, chunk_docs)]
+                if not chunk:
+                    break
+                pending.append(pool.submit(_index_chunk, chunk))
+            if not pending:
+                return
+            yield from pending.popleft().result()
+
+
+def build_index(docs: Iterable[Document], folder: Path, desc: str = "index", total_bytes: int | None = None,
+                workers: int = 1) -> CorpusIndex:
+    """One streamed pass over `docs` -> its index in `folder` (signatures and shingles on disk); the same files
+    for any number of `workers`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hashes, lengths, exact = array("d"), array("q"), bytearray()  # 8 bytes a document, not a Python object
     offsets = array("q", [0])
-    shingler = dedup._Shingler()
     with open(folder / "sig.bin", "wb") as fsig, open(folder / "shingles.bin", "wb") as fsh, \
             tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, leave=False) as bar:
-        for d in docs:
-            w = dedup.words(d.text)
-            exact += dedup.exact_key(d.text, w)
-            sh = shingler.shingles(d.text, w)
-            fsh.write(sh.tobytes())
-            fsig.write(dedup._signature(sh).tobytes())
-            offsets.append(offsets[-1] + len(sh))
-            hashes.append(split_hash(d))
-            n = len(d.text.encode("utf-8"))
+        for h, n, key, sig, sh in _entries(docs, workers):
+            exact += key
+            fsh.write(sh)
+            fsig.write(sig)
+            offsets.append(offsets[-1] + len(sh) // 8)
+            hashes.append(h)
             lengths.append(n)
             bar.update(n)
-            if len(shingler.cache) > _SHINGLER_WORDS:
-                shingler.cache.clear()
     arrays = {"hash": np.frombuffer(hashes, dtype=np.float64), "nbytes": np.frombuffer(lengths, dtype=np.int64),
               "exact": np.frombuffer(bytes(exact), dtype=np.uint8).reshape(-1, 12),
               "sh_off": np.frombuffer(offsets, dtype=np.int64)}

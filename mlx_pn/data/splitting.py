@@ -15,6 +15,7 @@ split), the shards, and the reference they make as the generic corpus.
 from __future__ import annotations
 
 import json
+import os
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
@@ -72,7 +73,8 @@ class StreamedCorpus:
             log(f"[data] {name}: reading {field} once to split it and find its duplicates (index in {folder})")
 
             def build(tmp: Path):
-                index = build_index(self._documents(), tmp, desc=f"index {name}")
+                index = build_index(self._documents(), tmp, desc=f"index {name}",
+                                    workers=cfg.data.workers or os.cpu_count() or 1)
                 if not len(index):
                     raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
                 code, _ = split_of(index, cfg.data.valid_fraction, cfg.data.test_fraction)
