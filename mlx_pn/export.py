@@ -28,7 +28,6 @@ from mlx.utils import tree_flatten
 from mlx_pn.data.tokenizer import BOS_ID, EOS_ID
 from mlx_pn.io import atomic_folder, check_disk_space
 from mlx_pn.models import byte_lm
-from mlx_pn.models.folder_check import check_tokenizer_json
 from mlx_pn.models.transformer import Transformer, unshared
 
 
@@ -123,7 +122,19 @@ def check_inputs(model, tok_dir: Path, out: Path, dtype: str, force: bool, card_
         force = True
     if not (tok_dir / "tokenizer.json").exists():
         raise ExportError(f"{tok_dir}/tokenizer.json is missing; rebuild the tokenizer (data stage)")
-    vocab = check_tokenizer_json(tok_dir / "tokenizer.json")
+    links = [f for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+             if (tok_dir / f).is_symlink()]
+    if links:  # an export is published as is (mlx_lm upload): never copy what a link points at
+        raise ExportError(f"{tok_dir / links[0]} is a symbolic link (to {(tok_dir / links[0]).resolve()}); the export "
+                          f"copies only the tokenizer's own files: replace the link with the file, or rebuild the "
+                          f"tokenizer (data stage)")
+    try:
+        vocab = json.loads((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+        len(vocab)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{tok_dir / 'tokenizer.json'} is not a readable tokenizer ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:80] if str(e) else 'no model.vocab'}); rebuild the tokenizer "
+                          f"(data stage)") from None
     if len(vocab) != model.args.vocab_size:
         raise ExportError(f"tokenizer {tok_dir} has {len(vocab)} ids but the model's vocab_size is "
                           f"{model.args.vocab_size}; export with the tokenizer the model was trained with")
@@ -232,34 +243,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def copy_tokenizer_files(tok_dir: Path, dest: Path) -> None:
-    """Copy the tokenizer's own files into `dest`; a symlink among them is refused, never followed: what it points
-    at (any file of the machine) would be published with the export by `mlx_lm upload`."""
+    """The tokenizer's own files into `dest` (check_inputs refused links: nothing a link points at is copied)."""
     for f in TOKENIZER_FILES:
-        src = tok_dir / f
-        if src.is_symlink():
-            raise ExportError(f"{src} is a symlink (to {src.readlink()}); an export copies only the tokenizer's own "
-                              f"regular files: replace it with the file itself or delete it, then rerun the export")
-        if src.exists():
-            if not src.is_file():
-                raise ExportError(f"{src} is not a regular file; delete it or replace it, then rerun the export")
-            shutil.copyfile(src, dest / f, follow_symlinks=False)
+        if (tok_dir / f).is_file():
+            shutil.copyfile(tok_dir / f, dest / f, follow_symlinks=False)
 
 
-# The training format of chat records (mlx_pn.data.sources.record_text): one "ROLE: CONTENT" line per message, so
-# {"prompt": P, "completion": C} is "user: P\nassistant: C". The generation prompt ends at "assistant:", as the
-# completion's own leading space is part of its first token in training.
-CHAT_TEMPLATE = ("{%- for message in messages -%}{%- if not loop.first -%}{{ '\\n' }}{%- endif -%}"
-                 "{{ message['role'] }}: {{ message['content'] }}{%- endfor -%}"
-                 "{%- if add_generation_prompt -%}{{ '\\nassistant:' }}{%- endif -%}")
+# How mlx_pn.data.sources turns prompt/completion and messages records into training text: one "ROLE: CONTENT" line
+# per message. As the tokenizer's chat template, mlx-lm's lora (prompt/completion data) and its server's chat
+# endpoint format chats the way the model was trained; the generation prompt stops at "assistant:" since training
+# text has the space inside the completion's first piece.
+# (newlines as Jinja string literals: Hugging Face renders templates with trim_blocks, which eats one after a tag)
+CHAT_TEMPLATE = ("{% for message in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
+                 "{{ message['role'] }}: {{ message['content'] }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '\\nassistant:' }}{% endif %}")
 
 
-def add_chat_template(path: Path) -> None:
-    """Give the exported tokenizer_config.json the training format's chat template: `mlx_lm lora` on
-    prompt/completion or chat data and mlx_lm.server's chat endpoint then format requests as the model was trained
-    (without one, lora refuses such data and the server falls back to its own USER:/ASSISTANT: lines)."""
-    cfg = json.loads(path.read_text()) if path.exists() else {}
+def add_chat_template(tokenizer_config: Path) -> None:
+    cfg = json.loads(tokenizer_config.read_text()) if tokenizer_config.exists() else {}
     cfg["chat_template"] = CHAT_TEMPLATE
-    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+    tokenizer_config.write_text(json.dumps(cfg, indent=2))
 
 
 def user_mode() -> int:

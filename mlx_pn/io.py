@@ -115,6 +115,10 @@ def claim_output(folder: str | Path, flag: str = "--out") -> Path:
         raise ForeignFolderError(f"{flag} {folder} is inside the installed mlx_pn package ({_PACKAGE}); outputs "
                                  f"there would be lost on reinstall and could shadow its files: choose a folder "
                                  f"outside it, e.g. runs/NAME")
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        where = "the file system root" if resolved == Path(resolved.anchor) else "your home folder"
+        raise ForeignFolderError(f"{flag} {folder} is {where}; the run writes data/, pretrain/ ... into it: pick a "
+                                 f"folder of its own, e.g. runs/mine")
     if folder.exists() and not folder.is_dir():
         raise ForeignFolderError(f"{flag} {folder} is a file, not a folder; choose a folder (it is created if "
                                  f"missing)")

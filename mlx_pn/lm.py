@@ -25,19 +25,21 @@ def main(argv=None) -> None:
         print("usage: mlx-pn lm SUBCOMMAND [ARGS ...]   (mlx-lm's own subcommands; --help lists them)",
               file=sys.stderr)
         raise SystemExit(2)
-    try:
-        cli.main()
-    except ValueError as e:  # mlx_lm.cli's "CLI requires a subcommand in (...)": a traceback for a typo
-        if not str(e).startswith("CLI requires a subcommand"):
-            raise
+    known = _subcommands(cli)
+    if known and argv[0] not in known and argv[0] not in ("-h", "--help", "--version"):
         import difflib
 
-        names = str(e).split(" in ", 1)[1].strip("()").replace("'", "").split(", ")
-        close = difflib.get_close_matches(argv[0], names, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        print(f"mlx-pn lm: error: unknown subcommand '{argv[0]}'; {hint}choose one of {', '.join(names)}",
-              file=sys.stderr)
-        raise SystemExit(2) from None
+        close = difflib.get_close_matches(argv[0], known, n=1)
+        print(f"error: mlx-pn lm: unknown subcommand '{argv[0]}'" + (f"; did you mean '{close[0]}'?" if close else "")
+              + f" (mlx-lm's subcommands: {', '.join(known)})", file=sys.stderr)
+        raise SystemExit(2)
+    cli.main()
+
+
+def _subcommands(cli) -> tuple[str, ...]:
+    """mlx-lm's subcommands, read from its dispatcher (a tuple literal in mlx_lm/cli.py's main); () if unreadable."""
+    code = cli.main.__code__
+    return next((c for c in code.co_consts if isinstance(c, tuple) and "generate" in c), ())
 
 
 if __name__ == "__main__":

@@ -38,13 +38,18 @@ def test_a_users_own_files_under_out_are_never_replaced(tmp_path, capsys, recipe
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing added either
 
 
-def test_out_slash_writes_nothing():
+def test_out_slash_or_home_writes_nothing(tmp_path, monkeypatch):
     from mlx_pn.io import ForeignFolderError, claim_output
 
     before = set(Path("/").iterdir())
-    with pytest.raises(ForeignFolderError, match=r"--out / holds files this library did not write"):
+    with pytest.raises(ForeignFolderError, match=r"--out / is the file system root"):
         claim_output("/")
     assert set(Path("/").iterdir()) == before
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()  # even empty: the run's folders would land in it
+    with pytest.raises(ForeignFolderError, match=r"is your home folder"):
+        claim_output(tmp_path / "home")
+    assert not any((tmp_path / "home").iterdir())
 
 
 def test_data_dir_inside_the_installed_package_is_refused(tmp_path, capsys):
@@ -61,6 +66,8 @@ def test_out_that_is_a_file_or_too_long_is_one_line(tmp_path, capsys):
     f.write_text("x")
     code, err = _run("prepare", ["--out", str(f)], capsys)
     assert code == 2 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    code, err = _run("prepare", ["--out", str(tmp_path / "run"), "--data.dir", str(f)], capsys)
+    assert code == 2 and "--data.dir" in err and "is a file, not a folder" in err
     for long in (tmp_path / ("d" * 300), Path(str(tmp_path) + "/" + "/".join(["a" * 200] * 25))):
         code, err = _run("prepare", ["--out", str(long)], capsys)
         assert code == 2 and "too long for the file system" in err and len(err.strip().splitlines()) == 1
