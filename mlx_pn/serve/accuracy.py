@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def test_prompts(data, corpus: str, n_tokens: int, limit: int = 0, split: str = "test") -> list[str]:
+def heldout_prompts(data, corpus: str, n_tokens: int, limit: int = 0, split: str = "test") -> list[str]:
     """The corpus's `split` tokens cut into consecutive prompts of n_tokens (decoded); at most `limit` (0: all)."""
     tokens = np.asarray(data.corpora[corpus].tokens(split))
     n = len(tokens) // n_tokens
@@ -20,7 +20,7 @@ def routing_accuracy(router, data, domains: list[str], n_tokens: int, limit: int
     out = {rule: {} for rule in ("hist", "centroid")}
     counts = {}
     for d in domains:
-        prompts = test_prompts(data, d, n_tokens, limit)
+        prompts = heldout_prompts(data, d, n_tokens, limit)
         counts[d] = len(prompts)
         hits = {rule: 0 for rule in out}
         for text in prompts:
