@@ -9,7 +9,8 @@ On a run that has been pretrained, specialized on its domains and clustered (mlx
      scored by the model "auto" routes each to (the server's rule and --min-confidence), by the true domain's
      specialist (oracle), by the generic model, and by the best single specialist for every prompt;
   3. the routing's added latency per request (ms: embed + score), next to the time of a 32-token greedy
-     completion on the same (generic) model, measured in the same process.
+     completion on the same (generic) model, measured in the same process;
+  4. the server's generated tokens/s over HTTP with 1 and 4 concurrent clients ("auto", 32 tokens each).
 
     python -m tools.bench_serve --config tiny --out /tmp/serve/run --data.max_docs 300 \
         --pretrain.steps 40 --finetune.steps 20 --k 4
@@ -116,6 +117,43 @@ def main(argv=None):
     print(f"\n## Routing latency ({len(texts)} prompts of {args.ppl_tokens} tokens, medians)\n")
     print(f"routing {r:.2f} ms per request; a 32-token greedy completion on the generic model {q:.1f} ms; "
           f"routing adds {100 * r / q:.1f}% ({cfg.cluster.embedder} embedder)")
+
+    concurrency(cfg, data, [t for _, t in prompts], args.k, args.min_confidence)
+
+
+def concurrency(cfg, data, texts: list[str], k, min_confidence, requests: int = 8, max_tokens: int = 32) -> None:
+    """Generated tokens/s of a server thread answering 1 and 4 concurrent urllib clients."""
+    import json
+    import threading
+    import urllib.request
+
+    from mlx_pn.serve.app import build_app
+    from mlx_pn.serve.server import make_server
+
+    server = make_server(build_app(cfg, data.tokenizer, k=k, min_confidence=min_confidence, log=lambda *a: None), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/completions"
+
+    def client(i: int, out: list):
+        for j in range(requests):
+            body = {"prompt": texts[(i * requests + j) % len(texts)], "max_tokens": max_tokens}
+            req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=300) as r:
+                out.append(json.loads(r.read())["usage"]["completion_tokens"])
+
+    print(f"\n## Server throughput over HTTP ({requests} requests of up to {max_tokens} tokens per client)\n")
+    print("| clients | generated tokens/s |\n|---|---|")
+    for n in (1, 4):
+        out: list[int] = []
+        threads = [threading.Thread(target=client, args=(i, out)) for i in range(n)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(f"| {n} | {sum(out) / (time.perf_counter() - t0):.0f} |")
+    server.shutdown()
+    server.server_close()
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ class App:
             if self.router is None:
                 target, route = self.generic, {"rule": "none", "score": 0.0, "confident": False, "best": self.generic}
             else:
-                r = self.router.route(text).as_dict()
+                with self.lock:  # the minilm embedder evaluates MLX graphs: one evaluation at a time
+                    r = self.router.route(text).as_dict()
                 target, route = r["domain"], r
             if target not in self.models:  # the best domain has no specialist: the generic model answers
                 target = self.generic
