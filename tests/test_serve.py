@@ -192,3 +192,36 @@ def test_sigterm_stops_the_server_cleanly(served):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_low_confidence_routes_to_the_generic_model(served):
+    cfg, data, app, url = served
+    from mlx_pn.serve.accuracy import heldout_prompts
+
+    prompt = heldout_prompts(data, "legal", 128, limit=1)[0]
+    old = app.router.min_confidence
+    app.router.min_confidence = 1.01  # no softmax reaches it: every route is unconfident
+    try:
+        status, headers, text = call(url + "/v1/completions", {"prompt": prompt, "max_tokens": 1})
+    finally:
+        app.router.min_confidence = old
+    route = json.loads(text)["route"]
+    assert status == 200 and route["model"] == "generic" and route["confident"] is False
+    assert route["best"] == "legal" and "confident=false" in headers["X-MLX-PN-Route"]
+
+
+def test_model_sources_prefer_the_export_and_keep_load_errors(tiny_run, tmp_path):
+    from mlx_pn.serve.models import load_served, model_sources
+
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_run[0], out=str(tmp_path))
+    (tmp_path / "export" / "legal").mkdir(parents=True)
+    (tmp_path / "export" / "legal" / "config.json").write_text("{}")
+    for d in ("legal", "drama"):
+        (tmp_path / "specialize" / d / "final").mkdir(parents=True)
+        (tmp_path / "specialize" / d / "final" / "model.safetensors").write_bytes(b"")
+    assert model_sources(cfg) == {"legal": tmp_path / "export" / "legal",
+                                  "drama": tmp_path / "specialize" / "drama" / "final"}
+    broken = load_served("legal", tmp_path / "export" / "legal", tmp_path)
+    assert broken.model is None and str(tmp_path / "export" / "legal") in broken.error
