@@ -165,6 +165,10 @@ def test_a_failing_specialist_fails_only_its_requests(served):
         assert status == 500 and "weights on fire" in text
         status, _, text = call(url + "/v1/completions", {"model": "medical", "prompt": "The patient", "stream": True})
         assert status == 500 and "weights on fire" in text  # failed before its first token: a plain status
+        app.models["medical"] = type(good)("medical", good.source, error="medical/final: cannot load (truncated)")
+        status, _, text = call(url + "/v1/completions", {"model": "medical", "prompt": "The patient"})
+        assert status == 500 and "cannot load (truncated)" in text
+        assert "cannot load" in json.loads(call(url + "/health")[2])["models"]["medical"]
     finally:
         app.models["medical"] = good
     status, _, _ = call(url + "/v1/completions", {"model": "legal", "prompt": "The court", "max_tokens": 2})
