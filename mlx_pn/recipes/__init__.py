@@ -36,6 +36,7 @@ COMMANDS = {  # name -> what it does (the module mlx_pn.recipes.NAME runs it)
     "importance": "slm-is: pretrain on generic windows resampled to a domain's clusters",
     "specialize": "fine-tune a pretrained method on --domain; perplexity before and after",
     "export": "export a specialized model to an mlx-lm folder (with a model card), verified by reloading",
+    "serve": "serve a run's specialists on one OpenAI-style endpoint, each request routed by its clusters",
     "compare": "every method at matched pretraining FLOPs: results tables and plots",
     "lm": "mlx-lm's own command line (generate, perplexity, lora, server, upload, ...) with the BLAS set up",
 }
