@@ -9,7 +9,6 @@ import threading
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 
 from conftest import REPO, TINY
