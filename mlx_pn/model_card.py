@@ -25,6 +25,8 @@ def usage_lines(folder: str | Path, prompt: str = "The", remote: bool = False) -
             f"(= python -m mlx_pn.lm generate ...: mlx-lm with the BLAS set up)",
             f"serve it:     mlx_lm.server --model {folder}{rc}   (OpenAI-style HTTP API; on Linux CPUs "
             f"mlx-pn lm server --model {folder}: several times faster)",
+            f"serve many:   mlx-pn serve --config CONFIG --out RUN   (one endpoint for every specialist of the run, "
+            f"each request routed to its domain by its clusters: model 'auto')",
             f"fine-tune it: mlx_lm lora --model {folder} --train --data DATA_DIR --num-layers -1{rc}   "
             f"(DATA_DIR: train.jsonl/valid.jsonl; on Linux CPUs mlx-pn lm lora ...: several times faster)",
             f"share it:     mlx_lm upload --path {folder} --upload-repo USER/NAME   (README.md is its model card; "
