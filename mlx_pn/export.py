@@ -110,6 +110,32 @@ def mlx_lm_config(model: Transformer, dtype: str = "float32") -> dict:
     return cfg
 
 
+def _check_inputs(model, tok_dir: Path, out: Path, force: bool, dtype: str) -> None:
+    """ExportError before anything is written: the destination, the tokenizer's files, the vocabulary, the dtype."""
+    if out.exists() and not force:
+        raise ExportError(f"export directory {out} already exists; pass --force to overwrite it or choose another")
+    if not (tok_dir / "tokenizer.json").exists():
+        raise ExportError(f"{tok_dir}/tokenizer.json is missing; rebuild the tokenizer (data stage)")
+    links = [f for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+             if (tok_dir / f).is_symlink()]
+    if links:  # an export is published as is (mlx_lm upload): never copy what a link points at
+        raise ExportError(f"{tok_dir / links[0]} is a symbolic link (to {(tok_dir / links[0]).resolve()}); the export "
+                          f"copies only the tokenizer's own files: replace the link with the file, or rebuild the "
+                          f"tokenizer (data stage)")
+    try:
+        vocab = json.loads((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+        len(vocab)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{tok_dir / 'tokenizer.json'} is not a readable tokenizer ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:80] if str(e) else 'no model.vocab'}); rebuild the tokenizer "
+                          f"(data stage)") from None
+    if len(vocab) != model.args.vocab_size:
+        raise ExportError(f"tokenizer {tok_dir} has {len(vocab)} ids but the model's vocab_size is "
+                          f"{model.args.vocab_size}; export with the tokenizer the model was trained with")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ExportError(f"--dtype must be float32, float16 or bfloat16, got {dtype}")
+
+
 def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quantize: int | None = None,
                   group_size: int = 64, dtype: str = "float32", force: bool = False,
                   verify: bool = True, card_from: str | Path | None = None, base_model: str | None = None,
@@ -120,18 +146,8 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
     say = log or (lambda *a: None)
     from mlx_lm.utils import quantize_model
 
-    out = Path(out)
-    tok_dir = Path(tokenizer_hf_dir)
-    if out.exists() and not force:
-        raise ExportError(f"export directory {out} already exists; pass --force to overwrite it or choose another")
-    if not (tok_dir / "tokenizer.json").exists():
-        raise ExportError(f"{tok_dir}/tokenizer.json is missing; rebuild the tokenizer (data stage)")
-    vocab = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
-    if len(vocab) != model.args.vocab_size:
-        raise ExportError(f"tokenizer {tok_dir} has {len(vocab)} ids but the model's vocab_size is "
-                          f"{model.args.vocab_size}; export with the tokenizer the model was trained with")
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ExportError(f"--dtype must be float32, float16 or bfloat16, got {dtype}")
+    out, tok_dir = Path(out), Path(tokenizer_hf_dir)
+    _check_inputs(model, tok_dir, out, force, dtype)
     is_byte = isinstance(model, byte_lm.Model)
     check_finite_weights(model)
 
@@ -160,6 +176,7 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
         for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (tok_dir / f).exists():
                 shutil.copy(tok_dir / f, tmp / f)
+        add_chat_template(tmp / "tokenizer_config.json")
         (tmp / "generation_config.json").write_text(
             json.dumps({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID}, indent=2))
         if is_byte:
@@ -207,6 +224,22 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
 
         write_model_card(out, card_from, report, base_model)
     return report
+
+
+# How mlx_pn.data.sources turns prompt/completion and messages records into training text: one "ROLE: CONTENT" line
+# per message. As the tokenizer's chat template, mlx-lm's lora (prompt/completion data) and its server's chat
+# endpoint format chats the way the model was trained; the generation prompt stops at "assistant:" since training
+# text has the space inside the completion's first piece.
+# (newlines as Jinja string literals: Hugging Face renders templates with trim_blocks, which eats one after a tag)
+CHAT_TEMPLATE = ("{% for message in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
+                 "{{ message['role'] }}: {{ message['content'] }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '\\nassistant:' }}{% endif %}")
+
+
+def add_chat_template(tokenizer_config: Path) -> None:
+    cfg = json.loads(tokenizer_config.read_text()) if tokenizer_config.exists() else {}
+    cfg["chat_template"] = CHAT_TEMPLATE
+    tokenizer_config.write_text(json.dumps(cfg, indent=2))
 
 
 def user_mode() -> int:

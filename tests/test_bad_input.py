@@ -77,7 +77,7 @@ def test_bad_corpus_files(case, tmp_path):
 def test_bad_generic_through_the_recipe(tmp_path, capsys):
     from recipes import pretrain
 
-    (tmp_path / "g.txt").write_bytes(b"\xff\xfe bad bytes")
+    (tmp_path / "g.txt").write_bytes(b"caf\xe9 bad bytes")  # latin-1 (\xff\xfe would be a UTF-16 byte-order mark)
     exits_clearly(pretrain.main, argv(tmp_path / "o", "--data.generic", str(tmp_path / "g.txt")), capsys,
                   "g.txt: not valid UTF-8", "iconv")
 

@@ -110,3 +110,41 @@ def test_a_file_section_starts_from_its_own_fields_defaults(tmp_path):
         assert getattr(cfg.finetune, key) == getattr(default.finetune, key), key
     assert cfg.finetune.lr != cfg.pretrain.lr and cfg.finetune.patience > 0
     assert cfg.large.preset == default.large.preset == "cpu-large" and cfg.large.hidden_size == 96
+
+
+def test_a_key_given_twice_in_a_config_file_is_an_error(tmp_path):
+    """YAML keeps the last of two `pretrain:` sections silently: the first one's lr fell back to the default."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("pretrain:\n  lr: 0.01\nmodel:\n  preset: tiny\npretrain:\n  steps: 5\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: key 'pretrain' appears twice in one section \(lines 1 and 5\)"):
+        load_config(path)
+    (tmp_path / "inner.yaml").write_text("pretrain:\n  lr: 0.01\n  lr: 0.02\n")
+    with pytest.raises(ConfigError, match="key 'lr' appears twice"):
+        load_config(tmp_path / "inner.yaml")
+    (tmp_path / "ok.yaml").write_text("pretrain:\n  lr: 0.01\nfinetune:\n  lr: 0.02\n")
+    assert load_config(tmp_path / "ok.yaml").pretrain.lr == 0.01
+
+
+@pytest.mark.parametrize("where", ["file", "root", "home", "package", "long", "data.dir file"])
+def test_a_run_folder_that_cannot_be_ones_own_is_refused(tmp_path, where, monkeypatch):
+    """--out that is a file was a NotADirectoryError traceback; --out / wrote /corpus, /data, /pretrain; a data.dir
+    inside the installed package wrote shards into it; a path past the OS's limits was ENAMETOOLONG."""
+    import mlx_pn
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "f").write_text("a user's file")
+    ov = {"file": {"out": str(tmp_path / "f")}, "root": {"out": "/"}, "home": {"out": str(tmp_path / "home")},
+          "package": {"out": str(Path(mlx_pn.__file__).parent / "data" / "runs")},
+          "long": {"out": str(tmp_path / ("x" * 240))},
+          "data.dir file": {"data.dir": str(tmp_path / "f")}}[where]
+    want = {"file": "is a file, not a folder", "root": "file system root", "home": "your home folder",
+            "package": "inside the installed mlx_pn package", "long": "too long", "data.dir file": "is a file"}[where]
+    with pytest.raises(ConfigError, match=want):
+        load_config(None, ov)
+    assert (tmp_path / "f").read_text() == "a user's file"
+
+
+def test_config_help_lists_the_preset_names():
+    text = build_parser("x").format_help()
+    assert all(name in text for name in ("tiny", "quickstart", "paper-slm", "compare-tiny"))
