@@ -104,6 +104,7 @@ def _tcfg(**kw):
     return TrainConfig(**d)
 
 
+@pytest.mark.slow
 def test_projected_training_falls_and_resumes_exactly(tiny_run, tmp_path):
     _, data = tiny_run
     toks, valid = data.corpora["generic"].tokens("train"), data.corpora["generic"].tokens("valid")
@@ -158,6 +159,7 @@ def _method_cfg(tiny_run, out, method, **ov):
     ("slm-pn", "most-frequent", "legal", False), ("slm-pn", "histogram", "drama", False),
     ("slm-hn", "auto", "legal", False), ("slm-pn", "best-loss", "medical", True),
     ("slm-mix", "best-loss", "legal", False), ("slm-mix", "all", "medical", False)])
+@pytest.mark.slow
 def test_pretrain_specialize_export_each_method(clustered, tmp_path_factory, method, select, domain, grouped,
                                                 monkeypatch):
     import mlx_pn.methods as stages
@@ -225,6 +227,7 @@ def test_unknown_method_and_missing_clusters(tiny_run, tmp_path):
         pretrain(cfg, tiny_run[1], log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_recipes_train_one_expert_and_name_missing_clusters(clustered, tmp_path, capsys, monkeypatch):
     from recipes import pretrain as pretrain_recipe
 
@@ -248,6 +251,7 @@ def cfg_path():
     return TINY
 
 
+@pytest.mark.slow
 def test_mixture_experts_are_shared_out_over_ranks(clustered, tmp_path, monkeypatch):
     """Launched on 2 ranks, rank 1 trains experts 1 and 3 (each alone), and writes no mixture summary."""
     import mlx_pn.methods as stages
