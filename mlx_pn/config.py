@@ -37,26 +37,6 @@ def check_name(name, key: str) -> str:
 MAX_NAME_BYTES = 100  # a name becomes a folder, and the run adds its own names below it (255 bytes each at most)
 
 
-def check_folder(path: str, key: str) -> None:
-    """A folder the run writes into (out, data.dir): not a file, not / or the home folder itself (the run's folders
-    would land there), not inside the installed package, and a path the OS can hold."""
-    if not path:
-        return
-    p = Path(path).expanduser()
-    if len(str(p).encode()) > 3500 or any(len(part.encode()) > 200 for part in p.parts):
-        raise ConfigError(f"{key}: the path is too long for the file system ({len(str(p).encode())} bytes, or a "
-                          f"part over 200); pick a shorter folder")
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{key}: {p} is a file, not a folder; pick a folder for the run (it is created)")
-    resolved = p.resolve()
-    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
-        raise ConfigError(f"{key}: {p} is {'the file system root' if resolved == Path(resolved.anchor) else 'your home folder'}; "
-                          f"the run writes data/, pretrain/ ... into it: pick a folder of its own, e.g. runs/mine")
-    package = Path(__file__).resolve().parent
-    if resolved == package or package in resolved.parents:
-        raise ConfigError(f"{key}: {p} is inside the installed mlx_pn package; pick a folder outside it, e.g. runs/mine")
-
-
 def _need(ok: bool, key: str, value, rule: str, fix: str) -> None:
     """ConfigError "KEY must be RULE, got VALUE; FIX" unless `ok`: the one shape of a numeric field's error."""
     if not ok:
@@ -352,9 +332,6 @@ class Config:
     def check(self) -> None:
         """The rules across sections and of the top-level keys (each section checks itself: validate)."""
         check_name(self.domain, "domain")
-        check_folder(self.out, "out")
-        if getattr(self, "data", None) is not None:
-            check_folder(self.data.dir, "data.dir")
         if self.select not in SELECTS:
             raise ConfigError(f"select: unknown selection '{self.select}'{_suggest(self.select, SELECTS)}")
 

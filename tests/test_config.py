@@ -125,26 +125,6 @@ def test_a_key_given_twice_in_a_config_file_is_an_error(tmp_path):
     assert load_config(tmp_path / "ok.yaml").pretrain.lr == 0.01
 
 
-@pytest.mark.parametrize("where", ["file", "root", "home", "package", "long", "data.dir file"])
-def test_a_run_folder_that_cannot_be_ones_own_is_refused(tmp_path, where, monkeypatch):
-    """--out that is a file was a NotADirectoryError traceback; --out / wrote /corpus, /data, /pretrain; a data.dir
-    inside the installed package wrote shards into it; a path past the OS's limits was ENAMETOOLONG."""
-    import mlx_pn
-
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    (tmp_path / "f").write_text("a user's file")
-    ov = {"file": {"out": str(tmp_path / "f")}, "root": {"out": "/"}, "home": {"out": str(tmp_path / "home")},
-          "package": {"out": str(Path(mlx_pn.__file__).parent / "data" / "runs")},
-          "long": {"out": str(tmp_path / ("x" * 240))},
-          "data.dir file": {"data.dir": str(tmp_path / "f")}}[where]
-    want = {"file": "is a file, not a folder", "root": "file system root", "home": "your home folder",
-            "package": "inside the installed mlx_pn package", "long": "too long", "data.dir file": "is a file"}[where]
-    with pytest.raises(ConfigError, match=want):
-        load_config(None, ov)
-    assert (tmp_path / "f").read_text() == "a user's file"
-
-
 def test_config_help_lists_the_preset_names():
     text = build_parser("x").format_help()
     assert all(name in text for name in ("tiny", "quickstart", "paper-slm", "compare-tiny"))
