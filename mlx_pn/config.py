@@ -135,10 +135,7 @@ class ModelConfig:
             _need(getattr(self, k) >= 0, f"{name}.{k}", getattr(self, k), ">= 0", "the default is 1")
         _need(_finite(self.rope_theta) and self.rope_theta > 0, f"{name}.rope_theta", self.rope_theta,
               "a finite number > 0", "the default is 10000")
-        d, h = self.hidden_size, self.num_attention_heads
-        if d is not None and h is not None and d % h:  # with the preset's values: mlx_pn.models.build.model_args
-            raise ConfigError(f"{name}.hidden_size={d} must be divisible by {name}.num_attention_heads={h}; "
-                              f"pick heads that divide it")
+        # The heads' rule needs the preset's values: mlx_pn.models.build.resolved checks it at load (check_heads).
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -248,8 +245,8 @@ class ProjectedConfig:
 
     def check(self, name: str = "projected") -> None:
         if min(self.m, self.h) < 0 or self.hypernet_hidden < 1:
-            raise ConfigError(f"{name}.m, {name}.h, mixture.expert_steps must be >= 0 and "
-                              f"{name}.hypernet_hidden >= 1")
+            raise ConfigError(f"{name}.m and {name}.h must be >= 0 (0 = cluster.k) and {name}.hypernet_hidden >= 1, "
+                              f"got m={self.m}, h={self.h}, hypernet_hidden={self.hypernet_hidden}")
         if not 0 <= self.code_shared <= 1:
             raise ConfigError(f"{name}.code_shared must be in [0, 1] (0 = independent codes), got {self.code_shared}")
 
@@ -291,9 +288,7 @@ class MixtureConfig:
     def check(self, name: str = "mixture") -> None:
         if self.accounting not in MIXTURE_ACCOUNTING:
             raise ConfigError(f"{name}.accounting must be {' or '.join(MIXTURE_ACCOUNTING)}, got {self.accounting!r}")
-        if self.expert_steps < 0:
-            raise ConfigError(f"projected.m, projected.h, {name}.expert_steps must be >= 0 and "
-                              "projected.hypernet_hidden >= 1")
+        _need(self.expert_steps >= 0, f"{name}.expert_steps", self.expert_steps, ">= 0", "0 = from mixture.accounting")
 
 
 SELECTS = ("auto", "most-frequent", "best-loss", "all", "histogram")

@@ -2,7 +2,7 @@
 
 On Linux the ``mlx-cpu`` wheel links the netlib *reference* BLAS (~3 GFLOP/s for fp32 matmul).
 ``libmlx.so`` resolves ``cblas_sgemm`` & co. through the global symbol scope, so an optimized
-OpenBLAS loaded with ``RTLD_GLOBAL`` *before* ``mlx.core`` wins (~30x faster; mlx-notes.md §7).
+OpenBLAS loaded with ``RTLD_GLOBAL`` *before* ``mlx.core`` wins (~30x faster; docs/platform.md §1).
 ``import mlx_pn`` calls :func:`setup_blas` first thing; set ``MLX_PN_BLAS=reference`` to opt out
 or ``MLX_PN_BLAS=/path/libopenblas.so.0`` to choose the library.
 

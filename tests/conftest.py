@@ -3,6 +3,8 @@
 MLX_DISABLE_COMPILE=1: CPU mx.compile shells out to g++ (tens of seconds cold); the compiled and
 uncompiled steps compute the same thing, and tests stay fast. mlx_pn is imported before any test
 module imports mlx.core, so the optimized BLAS is in place.
+
+The fast inner loop is `pytest -m "not slow"` (the `slow` marker: pyproject.toml, docs/testing.md).
 """
 
 import os

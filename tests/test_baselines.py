@@ -101,6 +101,7 @@ def test_importance_windows_follow_the_domain_histogram(clustered, tmp_path):
                            np.bincount(g, minlength=4))  # really resampled, not the generic mix
 
 
+@pytest.mark.slow
 def test_every_baseline_end_to_end(clustered, tmp_path_factory):
     """llm, slm-d (disk and live teacher), slm-nopt and slm-is: pretrain, specialize, export through mlx-lm."""
     from mlx_pn.export import export_mlx_lm

@@ -55,6 +55,7 @@ def test_equal_quality_picks_the_cheapest_budget_reaching_the_slm():
     assert target == 18.0 and pick["slm"]["budget"] == 2 and pick["pn"]["budget"] == 1 and "mix" not in pick
 
 
+@pytest.mark.slow
 def test_tiny_grid_end_to_end_and_resumes(tmp_path, monkeypatch, capsys):
     """Both budgets x both domain sizes on one domain, every method but slm-mix/slm-hn (tests/test_methods.py
     covers them; the grid treats them like slm-pn) and the variant row; a second run recomputes nothing."""
@@ -130,6 +131,7 @@ def test_intervals_and_paired_verdicts():
     assert {d["verdict"] for d in one} == {"n=1: no interval"}
 
 
+@pytest.mark.slow
 def test_seeds_and_lr_sweep_on_a_tiny_grid(tmp_path, capsys):
     """Two seeds, each in its own folder; the sweep picks the multiplier of lowest generic validation loss and
     every budget and seed trains with it (slm-nopt, which has no generic pretraining, takes the slm's)."""

@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 WORKER = textwrap.dedent('''
     import json, sys
@@ -84,6 +85,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_take_the_single_process_update(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)

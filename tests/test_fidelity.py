@@ -130,6 +130,7 @@ def _curve(model, tokens, labels, out):
     return np.array([h["loss"] for h in r.history if "loss" in h])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("coefficients", ["codes", "hypernet"])
 def test_k1_projected_network_trains_like_the_slm(tiny_run, tmp_path, coefficients):
     """slm-pn / slm-hn with k = 1, made equal to the slm at step 0, follow the slm's loss curve over 30 steps on
@@ -183,6 +184,7 @@ def test_mixture_accounting_plans(tiny_run):
         load_config(None, {"mixture.accounting": "papers"})
 
 
+@pytest.mark.slow
 def test_mixture_paper_accounting_spends_the_slms_tokens(clustered, tmp_path):
     import json
 
@@ -199,6 +201,7 @@ def test_mixture_paper_accounting_spends_the_slms_tokens(clustered, tmp_path):
     assert t0["batch_size"] == 2 and t0["steps"] == 6 and t0["eval_batches"] == 4 * c.pretrain.eval_batches
 
 
+@pytest.mark.slow
 def test_expert_divergence_in_the_summary_and_the_grid_rows(clustered, tmp_path):
     from mlx_pn.compare.grid import CompareConfig, Row, collect, row_config
     from mlx_pn.methods import load_config, pretrain

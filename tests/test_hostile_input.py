@@ -216,6 +216,7 @@ def test_enospc_and_read_only_are_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_read_only_out_through_a_recipe(pretrained, tmp_path, monkeypatch, capsys):
     """--out in a folder that cannot be written: one line, exit 2. Running as root, chmod 555 does not stop
     writes, so the refusal of the OS is simulated where the run folder is made."""
@@ -249,6 +250,7 @@ def test_read_only_out_through_a_recipe(pretrained, tmp_path, monkeypatch, capsy
     assert f"error: cannot write {out / 'run'}" in err and "Permission denied" in err and "MB free" in err, err
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_through_a_recipe(pretrained, tmp_path, monkeypatch, capsys):
     import mlx.core as mx
 
@@ -276,6 +278,7 @@ def test_disk_full_during_a_checkpoint_through_a_recipe(pretrained, tmp_path, mo
 # --- 4. environment failures: Ctrl-C and SIGTERM ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code,how", [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
 def test_interrupt_says_where_and_how_to_resume(pretrained, tmp_path, sig, code, how):
     """A tiny pretraining interrupted once it has a checkpoint: one line with the step and the checkpoint, exit
@@ -324,6 +327,7 @@ def test_interrupt_says_where_and_how_to_resume(pretrained, tmp_path, sig, code,
         assert int(lines[-1].split("step_")[1][:7]) >= int(m.group(3)), lines
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_config_loads_is_the_one_line_exit(tmp_path):
     """Loading the config takes seconds (it imports mlx), before the recipe's own handler: a SIGTERM there
     (sent from inside load_config, so it lands there every time) is one line and exit 143, not a silent death."""
@@ -457,6 +461,7 @@ def test_force_replaces_only_an_export(tok_and_model, tmp_path):
     assert sorted(str(p) for p in run.rglob("*")) == before  # nothing deleted
 
 
+@pytest.mark.slow
 def test_force_onto_a_run_through_the_recipe(pretrained, tmp_path, capsys):
     from mlx_pn.methods.layout import pretrain_dir
     from recipes import export

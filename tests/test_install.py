@@ -18,6 +18,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # builds and installs the wheel: not in the fast loop (pytest -m "not slow")
+
 PRESETS = sorted(p.name for p in (REPO / "mlx_pn" / "recipes" / "configs").glob("*.yaml"))
 RECIPES = sorted(p.stem for p in (REPO / "mlx_pn" / "recipes").glob("*.py") if not p.stem.startswith("_"))
 

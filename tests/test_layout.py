@@ -125,6 +125,7 @@ def toy_method(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_a_registered_method_runs_through_the_recipes_and_the_grid(toy_method, tiny_run, tmp_path, capsys):
     from recipes import compare, pretrain, specialize
 

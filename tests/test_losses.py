@@ -1,6 +1,7 @@
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+import pytest
 from mlx.utils import tree_flatten
 
 from mlx_pn.models.build import build_model
@@ -64,6 +65,7 @@ def test_fast_silu_matches_nn_silu():
     np.testing.assert_allclose(np.array(g1), np.array(g2), atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_path_matches_reference(tmp_path):
     """The fused exp only runs with mx.compile on (the test session disables it): check it in a subprocess,
     over two shapes (one trace each). The compiled training step: test_train.test_compiled_step_matches_eager."""

@@ -93,6 +93,7 @@ def test_export_prints_the_hint_lines(exported):
         assert hint in out, (hint, out)
 
 
+@pytest.mark.slow
 def test_printed_command_runs_through_mlx_pn_lm(exported):
     """`python -m mlx_pn.lm generate` (what export prints) is mlx-lm's CLI: same greedy text as mlx-lm's API."""
     from mlx_lm import generate, load

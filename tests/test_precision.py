@@ -49,6 +49,7 @@ def test_precision_option_resolves_and_is_checked():
         TrainConfig(precision="fp8").check("finetune")
 
 
+@pytest.mark.slow
 def test_bf16_losses_track_fp32_over_50_steps(tiny_run, tmp_path):
     """The same 50 steps (tiny preset, B=4, L=32, lr 3e-3) in fp32 and bf16 from the same init and batches.
 
@@ -175,6 +176,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_compiled_bf16_step_matches_eager(tmp_path):
     """Tolerance: the tolerances of the fp32 test (test_train.test_compiled_step_matches_eager: the compiled graph
     fuses element-wise work and the loss's exp): losses and gradient norms within 2e-6 relative, weights within

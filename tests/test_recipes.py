@@ -41,6 +41,7 @@ def test_fine_tuning_lowers_domain_perplexity(run_dir):
     assert r["before"]["legal"]["bpb"] > 0 and r["config"]["domain"] == "legal"
 
 
+@pytest.mark.slow
 def test_export_generates_through_mlx_lm_cli(run_dir):
     """`python -m mlx_lm generate` on the export prints the same greedy continuation, with the same token
     count, as mlx-lm's Python API: 12 tokens unless the model ended the text (EOS) sooner."""
@@ -92,6 +93,7 @@ def test_unknown_domain_is_clear(run_dir, capsys):
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.py") if not p.stem.startswith("_"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_has_help(name):
     p = subprocess.run([sys.executable, "-m", f"recipes.{name}", "--help"], capture_output=True, text=True,
@@ -128,6 +130,7 @@ def test_training_curves_png(run_dir, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_quickstart_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     """The README's main job, shrunk: data -> pretrain -> fine-tune -> export -> mlx-lm generation."""
     from recipes import quickstart

@@ -24,6 +24,8 @@ from conftest import REPO, TINY
 from mlx_pn.io import atomic_file, atomic_folder, stale_temps, write_json_atomic
 from mlx_pn.train.checkpoint import CheckpointError, latest_good_checkpoint, list_checkpoints, verify_checkpoint
 
+pytestmark = pytest.mark.slow  # kill -9 harness and crash-at-every-write runs: not in the fast loop (pytest -m "not slow")
+
 # --- kill -9 ----------------------------------------------------------------------------------------
 
 QUICK = "--config recipes/configs/tiny.yaml --out {out} --data.max_docs 100 --data.test_windows 8"

@@ -45,6 +45,7 @@ def test_a_grid_variant_name_or_a_variant_moving_out_is_refused(tmp_path):
         grid_rows(cfg)
 
 
+@pytest.mark.slow
 def test_prepare_with_a_domain_name_climbing_out_touches_nothing(tmp_path):
     """The issue's first case: exit 2 before anything is written; the folder beside --out keeps its file."""
     victim = tmp_path / "victim"
@@ -122,6 +123,7 @@ def _hold_in_subprocess(folder: Path) -> subprocess.Popen:
     return p
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_locked_stage_folder_stops_with_one_line(tmp_path):
     from mlx_pn import runlock
 
@@ -145,6 +147,7 @@ def test_a_second_process_on_a_locked_stage_folder_stops_with_one_line(tmp_path)
     assert (folder / ".lock").read_text() == ""  # released cleanly: nobody to report next time
 
 
+@pytest.mark.slow
 def test_train_refuses_a_folder_another_process_is_writing(tiny_run, tmp_path):
     from mlx_pn.runlock import RunLockError
 
@@ -177,6 +180,7 @@ def _train(cfg, data, out, steps=8, resume=True, **t_over):
     return train(model, t, batches, out, valid_tokens=g.tokens("valid")[:2000], resume=resume, log=_quiet)
 
 
+@pytest.mark.slow
 def test_a_resume_with_another_config_stops_and_lists_the_keys(tiny_run, tmp_path):
     from mlx_pn.fingerprint import StaleRunError
 
@@ -194,6 +198,7 @@ def test_a_resume_with_another_config_stops_and_lists_the_keys(tiny_run, tmp_pat
     assert _train(cfg, data, out, steps=8).steps == 8  # the same command still resumes (finished: no step)
 
 
+@pytest.mark.slow
 def test_fewer_steps_than_the_checkpoint_is_an_error_that_says_so(tiny_run, tmp_path):
     from mlx_pn.train.loop import TrainingError
 
@@ -203,6 +208,7 @@ def test_fewer_steps_than_the_checkpoint_is_an_error_that_says_so(tiny_run, tmp_
         _train(cfg, data, tmp_path / "run", steps=4)
 
 
+@pytest.mark.slow
 def test_no_resume_moves_the_old_run_aside(tiny_run, tmp_path):
     cfg, data = tiny_run
     out = tmp_path / "pretrain"
@@ -267,6 +273,7 @@ def test_shards_with_the_legacy_fingerprint_are_reused(tiny_run, tmp_path):
     assert not any("tok/" in ln or "training a" in ln for ln in lines), lines  # nothing rebuilt
 
 
+@pytest.mark.slow
 def test_a_finished_pretraining_rerun_with_another_config_is_not_already_done(pretrained, tmp_path):
     from mlx_pn.fingerprint import StaleRunError
     from mlx_pn.methods import pretrain
@@ -283,6 +290,7 @@ def test_a_finished_pretraining_rerun_with_another_config_is_not_already_done(pr
             pretrain(other, data, log=_quiet)
 
 
+@pytest.mark.slow
 def test_specialize_with_another_model_width_is_an_error(pretrained, tmp_path):
     from mlx_pn.config import ConfigError
     from mlx_pn.methods import specialize
@@ -298,6 +306,7 @@ def test_specialize_with_another_model_width_is_an_error(pretrained, tmp_path):
         specialize(other, data, "legal", log=_quiet)
 
 
+@pytest.mark.slow
 def test_a_finished_routed_pretraining_with_another_model_is_not_already_done(clustered, tmp_path):
     """slm-pn and slm-mix compare the model they would build (width, projected.*) before "already done"; the
     projected model folder's files are checked against their sha256.json when it is loaded."""
@@ -330,6 +339,7 @@ def test_a_finished_routed_pretraining_with_another_model_is_not_already_done(cl
         load_projected(final)
 
 
+@pytest.mark.slow
 def test_a_specialization_is_stale_when_its_parent_or_its_domain_changed(pretrained, tmp_path):
     import mlx.core as mx
 
@@ -411,6 +421,7 @@ def test_a_checkpoint_without_its_sha256_map_or_with_an_edited_step_is_not_trust
     last.write_text(json.dumps(good))
 
 
+@pytest.mark.slow
 def test_an_edited_step_with_a_renamed_folder_is_refused(tiny_run, tmp_path):
     from mlx_pn.models.build import CheckpointError
     from mlx_pn.train.loop import TrainingError
@@ -435,6 +446,7 @@ QUICK = ("python -m recipes.pretrain --config recipes/configs/tiny.yaml --out {o
          "--pretrain.steps 16 --pretrain.save_every 2 --pretrain.eval_every 8 --pretrain.eval_batches 2")
 
 
+@pytest.mark.slow
 def test_killtest_two_launches_at_once_end_as_one_run(tmp_path):
     """tools/killtest --mode concurrent: B starts while A trains; one of them is refused by the lock (or finds
     the run done), nothing else fails, and the outputs equal the uninterrupted run's."""
@@ -447,6 +459,7 @@ def test_killtest_two_launches_at_once_end_as_one_run(tmp_path):
     assert r.lock_refusals == 1, text  # seed 0: B starts while A is still training
 
 
+@pytest.mark.slow
 def test_killtest_sigterm_resumes_to_identical_outputs(tmp_path):
     import signal
 

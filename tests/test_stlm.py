@@ -220,6 +220,7 @@ def test_generate_greedy_is_the_argmax_chain(byte_model, tok):
     assert isinstance(generate_text(plain, "The court", tok, max_tokens=4), str)
 
 
+@pytest.mark.slow
 def test_byte_export_loads_in_mlx_lm_with_remote_code(byte_model, tok, tmp_path):
     from mlx_lm import load
 

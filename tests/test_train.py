@@ -190,6 +190,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager(tmp_path):
     """make_step(compile=True), really compiled (child process: the first compile runs g++, tens of seconds),
     against the eager step of this session, over 6 steps of 2 micro-batches with the gradient clipped.

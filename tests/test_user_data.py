@@ -176,6 +176,7 @@ def test_finetune_costs_count_steps_to_the_best_score():
     assert best == every
 
 
+@pytest.mark.slow
 def test_finetune_until_max_epochs_records_the_cap_and_progress(pretrained, capsys):
     import copy
 

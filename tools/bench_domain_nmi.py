@@ -1,6 +1,6 @@
 """How well do embeddings separate the domains? Held-out windows of every domain are embedded with
 each embedder, clustered with k = number of domains, and scored by NMI and purity against the
-domain labels (data-notes.md reports NMI 0.95 for MiniLM on 800-character chunks of 7 domains).
+domain labels (docs/data-sources.md reports NMI 0.95 for MiniLM on 800-character chunks of 7 domains).
 scikit-learn's KMeans on the same vectors is the peer, when installed.
 
     python -m tools.bench_domain_nmi --config recipes/configs/offline-mix.yaml [--per-domain 60]

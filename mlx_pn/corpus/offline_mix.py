@@ -1,5 +1,5 @@
 """The benchmark-scale offline corpus: a generic mix plus seven specialization domains, built from
-package registries only (docs/data-notes.md §1a/§1b).
+package registries only (docs/data-sources.md §1a/§1b).
 
     from mlx_pn.corpus.offline_mix import build_offline_mix
     manifest = build_offline_mix("runs/offline-mix/corpus", "runs/offline-mix/work")

@@ -31,7 +31,7 @@ from mlx.utils import tree_flatten
 from mlx_pn.config import ConfigError, ModelConfig, _suggest, to_dict
 from mlx_pn.io import atomic_folder, check_disk_space, file_sha256, has_marker
 from mlx_pn.models import byte_lm, folder_check
-from mlx_pn.models.transformer import ModelArgs, Transformer, init_trunk_weights
+from mlx_pn.models.transformer import ModelArgs, Transformer, check_heads, init_trunk_weights
 
 # Sizes from the paper (Table 6) plus small presets for CPUs. The vocabulary comes from the
 # tokenizer (32k for the paper sizes); presets fix only the shape of the network.
@@ -54,6 +54,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llm": dict(hidden_size=2816, num_hidden_layers=7, intermediate_size=7552,
                 num_attention_heads=22, max_position_embeddings=1024),
 }
+
+# The one map from a config's `frontend` to its argument and model classes (as mlx-lm maps model_type in one
+# lookup): make_args, build_model and model_from_config all read it. The projected network, built from two argument
+# sets, is the exception: mlx_pn.models.projected (load_projected reads its folder through load_model).
+CLASSES = {"token": (ModelArgs, Transformer), "byte": (byte_lm.ModelArgs, byte_lm.Model)}
 
 TOKEN_KEYS = frozenset(f.name for f in fields(ModelArgs))
 # The byte front end's own knobs (frontend, byte_*): meaningless for a token model, which ignores them.
@@ -91,14 +96,8 @@ def resolved(section: ModelConfig, name: str = "model") -> dict:
     for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads"):
         if not isinstance(d.get(k), int) or d[k] < 1:
             raise ConfigError(f"{name}.{k} must be >= 1, got {d.get(k)!r}; omit it to keep the preset's value")
-    hidden, heads = d["hidden_size"], d["num_attention_heads"]
-    kv = d.get("num_key_value_heads") or heads
-    if hidden % heads:
-        raise ConfigError(f"{name}.hidden_size={hidden} must be divisible by {name}.num_attention_heads={heads} "
-                          f"(preset {section.preset!r} + overrides); pick heads that divide it")
-    if heads % kv:
-        raise ConfigError(f"{name}.num_attention_heads={heads} must be a multiple of {name}.num_key_value_heads={kv} "
-                          f"(GQA groups must be equal)")
+    check_heads(d["hidden_size"], d["num_attention_heads"], d.get("num_key_value_heads"), name, ConfigError,
+                f" (preset {section.preset!r} + overrides)")
     return d
 
 
@@ -124,15 +123,20 @@ def make_args(d: dict, vocab_size: int):
             if d.get(k):
                 raise NotImplementedError(f"model.{k} with model.frontend=byte is not implemented (the byte model's "
                                           f"trunk is mlx-lm's llama, exported as remote code); use one or the other")
-        names = {f.name for f in fields(byte_lm.ModelArgs)}
-        return byte_lm.ModelArgs(**{k: v for k, v in d.items() if k in names}, vocab_size=vocab_size)
-    if frontend != "token":
+    if frontend not in CLASSES:
         raise ValueError(f"model.frontend must be 'token' or 'byte', got {frontend!r}")
-    return ModelArgs(**{k: v for k, v in d.items() if k not in BYTE_KEYS}, vocab_size=vocab_size)
+    cls = CLASSES[frontend][0]
+    dropped = () if frontend == "byte" else BYTE_KEYS  # a token model ignores the byte front end's knobs
+    return cls.from_dict({**{k: v for k, v in d.items() if k not in dropped}, "vocab_size": vocab_size})
 
 
 def is_byte_args(args) -> bool:
     return getattr(args, "frontend", "token") == "byte"
+
+
+def model_class(args):
+    """The model class of an argument dataclass (CLASSES), an uninitialised model of it."""
+    return CLASSES["byte" if is_byte_args(args) else "token"][1](args)
 
 
 def build_model(args, seed: int = 0, tokenizer=None):
@@ -152,23 +156,24 @@ def build_model(args, seed: int = 0, tokenizer=None):
         if tokenizer.vocab_size != args.vocab_size:
             raise ValueError(f"build_model: tokenizer has {tokenizer.vocab_size} ids, model.vocab_size is "
                              f"{args.vocab_size}")
-        model = byte_lm.Model(args)
+        model = model_class(args)
         init_trunk_weights(model, args.num_hidden_layers)
         table, _ = byte_lm.build_byte_table(tokenizer.sp, args.byte_chunk_len)
         model.byte_table = mx.array(table)
     else:
-        model = Transformer(args)
+        model = model_class(args)
     mx.eval(model.parameters())
     return model
 
 
 def model_from_config(config: dict):
-    """A model folder's config.json -> an (uninitialised) model of the right class."""
+    """A model folder's config.json -> an (uninitialised) model of the right class (CLASSES), once its weights are
+    known to fit in memory."""
     from mlx_pn import memory
 
-    args = byte_lm.ModelArgs.from_dict(config) if config.get("frontend") == "byte" else ModelArgs.from_dict(config)
+    args = CLASSES["byte" if config.get("frontend") == "byte" else "token"][0].from_dict(config)
     memory.check_model(args)  # the weights must fit before they are allocated
-    return byte_lm.Model(args) if config.get("frontend") == "byte" else Transformer(args)
+    return model_class(args)
 
 
 # --- model folders (config.json + model.safetensors) ---------------------------------------------
@@ -216,8 +221,9 @@ def save_model(folder: str | Path, model, extra_config: dict | None = None) -> P
                          legacy=lambda f: (f / "config.json").exists() and (f / "model.safetensors").exists())
 
 
-def load_model(folder: str | Path):
-    """A folder written by save_model -> its Transformer or byte-level model (CheckpointError if unreadable)."""
+def load_model(folder: str | Path, make=model_from_config):
+    """A folder written by save_model -> its Transformer or byte-level model (CheckpointError if unreadable).
+    `make`: config.json -> an uninitialised model (the projected network's loader passes its own)."""
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
@@ -225,7 +231,7 @@ def load_model(folder: str | Path):
     config = folder_check.read_config(folder, CheckpointError)
     folder_check.check_config(config, cfg_path, CheckpointError)  # before the hashes: a bomb is refused unread
     verify_model_folder(folder)
-    model = model_from_config(config)
+    model = make(config)
     try:
         model.load_weights(str(folder / "model.safetensors"), strict=True)
     except Exception as e:  # noqa: BLE001

@@ -18,7 +18,6 @@ per sequence), or a scalar id / (k,) histogram (one expert for the whole batch: 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +28,11 @@ from mlx.utils import tree_flatten
 
 from mlx_pn.models.hypernet import HyperNetwork
 from mlx_pn.models.ops import swiglu_silu
-from mlx_pn.models.transformer import DictArgs, LlamaModel, ModelArgs, Transformer, init_trunk_weights
+from mlx_pn.models.transformer import Args, LlamaModel, ModelArgs, Transformer, init_trunk_weights
 
 
 @dataclass
-class ProjectedArgs(DictArgs):
+class ProjectedArgs(Args):
     """k experts (= clusters), m code size, h basis matrices per MLP matrix (0 = k)."""
 
     k: int = 16
@@ -49,8 +48,6 @@ class ProjectedArgs(DictArgs):
         self.h = self.h or self.k
         if min(self.k, self.m, self.h) < 1:
             raise ValueError(f"projected args must be >= 1, got k={self.k} m={self.m} h={self.h}")
-        if not 0.0 <= self.code_shared <= 1.0:
-            raise ValueError(f"projected code_shared must be in [0, 1], got {self.code_shared}")
         if self.coefficients not in ("codes", "hypernet"):
             raise ValueError(f"projected coefficients must be 'codes' or 'hypernet', got {self.coefficients!r}")
 
@@ -98,19 +95,12 @@ class ClusterCodes(nn.Module):
         self.mix = mx.zeros((num_layers, pargs.m, pargs.h))
 
     def init_weights(self, shared: float = 0.0) -> None:
-        # E ~ N(0, 1/m), M ~ N(0, 1/h): alpha_r = sum_q E_q M_qr has variance m * (1/m) * (1/h) = 1/h, so
-        # sum_r alpha_r^2 ~ 1 and every materialised W = sum_r alpha_r T_r has the variance of one T_r,
-        # i.e. the trunk's init scale (initial loss near log V, the same residual growth as the SLM).
-        # E = I, M = I instead would give each expert exactly one basis matrix: a hard mixture with no
-        # sharing; all-ones would make W ~ sqrt(h) times too large.
-        # shared = rho: E[i] = (sqrt(rho) c + sqrt(1 - rho) xi_i) / sqrt(m), c shared by every expert, so the
-        # entries keep variance 1/m (the same weight scale) and two experts' codes (hence their alphas) have
-        # cosine ~rho at init. rho = 0 is the draw above, bit for bit: independent codes, orthogonal experts
-        # that each learn from ~1/k of the batch. c is drawn, then scaled to its expected norm sqrt(m): in a few
-        # dimensions (m = k = 4) a raw draw's norm varies so much that the init cosine ranged 0.41-0.99 over 20
-        # seeds for rho = 0.9 (sd 0.135), and the seed with 0.41 fine-tuned 45% worse than the slm; the comparison
-        # then measured the draw, not the method. For the same reason M is then a (scaled) semi-orthogonal draw:
-        # a Gaussian m x h matrix bends angles, so alpha's cosine is E's (and the same |alpha|^2 on average).
+        # E ~ N(0, 1/m), M ~ N(0, 1/h): alpha has variance 1/h per entry, so every materialised
+        # W = sum_r alpha_r T_r has the variance of one T_r (the trunk's init scale). shared = rho:
+        # E[i] = (sqrt(rho) c + sqrt(1 - rho) xi_i) / sqrt(m), c common to all experts, so two experts start with
+        # cosine ~rho; rho = 0 is the plain draw, bit for bit. c is scaled to its expected norm and M drawn
+        # semi-orthogonal so the init cosine is rho for every seed, not the draw's (docs/methods.md, "The projected
+        # network's initialisation").
         m = self.codes.shape[1]
         xi = mx.random.normal(self.codes.shape)
         self.mix = mx.random.normal(self.mix.shape) * self.mix.shape[-1] ** -0.5
@@ -249,21 +239,13 @@ def projected_config(model: ProjectedTransformer, method: str) -> dict:
 
 
 def load_projected(folder: str | Path) -> ProjectedTransformer:
-    """A model saved by `train`/`save_model` with `projected_config` extras; its files checked against their
-    sha256.json like any model folder's (a CheckpointError naming the changed file)."""
-    from mlx_pn.models.build import CheckpointError, verify_model_folder
+    """A model saved by `train`/`save_model` with `projected_config` extras, read and checked as any model folder
+    (mlx_pn.models.build.load_model: config.json's fields, the sha256.json of its files, strict weights)."""
+    from mlx_pn.models.build import load_model
 
-    folder = Path(folder)
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"{folder}: no config.json; is this a model folder written by mlx_pn?")
-    verify_model_folder(folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    if "projected" not in cfg:
-        raise ValueError(f"{folder}/config.json has no 'projected' section: not a slm-pn/slm-hn model")
-    model = ProjectedTransformer(ModelArgs.from_dict(cfg), ProjectedArgs.from_dict(cfg["projected"]))
-    try:
-        model.load_weights(str(folder / "model.safetensors"), strict=True)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{folder}/model.safetensors: cannot load ({e})") from None
-    mx.eval(model.parameters())
-    return model
+    def make(cfg: dict) -> ProjectedTransformer:
+        if "projected" not in cfg:
+            raise ValueError(f"{folder}/config.json has no 'projected' section: not a slm-pn/slm-hn model")
+        return ProjectedTransformer(ModelArgs.from_dict(cfg), ProjectedArgs.from_dict(cfg["projected"]))
+
+    return load_model(folder, make=make)

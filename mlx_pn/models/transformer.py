@@ -9,32 +9,41 @@ Dh head dim, F MLP inner size, V vocabulary.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.models.base import create_attention_mask
+from mlx_lm.models.base import BaseModelArgs, create_attention_mask
 
 from mlx_pn.models.ops import swiglu_silu
 
 
-class DictArgs:
-    """from_dict/to_dict for argument dataclasses. Like mlx-lm, from_dict ignores keys that are not
-    fields (eos ids, quantization, ...), so a config.json with extras loads."""
+def check_heads(hidden: int, heads: int, kv: int | None = None, name: str = "model", error=ValueError,
+                where: str = "") -> None:
+    """The attention heads' rule, written once: the heads divide the width (each head gets hidden / heads
+    dimensions) and the key/value heads divide the heads (equal GQA groups). `error` names `{name}.KEY`, the values
+    (`where`: e.g. which preset) and the fix; raised by the args below and by the config check (models/build.py)."""
+    kv = kv or heads
+    if hidden % heads:
+        raise error(f"{name}.hidden_size={hidden} must be divisible by {name}.num_attention_heads={heads}{where}; "
+                    f"pick heads that divide it")
+    if heads % kv:
+        raise error(f"{name}.num_attention_heads={heads} must be a multiple of {name}.num_key_value_heads={kv}"
+                    f"{where} (GQA groups must be equal)")
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+
+class Args(BaseModelArgs):
+    """mlx-lm's argument base (from_dict ignores keys that are not fields: eos ids, quantization, ...; so a
+    config.json with extras loads) plus to_dict, the config.json it came from."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass
-class ModelArgs(DictArgs):
+class ModelArgs(Args):
     """Architecture, with mlx-lm llama ``config.json`` field names (``asdict`` -> config.json)."""
 
     model_type: str = "llama"
@@ -56,16 +65,7 @@ class ModelArgs(DictArgs):
     def __post_init__(self):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"model.hidden_size={self.hidden_size} is not divisible by "
-                f"model.num_attention_heads={self.num_attention_heads}; pick heads that divide it"
-            )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"model.num_attention_heads={self.num_attention_heads} is not a multiple of "
-                f"model.num_key_value_heads={self.num_key_value_heads} (GQA groups must be equal)"
-            )
+        check_heads(self.hidden_size, self.num_attention_heads, self.num_key_value_heads)
 
     @property
     def head_dim(self) -> int:

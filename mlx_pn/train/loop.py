@@ -138,7 +138,7 @@ FP16_LOSS_SCALE = 1024.0
 
 def compute_dtype(precision: str) -> mx.Dtype:
     """train.precision -> the step's compute dtype; auto = bf16 on a GPU (Metal or CUDA), fp32 on a CPU (MLX's CPU
-    bf16 matmul has no BLAS behind it: slower than fp32, mlx-notes.md section 7)."""
+    bf16 matmul has no BLAS behind it: slower than fp32, docs/platform.md section 1)."""
     if precision == "auto":
         gpu = mx.default_device() == mx.gpu and (mx.metal.is_available() or mx.cuda.is_available())
         precision = "bf16" if gpu else "fp32"
@@ -151,7 +151,7 @@ def mixed_value_and_grad(model, loss_fn, dtype: mx.Dtype):
 
     The model's floating parameters stay fp32 (what the optimizer updates and checkpoints save); each call casts
     them to `dtype`, runs loss_fn on that copy (the losses take logits to fp32; RMSNorm and attention accumulate
-    in fp32 inside mx.fast), and the cast's vjp brings the gradients back to fp32 (mlx-notes.md section 6)."""
+    in fp32 inside mx.fast), and the cast's vjp brings the gradients back to fp32 (docs/platform.md section 3)."""
     scale = FP16_LOSS_SCALE if dtype == mx.float16 else 1.0
 
     def low(p):
