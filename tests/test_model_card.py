@@ -237,3 +237,10 @@ def test_quantized_export_says_the_real_parameter_count(exported, tmp_path):
                   log=lines.append)
     n = model.num_params()
     assert f"writing {n / 1e6:.2f}M parameters (4-bit" in lines[0], lines
+
+
+def test_the_exports_hints_mention_serving_many_specialists():
+    from mlx_pn.model_card import usage_lines
+
+    lines = usage_lines("runs/x/export/legal")
+    assert any(line.startswith("serve many:") and "mlx-pn serve" in line and "auto" in line for line in lines)

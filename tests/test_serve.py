@@ -11,6 +11,8 @@ import urllib.request
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a module fixture specializes three domains; a subprocess server
+
 from conftest import REPO, TINY
 
 QUIET = {"log": lambda *a: None}
@@ -229,9 +231,3 @@ def test_model_sources_prefer_the_export_and_keep_load_errors(tiny_run, tmp_path
     broken = load_served("legal", tmp_path / "export" / "legal", tmp_path)
     assert broken.model is None and str(tmp_path / "export" / "legal") in broken.error
 
-
-def test_the_exports_hints_mention_serving_many_specialists():
-    from mlx_pn.model_card import usage_lines
-
-    lines = usage_lines("runs/x/export/legal")
-    assert any(line.startswith("serve many:") and "mlx-pn serve" in line and "auto" in line for line in lines)

@@ -104,6 +104,7 @@ def test_a_source_that_changes_between_passes_is_an_error(tmp_path):
         list(streamed.texts("train"))
 
 
+@pytest.mark.slow  # spawns two worker processes
 def test_the_index_is_the_same_for_one_and_two_workers(tmp_path):
     """data.workers: worker processes index the text; the files are byte for byte those of one process."""
     make_corpus(tmp_path / "gen", seed=7, n=400)
