@@ -68,7 +68,7 @@ def test_empty_cluster_is_reseeded():
     # Force the case: a k-means++ that puts one centre far from every point makes it empty at step 1.
     far = np.full((1, x.shape[1]), 1e3, dtype=np.float32)
     orig = clusters._kmeans_pp
-    clusters._kmeans_pp = lambda X, x2, k, rng: np.concatenate([orig(X, x2, k - 1, rng), far])
+    clusters._kmeans_pp = lambda X, x2, k, rng, bar=None: np.concatenate([orig(X, x2, k - 1, rng), far])
     try:
         r = kmeans(x, 4, seed=0)
     finally:
