@@ -151,12 +151,14 @@ def test_killed_embedding_resumes_at_its_last_part_and_leftovers_are_swept(tiny_
     assert sum("removed" in m and ".parts" in m for m in msgs) == 2
 
 
-def test_a_single_domain_says_nmi_needs_two(tiny_run, tmp_path):
+def test_a_single_domain_says_nmi_needs_two(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(stage, "REPORT_DRAWS", 1000)  # and the report's resampling draws stay bounded
     cfg, data = tiny_run
     one = PreparedData(data.tokenizer, {c: data.corpora[c] for c in ("generic", "legal")})
     cluster, window = cfg.cluster, window_len(cfg.cluster, cfg.pretrain.seq_len)
     res = run_clustering(cluster, window, tmp_path / "clusters", one, ks=[4], log=_quiet)
     assert res[4]["domain_nmi_at_k"] is None and res[4]["heldout_domain_nmi_k_domains"] is None
+    assert res[4]["importance_resampling"]["legal"]["n"] == 1000 < res[4]["windows"]["generic.train"]
     report = (clustering_folder(cluster, window, tmp_path / "clusters", 4) / "report.md").read_text()
     assert "None" not in report and report.count("needs at least 2 domains (this run has 1)") == 2
     m = json.loads((clustering_folder(cluster, window, tmp_path / "clusters", 4) / "manifest.json").read_text())

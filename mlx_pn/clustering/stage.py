@@ -41,6 +41,9 @@ from mlx_pn.clustering.sampling import resample, resample_stats
 from mlx_pn.io import atomic_file, remove_tree, write_json_atomic, write_text_atomic
 
 PART = 4096  # windows per resumable embedding part
+# The report's importance-resampling statistics draw min(N, this) generic windows: the draw is O(draws) memory, so
+# a corpus of any size costs the same here; below it (about 1 GB of text at 256-token windows) the draw is all N.
+REPORT_DRAWS = 1 << 20
 
 
 def window_len(cluster: ClusterConfig, seq_len: int) -> int:
@@ -317,7 +320,8 @@ def _cluster_one(cluster: ClusterConfig, window: int, folder: Path, data, vecs, 
     is_stats = {}
     g_labels = np.load(folder / "labels" / f"{GENERIC}.train.npy", mmap_mode="r")  # (N,) read in chunks
     for d in domains:
-        idx = resample(g_labels, np.asarray(hists[d]), n=len(g_labels), seed=cluster.seed)  # (N,) generic window ids
+        n_draws = min(len(g_labels), REPORT_DRAWS)
+        idx = resample(g_labels, np.asarray(hists[d]), n=n_draws, seed=cluster.seed)  # (n_draws,) generic window ids
         is_stats[d] = resample_stats(idx, g_labels, np.asarray(hists[d]), k)
         is_stats[d]["top_cluster_share"] = float(max(hists[d]))
         del idx
