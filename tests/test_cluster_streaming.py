@@ -31,9 +31,10 @@ def test_npy_written_and_read_in_blocks_round_trips(tmp_path):
     assert np.array_equal(stage._rows_at(path, idx, chunk=256), x[idx])
 
 
-def test_streamed_assignment_equals_in_memory(tmp_path):
-    # k = 1024: assign() works 4096 rows at a time, so 10,000 rows span three blocks
-    x, c = _unit_rows(10_000, seed=1), _unit_rows(1024, seed=2)
+@pytest.mark.parametrize("k", [16, 1024])
+def test_streamed_assignment_equals_in_memory(tmp_path, k):
+    # 10,000 rows span three streamed blocks; assign() takes them in one chunk at k = 16, three at k = 1024
+    x, c = _unit_rows(10_000, seed=1), _unit_rows(k, seed=2)
     src = tmp_path / "emb.npy"
     np.save(src, x)
 
@@ -44,11 +45,11 @@ def test_streamed_assignment_equals_in_memory(tmp_path):
             self.n += m
 
     bar = Bar()
-    counts = stage._assign_split(src, tmp_path / "labels.npy", len(x), c, 1024, bar)
+    counts = stage._assign_split(src, tmp_path / "labels.npy", len(x), c, k, bar)
     want = assign(x, c)
     got = np.load(tmp_path / "labels.npy")
     assert got.dtype == np.int32 and np.array_equal(got, want)
-    assert np.array_equal(counts, np.bincount(want, minlength=1024)) and bar.n == len(x)
+    assert np.array_equal(counts, np.bincount(want, minlength=k)) and bar.n == len(x)
 
 
 def _old_resample(labels, p, n, seed, replace):

@@ -267,8 +267,9 @@ def _heldout_domain_nmi(vecs, domains: list[str], seed: int) -> float | None:
 
 def _assign_split(src: Path, dest: Path, n: int, centroids: np.ndarray, k: int, bar) -> np.ndarray:
     """Label every row of the embeddings ``src`` (n, D), streamed into ``dest`` (n,) int32 -> its (k,) counts.
-    Blocks are exactly assign()'s own chunk, so the labels equal assign() on the whole array."""
-    rows = _chunk_rows(65536, k)
+    PART rows at a time (6 MiB at D = 384): assign()'s own chunk for k >= 1024, and at small k its 65,536-row
+    chunk would hold ~100 MB three times over; each row's label does not depend on the block it is in."""
+    rows = min(_chunk_rows(65536, k), PART)
     counts = np.zeros(k, np.int64)
 
     def blocks():
