@@ -250,3 +250,15 @@ def test_cluster_report_sections():
     assert "The court held" in rep and "### Cluster 1 (30 windows, 50.0%)" in rep
     with pytest.raises(ValueError, match="one text per window"):
         cluster_report(labels, texts[:5], 3)
+
+
+def test_the_kmeans_pp_start_shows_progress(capsys):
+    """k = 1024 on 100k windows spent 72 s in the k-means++ start with nothing on the screen."""
+    from mlx_pn.clustering.kmeans import kmeans
+
+    x = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
+    kmeans(x, 16, iters=2, progress=True)
+    err = capsys.readouterr().err
+    assert "k-means++ start" in err and "/16 [" in err
+    kmeans(x, 16, iters=2)
+    assert capsys.readouterr().err == ""

@@ -394,6 +394,26 @@ def test_prepare_recipe_on_a_folder_of_txt(tmp_path):
     assert set(prepared["subsets"]) == {"drama", "legal", "medical"}  # tiny.yaml's (bundled) domains
 
 
+def test_prepare_recipe_keeps_an_mlx_lm_folders_splits(tmp_path):
+    """A domain that is an mlx-lm data folder (train/valid/test.jsonl) keeps its given splits through prepare: the
+    report read them back re-split by document and stopped with "recount gives N train tokens, shards have M"."""
+    from recipes import prepare
+
+    folder = tmp_path / "law"
+    folder.mkdir()
+    for split, n in (("train", 30), ("valid", 6), ("test", 5)):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"text": f"{split} case {i}. " + words(100 + i, 50)}) + "\n")
+    out = tmp_path / "run"
+    m = prepare.main(["--config", str(TINY), "--out", str(out), "--corpus", "config", "--data.vocab_size", "400",
+                      "--data.max_docs", "200", "--data.domains", f"law={folder}"])
+    prepared = _check_prepared(out, m)
+    docs = {s: v["documents"] for s, v in prepared["corpora"]["law"]["splits"].items()}
+    assert docs == {"train": 30, "valid": 6, "test": 5}
+    assert prepared["subsets"]["law"]["max"]["documents"] == 30
+
+
 def test_prepare_recipe_offline_mix_path(tmp_path, fake_registry):
     from recipes import prepare
 

@@ -211,21 +211,21 @@ def assign(x, centroids, batch_size: int = 65536) -> np.ndarray:
 def _kmeans_pp(X: mx.array, x2: mx.array, k: int, rng: np.random.Generator, bar=None) -> np.ndarray:
     """Greedy k-means++ (as scikit-learn) on X (N, D), x2 = ||X||^2 (N,) -> initial centres (k, D) float32:
     each new centre is the best of t = 2 + ln(k) candidates drawn with probability proportional to the
-    squared distance to the nearest centre chosen so far. ``bar`` (a tqdm) advances once per centre: at
-    k = 1024 on 100k rows this start takes about a minute."""
+    squared distance to the nearest centre chosen so far. bar: a progress bar advanced once per centre (k = 1024
+    on 100k windows is over a minute)."""
     N = X.shape[0]
     trials = 2 + int(math.log(k))
     idx = [int(rng.integers(N))]
     closest = mx.maximum(x2 - 2.0 * (X @ X[idx[0]]) + x2[idx[0]], 0.0)  # (N,)
     pot = float(closest.sum().item())
     for _ in range(1, k):
-        if bar is not None:
-            bar.update(1)
         if pot <= 0.0:
             # Every row sits on a chosen centre (fewer distinct points than k): any unused row will do.
             used = set(idx)
             rest = [i for i in rng.permutation(N)[: len(idx) + k] if i not in used]
             idx.append(int(rest[0]))
+            if bar is not None:
+                bar.update(1)
             continue
         # Inverse-CDF sampling on the device: cand = #(cumsum < u * pot), i.e. searchsorted(..., 'left').
         u = mx.array(rng.random(trials).astype(np.float32) * np.float32(pot))  # (t,)
@@ -241,6 +241,8 @@ def _kmeans_pp(X: mx.array, x2: mx.array, k: int, rng: np.random.Generator, bar=
         b = int(best.item())
         idx.append(int(np.array(cand)[b]))
         pot = float(np.array(pots)[b])
+        if bar is not None:
+            bar.update(1)
     return np.array(X[mx.array(np.array(idx, dtype=np.int32))], dtype=np.float32)
 
 
@@ -297,8 +299,8 @@ def _fit_once(X, x2, k, iters, tol, rng, rows, spherical, progress, desc):
     init_bar = None
     if progress:
         from tqdm import tqdm
-        init_bar = tqdm(total=k, desc=f"{desc} k-means++ start", unit="centre", leave=False, initial=1)
-    c = _kmeans_pp(X, x2, k, rng, init_bar)
+        init_bar = tqdm(total=k, initial=1, desc=f"{desc}: k-means++ start", unit="centre", leave=False)
+    c = _kmeans_pp(X, x2, k, rng, bar=init_bar)
     if init_bar is not None:
         init_bar.close()
     init_s = time.perf_counter() - t0

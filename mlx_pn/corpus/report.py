@@ -5,67 +5,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from mlx_pn.io import write_text_atomic
 
 SUBSETS = {"1M": 1_000_000}
 
 
-def token_breakdown(cfg, domains: list[str], by_source: bool) -> tuple[dict, dict]:
-    """Per generic source tokens per split (offline mix: ids are "source/...") and, per domain, the
-    number of train documents (in shard order) needed to reach each SUBSETS size.
+def token_breakdown(corpora: dict, domains: list[str], by_source: bool) -> tuple[dict, dict]:
+    """Per generic source tokens per split (offline mix: ids are "source/...") and, per domain, the number of
+    train documents (in shard order) needed to reach each SUBSETS size.
 
-    Re-reads and re-splits the documents exactly as the data stage does, so the sums must equal the
-    shard manifests (check_recount)."""
-    from mlx_pn.data.sources import load_documents, split_documents
-    from mlx_pn.data.tokenizer import Tokenizer
-
-    tok = Tokenizer(cfg.data_dir / "tokenizer")
-    v, t = cfg.data.valid_fraction, cfg.data.test_fraction
-
-    def lengths(docs) -> list[int]:
-        out = []
-        for i in range(0, len(docs), 512):
-            out += [len(ids) + 1 for ids in tok.encode_batch([d.text for d in docs[i:i + 512]])]  # + eos
-        return out
-
-    sources: dict[str, dict] = {}
-    if by_source:
-        splits = split_documents(load_documents(cfg.data.generic, "data.generic", cfg.data.max_docs), v, t)
-        for split, docs in splits.items():
-            for d, n in zip(docs, lengths(docs)):
-                s = sources.setdefault(d.id.split("/", 1)[0], {"documents": 0, "bytes_utf8": 0, "tokens": {}})
-                s["documents"] += 1
-                s["bytes_utf8"] += len(d.text.encode("utf-8"))
-                s["tokens"][split] = s["tokens"].get(split, 0) + n
+    Read from the shards and their manifests (corpora: name -> mlx_pn.data.shards.Corpus), not by re-reading the
+    text: the counts are the shards' own, splits given by a source (an mlx-lm folder) included, and memory stays
+    bounded at any corpus size."""
+    sources = (corpora["generic"].manifest.get("sources") or {}) if by_source else {}
     subsets = {}
     for name in domains:
-        train = split_documents(load_documents(cfg.data.domains[name], f"data.domains.{name}", cfg.data.max_docs),
-                                v, t)["train"]
-        lens = lengths(train)
-        entry, cum = {}, 0
+        lens = corpora[name].document_lengths("train")
+        cum = np.cumsum(lens)
+        entry = {}
         for label, target in SUBSETS.items():
-            cum, k = 0, 0
-            while k < len(lens) and cum < target:
-                cum, k = cum + lens[k], k + 1
-            entry[label] = {"tokens": cum, "documents": k, "reached": cum >= target}
-        entry["max"] = {"tokens": sum(lens), "documents": len(lens)}
+            k = min(int(np.searchsorted(cum, target)) + 1, len(lens))  # first k documents with >= target tokens
+            tokens = int(cum[k - 1]) if k else 0
+            entry[label] = {"tokens": tokens, "documents": k, "reached": tokens >= target}
+        entry["max"] = {"tokens": int(cum[-1]) if len(cum) else 0, "documents": len(lens)}
         subsets[name] = entry
     return sources, subsets
-
-
-def check_recount(sources: dict, subsets: dict, shards: dict, data_dir: Path) -> None:
-    """The recount of token_breakdown must equal the shard manifests; a DataError says how to recover."""
-    from mlx_pn.data.sources import DataError
-
-    for n, e in subsets.items():
-        if e["max"]["tokens"] != shards[n]["splits"]["train"]["tokens"]:
-            raise DataError(f"{n}: recount gives {e['max']['tokens']} train tokens, shards have "
-                            f"{shards[n]['splits']['train']['tokens']}; delete {data_dir}/shards and rerun")
-    if sources:
-        total = sum(s["tokens"].get("train", 0) for s in sources.values())
-        if total != shards["generic"]["splits"]["train"]["tokens"]:
-            raise DataError(f"generic: per-source recount ({total}) differs from the shards; rerun with a "
-                            f"fresh {data_dir}")
 
 
 def write_report(path: Path, manifest: dict, prepared: dict) -> None:

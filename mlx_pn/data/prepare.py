@@ -11,10 +11,11 @@ import json
 from dataclasses import dataclass
 
 from mlx_pn.config import Config
-from mlx_pn.data.shards import Corpus, build_shards, read_manifest
+from mlx_pn.data.shards import Corpus, read_manifest
 from mlx_pn.io import write_json_atomic
-from mlx_pn.data import dedup
-from mlx_pn.data.sources import DataError, fingerprint, load_splits
+from mlx_pn.data import dedup, remembered
+from mlx_pn.data.sources import DataError, fingerprint
+from mlx_pn.data.splitting import plan_corpus
 from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
 
 GENERIC = "generic"
@@ -38,6 +39,15 @@ def _same_source(stored, current, spec: str, key: dict | None = None) -> bool:
     return stored == (legacy if key is None else key | {"generic": legacy})
 
 
+def _made_from(root) -> str:
+    """', made from generic=X (DATA/sources.json): drop the flag to use it'", where the run recorded it."""
+    made = remembered.stored(root)
+    if not made:
+        return ""
+    return (f" (this run's data was made from data.generic={made.get('generic')!r}, vocab_size="
+            f"{made.get('vocab_size')}: {root / remembered.FILE}; leave data.* unset to use them)")
+
+
 def _sources(cfg: Config) -> dict[str, tuple[str, str]]:
     """corpus name -> (source spec, config key for error messages)."""
     out = {GENERIC: (cfg.data.generic, "data.generic")}
@@ -56,10 +66,18 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
     tok_dir = root / "tokenizer"
     split_key = {"valid_fraction": cfg.data.valid_fraction, "test_fraction": cfg.data.test_fraction,
                  "max_docs": cfg.data.max_docs}
-    prints = {name: fingerprint(spec) for name, (spec, _) in sources.items() if name in wanted}
+    prints = {name: fingerprint(spec, field=field) for name, (spec, field) in sources.items() if name in wanted}
     tok_key = {"generic": prints[GENERIC], "vocab_size": cfg.data.vocab_size, **split_key,
                "sample_mb": cfg.data.tokenizer_sample_mb}
     meta = tok_dir / "source.json"
+
+    plans: dict = {}
+
+    def plan(name: str):  # each corpus is indexed (or read) at most once per call
+        if name not in plans:
+            spec, field = sources[name]
+            plans[name] = plan_corpus(name, spec, field, cfg, prints[name], log)
+        return plans[name]
 
     if (tok_dir / "spm.model").exists() and (tok_dir / "hf" / "tokenizer.json").exists():
         tok = Tokenizer(tok_dir)
@@ -74,18 +92,15 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         elif not _same_source(json.loads(meta.read_text()), tok_key, cfg.data.generic, tok_key):
             raise DataError(
                 f"{tok_dir} was trained on other generic text or settings than data.generic={cfg.data.generic!r} "
-                f"now gives; delete {tok_dir} to retrain it (models trained with the old one need it), or use "
-                f"another data.dir")
-        generic_splits = None
+                f"now gives{_made_from(root)}; for other text use another --out (or data.dir), or delete {tok_dir} "
+                f"to retrain it (models trained with the old one need it)")
     else:
-        generic_splits = load_splits(cfg.data.generic, "data.generic", cfg.data.valid_fraction,
-                                     cfg.data.test_fraction, cfg.data.max_docs)
-        splits = generic_splits[0]
+        generic = plan(GENERIC)
         log(f"[data] training a {cfg.data.vocab_size}-piece SentencePiece tokenizer on generic text")
-        tok = train_tokenizer((d.text for d in splits["train"]), cfg.data.vocab_size, tok_dir,
-                              cfg.data.tokenizer_sample_mb, meta=tok_key)
+        tok = train_tokenizer(generic.texts("train"), cfg.data.vocab_size, tok_dir, cfg.data.tokenizer_sample_mb,
+                              meta=tok_key)
 
-    corpora, generic_train = {}, None
+    corpora = {}
     for name in wanted:
         spec, field = sources[name]
         folder = root / "shards" / name
@@ -102,19 +117,13 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                 log(f"[data] {name}: rebuilding the damaged shards from {field}")
                 fresh = False
         if not fresh:
-            splits, how = generic_splits if (name == GENERIC and generic_splits is not None) else \
-                load_splits(spec, field, cfg.data.valid_fraction, cfg.data.test_fraction, cfg.data.max_docs)
-            if name == GENERIC:
-                generic_train = dedup.NearIndex([d.text for d in splits["train"]])
-            elif generic_train is None:  # the generic shards were cached: its train split, for the overlap
-                generic_train = dedup.NearIndex([d.text for d in load_splits(
-                    cfg.data.generic, "data.generic", cfg.data.valid_fraction, cfg.data.test_fraction,
-                    cfg.data.max_docs)[0]["train"]])
+            corpus = plan(name)
             # the duplicates left (groups across splits: given splits only) and the generic/domain overlap
-            leaks = dedup.leak_report(splits, None if name == GENERIC else generic_train)
-            m = build_shards(name, splits, tok, root / "shards", spec, extra={"split": split_key, "fingerprint": prints[name],
-                                                                          "splits_from": how or "split by document",
-                                                                          "duplicates": leaks})
+            leaks = corpus.leak_report(None if name == GENERIC else plan(GENERIC).reference())
+            how = corpus.how
+            m = corpus.write(tok, root / "shards", extra={"split": split_key, "fingerprint": prints[name],
+                                                          "splits_from": how or "split by document",
+                                                          "duplicates": leaks})
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
             log(f"[data] {name}: {sizes}" + (f" (splits: {how})" if how else ""))
             over = sum((leaks.get("in_generic_train") or {}).values())
@@ -126,6 +135,7 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         corpora[name] = Corpus(folder, tok)
         if only is not None and name in only:  # a domain about to be specialized to: every split is read
             _check_splits(corpora[name], spec, field, cfg)
+    remembered.record(cfg)
     return PreparedData(tok, corpora)
 
 

@@ -58,14 +58,30 @@ def bundled_names() -> list[str]:
     return sorted(p.name[: -len(".jsonl.gz")] for p in BUNDLED_DIR.glob("*.jsonl.gz"))
 
 
+def _utf16(raw: bytes) -> bool:
+    """A byte-order mark, or a zero byte in every other place of the first 64 (ASCII text in UTF-16)."""
+    head = raw[:64]
+    return raw[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 8 and (
+        head[1::2].count(0) == len(head) // 2 or head[0::2].count(0) == (len(head) + 1) // 2))
+
+
 def _decode(raw: bytes, where: str) -> str:
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        if _utf16(raw):
+            raise DataError(_UTF16.format(where=where)) from None
         raise DataError(
             f"{where}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); re-encode it, e.g. "
             f"`iconv -f latin1 -t utf-8 IN > OUT`, or remove the file from the source list"
         ) from None
+    if "\0" in text[:64] and _utf16(raw):  # UTF-16 without a byte-order mark decodes as UTF-8 full of NULs
+        raise DataError(_UTF16.format(where=where))
+    return text
+
+
+_UTF16 = ("{where}: UTF-16 text (a byte-order mark, or a zero byte in every other place), not UTF-8; re-encode it: "
+          "`iconv -f utf-16 -t utf-8 IN > OUT`")
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -135,16 +151,36 @@ def _jsonl(path: Path) -> Iterator[Document]:
         yield Document(str(obj.get("id", f"{path.name}:{n}")), text)
 
 
-def _parquet(path: Path) -> Iterator[Document]:
+def _parquet(path: Path, batch_rows: int = 1024) -> Iterator[Document]:
+    """Rows of a parquet file, streamed in record batches straight from the file with pyarrow (the engine under
+    `datasets`): bounded memory, and nothing written anywhere (datasets.load_dataset would cache a copy of the
+    file under ~/.cache/huggingface)."""
     try:
-        import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path}: reading .parquet needs the 'datasets' package: pip install datasets") from None
-    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    if "text" not in ds.column_names:
-        raise DataError(f"{path}: no 'text' column (columns: {ds.column_names}); rename the text column to 'text'")
-    for i, row in enumerate(ds):
-        yield Document(str(row.get("id", f"{path.name}:{i}")), row["text"])
+        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install pyarrow (or datasets)") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]}); convert it to "
+                        f".parquet, .jsonl or .txt") from None
+    names = pf.schema_arrow.names
+    if "text" not in names:
+        raise DataError(f"{path}: no 'text' column (columns: {names}); rename the text column to 'text'")
+    if not pa.types.is_string(pf.schema_arrow.field("text").type) and \
+            not pa.types.is_large_string(pf.schema_arrow.field("text").type):
+        raise DataError(f"{path}: column 'text' holds {pf.schema_arrow.field('text').type}, not strings; "
+                        f"store the document text as a string column")
+    columns = ["text"] + (["id"] if "id" in names else [])
+    i = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        ids = batch.column("id").to_pylist() if "id" in columns else None
+        for j, text in enumerate(batch.column("text").to_pylist()):
+            if text is None:
+                raise DataError(f"{path}: row {i + j} has no text (null in column 'text'); drop or fill that row")
+            yield Document(str(ids[j]) if ids is not None else f"{path.name}:{i + j}", text)
+        i += batch.num_rows
 
 
 def _hub(spec: str) -> Iterator[Document]:
@@ -190,6 +226,19 @@ def _path(path: Path, field: str, root: Path | None = None) -> Iterator[Document
         yield Document(doc_id, _decode(path.read_bytes(), str(path)))
 
 
+def _check_regular(path: Path, field: str) -> None:
+    """A source named directly must be a regular file or a folder: /dev/zero (or a link to it) never ends and a
+    FIFO blocks forever in open(); inside a folder such entries are skipped (_files keeps regular files)."""
+    import stat
+
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or \
+            stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        shown = f"{path} (-> {path.resolve()})" if path.is_symlink() else str(path)
+        raise DataError(f"{field}: {shown} is {kind}; point it at a text/.jsonl/.parquet file or a folder of them")
+
+
 def _parts(spec: str) -> list[str]:
     return [s.strip() for s in spec.split(",") if s.strip()]
 
@@ -210,6 +259,7 @@ def read_source(spec: str, field: str = "data") -> Iterator[Document]:
             if not path.exists():
                 raise DataError(f"{field}: '{path}' does not exist; fix the path or use a bundled corpus "
                                 f"({', '.join('bundled:' + n for n in bundled_names())})")
+            _check_regular(path, field)
             docs = _path(path, field)
         for d in docs:
             text = d.text.strip()
@@ -222,24 +272,26 @@ def read_source(spec: str, field: str = "data") -> Iterator[Document]:
                 yield Document(d.id, text)
 
 
-def source_files(spec: str) -> list[Path] | None:
+def source_files(spec: str, field: str = "data") -> list[Path] | None:
     """The files a spec reads, in order; None when it is not local (a hub dataset)."""
     files: list[Path] = []
     for part in [s.strip() for s in spec.split(",") if s.strip()]:
         if part.startswith("hf:"):
             return None
         path = _bundled_path(part[len("bundled:"):]) if part.startswith("bundled:") else Path(part)
+        if path.exists():
+            _check_regular(path, field)
         files.extend(_files(path) if path.is_dir() else [path] if path.exists() else [])
     return files
 
 
-def fingerprint(spec: str, legacy: bool = False) -> str:
+def fingerprint(spec: str, legacy: bool = False, field: str = "data") -> str:
     """sha256 over the spec and the content of every file it reads: cached shards are rebuilt when the
     text changes, not only when the spec does. A bundled file counts by its name, not by where this checkout
     lies, so a moved checkout keeps its data; legacy: the older hash over every file's absolute path (shards
     and tokenizers made with it are still accepted)."""
     h = hashlib.sha256(spec.encode())
-    for f in source_files(spec) or []:
+    for f in source_files(spec, field) or []:
         bundled = not legacy and f.parent == BUNDLED_DIR
         h.update(f"bundled:{f.name}".encode() if bundled else str(f).encode())
         with open(f, "rb") as fh:
