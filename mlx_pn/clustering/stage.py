@@ -132,7 +132,6 @@ def embed_split(data: PreparedData, corpus: str, split: str, embedder, name: str
     names = [parts / f"{i:05d}.npy" for i in range(-(-n // PART))]
     done = sum(p.exists() for p in names)
     bar = tqdm(total=n, initial=min(n, done * PART), desc=f"embed {corpus}.{split}", unit="win", leave=False)
-    dim = None
     for i, start in enumerate(range(0, n, PART)):
         if names[i].exists():
             continue
