@@ -216,6 +216,7 @@ def test_clustering_shows_embedding_and_kmeans_progress(tiny_run, tmp_path, caps
     run_clustering(cfg.cluster, cfg.pretrain.seq_len, tmp_path / "clusters", data, ks=[3], log=lines.append)
     err = capsys.readouterr().err  # the tqdm bars
     assert "embed generic.train" in err and "k-means k=3" in err
+    assert "k-means k=3: k-means++ start" in err and "assign k=3" in err  # no silent minute at k = 1024
     assert any(ln.startswith("[cluster] k-means k=3 on ") for ln in lines)
 
 

@@ -27,14 +27,57 @@ def _check_hist(h, name: str, k: int | None = None) -> np.ndarray:
     return h / h.sum()
 
 
+# Labels are read this many at a time: a memory-mapped (N,) labels file of any length costs O(CHUNK) here.
+CHUNK = 1 << 20
+
+
 def _check_labels(labels, k: int, name: str = "generic_labels") -> np.ndarray:
-    labels = np.asarray(labels)
+    """(N,) integer cluster ids in [0, k), checked chunk by chunk; a memmap is returned as it is (not loaded)."""
+    if not isinstance(labels, np.ndarray):
+        labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name} must be 1-D integer cluster ids, got {labels.dtype} of shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(f"{name} has ids in [{labels.min()}, {labels.max()}] outside [0, k={k}); "
-                         f"use the domain histogram from the same k-means")
-    return labels.astype(np.int64, copy=False)
+    for s in range(0, labels.size, CHUNK):
+        part = np.asarray(labels[s:s + CHUNK])
+        if part.min() < 0 or part.max() >= k:
+            raise ValueError(f"{name} has ids in [{part.min()}, {part.max()}] outside [0, k={k}); "
+                             f"use the domain histogram from the same k-means")
+    return labels
+
+
+def _counts(labels: np.ndarray, k: int) -> np.ndarray:
+    """(k,) int64 windows per cluster, read chunk by chunk."""
+    out = np.zeros(k, np.int64)
+    for s in range(0, labels.size, CHUNK):
+        out += np.bincount(np.asarray(labels[s:s + CHUNK], np.int64), minlength=k)
+    return out
+
+
+def _windows_of(labels: np.ndarray, k: int, c: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Index of the j-th window (in window order) of cluster c, for every pair of (n,) c and j -> (n,) int64.
+
+    The same as ``argsort(labels, kind="stable")[starts[c] + j]`` without the (N,) sort: a first pass counts
+    each cluster's windows before every chunk, a second finds each pair inside its chunk."""
+    n_chunks = max(1, -(-labels.size // CHUNK))
+    before = np.zeros((n_chunks + 1, k), np.int64)  # before[i, c]: windows of c in chunks < i
+    for i in range(n_chunks):
+        before[i + 1] = before[i] + np.bincount(np.asarray(labels[i * CHUNK:(i + 1) * CHUNK], np.int64), minlength=k)
+    by_c = np.argsort(c, kind="stable")  # pairs grouped by cluster (one sort, not k scans)
+    cb = np.searchsorted(c[by_c], np.arange(k + 1))  # (k + 1,) group bounds
+    chunk_of = np.empty(c.size, np.int64)  # (n,) the chunk holding each pair's window
+    for cl in np.flatnonzero(np.diff(cb)):
+        sel = by_c[cb[cl]:cb[cl + 1]]
+        chunk_of[sel] = np.searchsorted(before[:, cl], j[sel], side="right") - 1
+    by_chunk = np.argsort(chunk_of, kind="stable")
+    hb = np.searchsorted(chunk_of[by_chunk], np.arange(n_chunks + 1))  # (n_chunks + 1,) group bounds
+    out = np.empty(c.size, np.int64)
+    for i in np.flatnonzero(np.diff(hb)):
+        sel = by_chunk[hb[i]:hb[i + 1]]
+        lab = np.asarray(labels[i * CHUNK:(i + 1) * CHUNK], np.int64)
+        order = np.argsort(lab, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(np.bincount(lab, minlength=k))[:-1]])
+        out[sel] = i * CHUNK + order[starts[c[sel]] + j[sel] - before[i, c[sel]]]
+    return out
 
 
 def importance_weights(domain_hist, generic_hist, smoothing: float = 1e-6) -> np.ndarray:
@@ -62,7 +105,7 @@ def importance_weights(domain_hist, generic_hist, smoothing: float = 1e-6) -> np
 def lost_mass(generic_labels, domain_hist) -> float:
     """Share of the domain histogram in clusters that hold no generic window."""
     d = _check_hist(domain_hist, "domain_hist")
-    counts = np.bincount(_check_labels(generic_labels, d.size), minlength=d.size)
+    counts = _counts(_check_labels(generic_labels, d.size), d.size)
     return float(d[counts == 0].sum())
 
 
@@ -75,14 +118,15 @@ def resample(generic_labels, domain_hist, n: int, seed: int = 0, replace: bool =
     at most once: cluster quotas are drawn as with replacement, capped at the cluster's size, and the
     excess goes to clusters with room in proportion to their domain mass (so the histogram drifts
     when the domain asks for more of a cluster than the generic corpus holds). The result is
-    shuffled, deterministic given ``seed``.
+    shuffled, deterministic given ``seed``. ``generic_labels`` may be a memmap of any length: it is read in
+    chunks, so memory is O(n + CHUNK), not O(N).
     """
     d = _check_hist(domain_hist, "domain_hist")
     k = d.size
     labels = _check_labels(generic_labels, k)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n={n!r} must be a non-negative integer number of windows")
-    counts = np.bincount(labels, minlength=k)
+    counts = _counts(labels, k)
     missing = (counts == 0) & (d > 0)
     lost = float(d[missing].sum())
     if lost >= 1.0 - 1e-12:
@@ -96,13 +140,11 @@ def resample(generic_labels, domain_hist, n: int, seed: int = 0, replace: bool =
     p = np.where(missing, 0.0, d)
     p /= p.sum()
     rng = np.random.default_rng(seed)
-    order = np.argsort(labels, kind="stable")  # generic windows grouped by cluster, index order inside
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     n = int(n)
-    if replace:
+    if replace:  # (cluster, rank of the window inside it) pairs, then the windows they name
         c = rng.choice(k, size=n, p=p)
         j = np.minimum((rng.random(n) * counts[c]).astype(np.int64), counts[c] - 1)
-        return order[starts[c] + j].astype(np.int64)
+        return _windows_of(labels, k, c, j)
     room = np.where(p > 0, counts, 0)
     if n > room.sum():
         raise ValueError(f"n={n} exceeds the {int(room.sum())} generic windows in the domain's clusters; "
@@ -115,8 +157,9 @@ def resample(generic_labels, domain_hist, n: int, seed: int = 0, replace: bool =
             break
         free = p * (quota < room)
         quota += rng.multinomial(excess, free / free.sum())
-    picks = [order[starts[c] + rng.choice(counts[c], size=q, replace=False)] for c, q in enumerate(quota) if q]
-    out = np.concatenate(picks) if picks else np.empty(0, np.int64)
+    ranks = [(np.full(q, c), rng.choice(counts[c], size=q, replace=False)) for c, q in enumerate(quota) if q]
+    out = (_windows_of(labels, k, np.concatenate([r[0] for r in ranks]).astype(np.int64),
+                       np.concatenate([r[1] for r in ranks]).astype(np.int64)) if ranks else np.empty(0, np.int64))
     return rng.permutation(out).astype(np.int64)
 
 
@@ -149,6 +192,17 @@ class ResampleStats:
         return asdict(self)
 
 
+def _draw_counts(labels: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+    """(k,) counts of the clusters of windows ``idx`` (n,), the labels read chunk by chunk."""
+    sidx = np.sort(idx)
+    out = np.zeros(k, np.int64)
+    for s in range(0, labels.size, CHUNK):
+        a, b = np.searchsorted(sidx, [s, s + CHUNK])
+        if b > a:
+            out += np.bincount(np.asarray(labels[s:s + CHUNK], np.int64)[sidx[a:b] - s], minlength=k)
+    return out
+
+
 def resample_stats(indices, generic_labels, domain_hist, k: int) -> dict:
     """:class:`ResampleStats` (as a dict) of ``indices`` drawn by :func:`resample`."""
     d = _check_hist(domain_hist, "domain_hist", k)
@@ -156,14 +210,14 @@ def resample_stats(indices, generic_labels, domain_hist, k: int) -> dict:
     idx = np.asarray(indices, dtype=np.int64).ravel()
     if idx.size and (idx.min() < 0 or idx.max() >= labels.size):
         raise ValueError(f"indices fall outside [0, {labels.size}); pass indices into the generic windows")
-    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    counts = _counts(labels, k).astype(np.float64)
     has = counts > 0
     lost = float(d[~has].sum())
     p = np.where(has, d, 0.0)
     p = p / p.sum() if p.sum() > 0 else p
     ess = 1.0 / float((p[has] ** 2 / counts[has]).sum()) if p.sum() > 0 else 0.0
     if idx.size:
-        got = np.bincount(labels[idx], minlength=k) / idx.size
+        got = _draw_counts(labels, idx, k) / idx.size
         tv, tv_r = 0.5 * float(np.abs(got - d).sum()), 0.5 * float(np.abs(got - p).sum())
         uniq, rep = np.unique(idx, return_counts=True)
         unique_fraction, max_repeats = uniq.size / idx.size, int(rep.max())

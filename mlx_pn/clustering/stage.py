@@ -14,6 +14,12 @@ section (``cluster``), the window length L (:func:`window_len`) and its root fol
 
 Notation: N windows of a split, L tokens per window, D = 384 embedding size, K clusters (k used; k_req
 is the k asked for, which names the folder), F generic windows the k-means is fitted on.
+
+Memory does not grow with the corpus: windows are decoded and embedded PART at a time (the shard is mapped
+afresh per part, so its pages do not pile up), the embeddings and labels are written and read as .npy files
+chunk by chunk (plain reads, not a memory map), the k-means sees at most cluster.fit_windows rows, and the
+histograms are counted chunk by chunk. What grows is disk: 4 D bytes of embedding and 4 bytes of label per
+window.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ from tqdm import tqdm
 
 from mlx_pn.commands import recipe_command
 from mlx_pn.config import ClusterConfig, ConfigError
-from mlx_pn.clustering.kmeans import MIN_WINDOWS_PER_CLUSTER, assign, cluster_report, histogram, kmeans, nmi
+from mlx_pn.clustering.kmeans import MIN_WINDOWS_PER_CLUSTER, _chunk_rows, assign, cluster_report, kmeans, nmi
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.clustering.sampling import resample, resample_stats
 from mlx_pn.io import atomic_file, remove_tree, write_json_atomic, write_text_atomic
 
 PART = 4096  # windows per resumable embedding part
+# The report's importance-resampling statistics draw min(N, this) generic windows: the draw is O(draws) memory, so
+# a corpus of any size costs the same here; below it (about 1 GB of text at 256-token windows) the draw is all N.
+REPORT_DRAWS = 1 << 20
 
 
 def window_len(cluster: ClusterConfig, seq_len: int) -> int:
@@ -58,39 +67,99 @@ def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     atomic_file(path, lambda f: np.save(f, arr))
 
 
+def _write_npy_chunks(path: Path, shape: tuple, dtype, chunks) -> None:
+    """A .npy of ``shape`` written atomically from an iterable of row blocks (never the whole array at once)."""
+    def write(f):
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": tuple(shape)})
+        rows = 0
+        for block in chunks:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            f.write(block.tobytes())
+            rows += len(block)
+        if rows != shape[0]:
+            raise RuntimeError(f"{path}: wrote {rows} rows, expected {shape[0]}")
+    atomic_file(path, write)
+
+
+def npy_rows(path: Path, chunk: int):
+    """Blocks of at most ``chunk`` rows of the .npy at ``path``, read with plain reads: resident memory stays
+    one block whatever the file's size (a memory map would keep every page it touched resident)."""
+    with open(path, "rb") as f:
+        shape, fortran, dtype = _header(f)
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered arrays are not written by this stage; delete it to rebuild")
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        for s in range(0, shape[0], chunk):
+            n = min(chunk, shape[0] - s)
+            yield np.fromfile(f, dtype=dtype, count=n * row).reshape((n, *shape[1:]))
+
+
+def npy_shape(path: Path) -> tuple:
+    """Shape of the .npy at ``path`` (its header only)."""
+    with open(path, "rb") as f:
+        return _header(f)[0]
+
+
+def _header(f) -> tuple:
+    """(shape, fortran_order, dtype) of an open .npy, the file left at its first data byte."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(f)
+
+
 def embed_split(data: PreparedData, corpus: str, split: str, embedder, name: str, window: int, folder: Path,
-                batch_size: int = 64, log=print) -> np.ndarray:
-    """(N_windows, D) embeddings of one split, cached; an interrupted run resumes at the last part."""
+                batch_size: int = 64, log=print) -> Path:
+    """Embed every window of one split into ``folder/CORPUS.SPLIT.npy`` (N, D) float32 -> its path, cached.
+
+    PART windows at a time: each part is decoded from a fresh map of the shard, embedded and saved as
+    ``CORPUS.SPLIT.parts/NNNNN.npy``, so a killed run resumes at the last finished part; the parts are
+    then copied one by one into the final file and their folder removed."""
     c = data.corpora[corpus]
     final, meta_path = folder / f"{corpus}.{split}.npy", folder / f"{corpus}.{split}.json"
     meta = {"shard_sha256": c.manifest["splits"][split]["sha256"], "embedder": name, "window": window}
-    if final.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == meta:
-        return np.load(final, mmap_mode="r")
-    tokens = c.tokens(split)  # (T,) token ids
-    n = len(tokens) // window  # N windows; the partial tail is not a training window either
-    if n == 0:
-        return np.zeros((0, 384), np.float32)
     parts = folder / f"{corpus}.{split}.parts"
+    if final.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == meta:
+        if parts.exists():  # a run killed after the final file, before removing its parts
+            remove_tree(parts)
+        return final
+    n = c.manifest["splits"][split]["tokens"] // window  # N windows; a partial tail is not a training window
     parts.mkdir(parents=True, exist_ok=True)
     if (parts / "meta.json").exists() and json.loads((parts / "meta.json").read_text()) != meta:
         remove_tree(parts)  # renamed away first: a kill mid-deletion must not leave old parts to be reused
         parts.mkdir()
     write_json_atomic(parts / "meta.json", meta)
-    bar = tqdm(total=n, desc=f"embed {corpus}.{split}", unit="win", leave=False)
-    out = []
+    names = [parts / f"{i:05d}.npy" for i in range(-(-n // PART))]
+    done = sum(p.exists() for p in names)
+    bar = tqdm(total=n, initial=min(n, done * PART), desc=f"embed {corpus}.{split}", unit="win", leave=False)
     for i, start in enumerate(range(0, n, PART)):
-        part = parts / f"{i:05d}.npy"
-        if not part.exists():
-            vecs = embedder.embed(window_texts(tokens, window, data.tokenizer, start, start + PART), batch_size)
-            _save_npy_atomic(part, np.asarray(vecs, np.float32))  # (<= PART, D)
-        out.append(np.load(part))
-        bar.update(len(out[-1]))
+        if names[i].exists():
+            continue
+        tokens = c.tokens(split)  # (T,) a fresh memmap per part: the pages of the last one are released
+        texts = window_texts(tokens, window, data.tokenizer, start, start + PART)
+        del tokens
+        vecs = np.asarray(embedder.embed(texts, batch_size), np.float32)  # (<= PART, D)
+        _save_npy_atomic(names[i], vecs)
+        bar.update(len(vecs))
     bar.close()
-    emb = np.concatenate(out)  # (N, D)
-    _save_npy_atomic(final, emb)
+    dim = npy_shape(names[0])[1] if names else 384
+    _write_npy_chunks(final, (n, dim), np.float32, (np.load(p) for p in names))
     write_json_atomic(meta_path, meta)
     remove_tree(parts)
-    return emb
+    return final
+
+
+def sweep_parts(folder: Path, live: set[str]) -> list[Path]:
+    """Remove ``folder/CORPUS.SPLIT.parts`` folders that no current split will resume (its corpus is gone, or its
+    final file is done) -> the removed paths. A killed stage's parts of a current split stay: they are its
+    resume point."""
+    removed = []
+    for p in sorted(Path(folder).glob("*.parts")):
+        stem = p.name[:-len(".parts")]
+        if stem not in live or (folder / f"{stem}.npy").exists() and (folder / f"{stem}.json").exists():
+            remove_tree(p)
+            removed.append(p)
+    return removed
 
 
 @dataclass
@@ -104,8 +173,8 @@ class Clustering:
     histograms: dict[str, list[float]]
 
     def labels(self, corpus: str, split: str = "train") -> np.ndarray:
-        """(N,) int32 cluster id of every window of the split."""
-        return np.load(self.folder / "labels" / f"{corpus}.{split}.npy")
+        """(N,) int32 cluster id of every window of the split, memory-mapped (read only what is used)."""
+        return np.load(self.folder / "labels" / f"{corpus}.{split}.npy", mmap_mode="r")
 
 
 def clustering_folder(cluster: ClusterConfig, window: int, root: Path, k: int) -> Path:
@@ -140,46 +209,91 @@ def run_clustering(cluster: ClusterConfig, window: int, root: Path, data: Prepar
                               f"cluster.k and cluster.k_importance)")
     emb_dir = _embeddings_folder(cluster, window, root)
     emb_dir.mkdir(parents=True, exist_ok=True)
+    splits = [(c, s) for c in data.corpora for s in ("train", "valid", "test")]
+    for p in sweep_parts(emb_dir, {f"{c}.{s}" for c, s in splits}):
+        log(f"[cluster] removed {p.name}, left by a run killed after its embeddings were done or of a corpus "
+            f"no longer in the config")
     embedder = get_embedder(cluster.embedder)
     t0 = time.time()
     vecs = {(c, s): embed_split(data, c, s, embedder, cluster.embedder, window, emb_dir, cluster.batch_size, log)
-            for c in data.corpora for s in ("train", "valid", "test")}  # {(corpus, split): (N, D)}
+            for c, s in splits}  # {(corpus, split): path of its (N, D) embeddings}
     embed_s = time.time() - t0
-    log(f"[cluster] embedded {sum(len(v) for v in vecs.values()):,} windows of {window} tokens "
+    sizes = {cs: npy_shape(p)[0] for cs, p in vecs.items()}  # {(corpus, split): N}
+    log(f"[cluster] embedded {sum(sizes.values()):,} windows of {window} tokens "
         f"with '{cluster.embedder}' in {embed_s:.0f} s")
 
-    generic = vecs[(GENERIC, "train")]  # (N, D)
+    n_generic = sizes[(GENERIC, "train")]
     rng = np.random.default_rng(cluster.seed)
-    fit_idx = np.sort(rng.choice(len(generic), min(len(generic), cluster.fit_windows), replace=False))  # (F,)
-    fit = np.asarray(generic[fit_idx])  # (F, D)
+    fit_idx = np.sort(rng.choice(n_generic, min(n_generic, cluster.fit_windows), replace=False))  # (F,)
+    fit = _rows_at(vecs[(GENERIC, "train")], fit_idx)  # (F, D)
     domains = data.domain_names()
     # computed once, and only when some k is not done yet (a finished clustering reruns nothing)
     heldout_domain_nmi = functools.cache(lambda: _heldout_domain_nmi(vecs, domains, cluster.seed))
     results = {}
     for k_req in ks or [cluster.k, cluster.k_importance]:
-        k = max(1, min(k_req, len(generic) // MIN_WINDOWS_PER_CLUSTER))
+        k = max(1, min(k_req, n_generic // MIN_WINDOWS_PER_CLUSTER))
         if k != k_req:
-            log(f"[cluster] k={k_req} is too large for {len(generic):,} generic windows "
+            log(f"[cluster] k={k_req} is too large for {n_generic:,} generic windows "
                 f"(< {MIN_WINDOWS_PER_CLUSTER} per cluster); using k={k}")
         folder = clustering_folder(cluster, window, root, k_req)
-        results[k_req] = _cluster_one(cluster, window, folder, data, vecs, fit, k, k_req, heldout_domain_nmi, embed_s,
-                                      log)
+        results[k_req] = _cluster_one(cluster, window, folder, data, vecs, sizes, fit, k, k_req, heldout_domain_nmi,
+                                      embed_s, log)
     return results
 
 
+def _rows_at(path: Path, idx: np.ndarray, chunk: int = PART) -> np.ndarray:
+    """Rows ``idx`` (F,) sorted ascending of the .npy at ``path`` -> (F, D), read block by block."""
+    out, s = [], 0
+    for block in npy_rows(path, chunk):
+        a, b = np.searchsorted(idx, [s, s + len(block)])
+        out.append(block[idx[a:b] - s])
+        s += len(block)
+    return np.concatenate(out) if out else np.zeros((0, npy_shape(path)[1]), np.float32)
+
+
 def _heldout_domain_nmi(vecs, domains: list[str], seed: int) -> float | None:
-    """k-means with k = #domains on the domains' held-out windows: how separable they are (data-notes: 0.95)."""
-    xs = [np.asarray(np.concatenate([vecs[(d, "valid")], vecs[(d, "test")]])) for d in domains]  # [(N_d, D)]
-    if len(domains) < 2 or min(len(x) for x in xs) == 0:
+    """k-means with k = #domains on the domains' held-out windows: how separable they are (data-notes: 0.95).
+    None when there are fewer than 2 domains (NMI against a single domain says nothing)."""
+    if len(domains) < 2:
+        return None
+    xs = [np.concatenate([np.load(vecs[(d, "valid")]), np.load(vecs[(d, "test")])]) for d in domains]  # [(N_d, D)]
+    if min(len(x) for x in xs) == 0:
         return None
     # (sum N_d, D) held-out windows and their (sum N_d,) domain index
     x, truth = np.concatenate(xs), np.concatenate([np.full(len(a), i) for i, a in enumerate(xs)])
     return nmi(kmeans(x, len(domains), seed=seed, spherical=True, n_init=3).labels, truth)
 
 
-def _cluster_one(cluster: ClusterConfig, window: int, folder: Path, data, vecs, fit, k, k_req, heldout_nmi,
+def _assign_split(src: Path, dest: Path, n: int, centroids: np.ndarray, k: int, bar) -> np.ndarray:
+    """Label every row of the embeddings ``src`` (n, D), streamed into ``dest`` (n,) int32 -> its (k,) counts.
+    PART rows at a time (6 MiB at D = 384): assign()'s own chunk for k >= 1024, and at small k its 65,536-row
+    chunk would hold ~100 MB three times over; each row's label does not depend on the block it is in."""
+    rows = min(_chunk_rows(65536, k), PART)
+    counts = np.zeros(k, np.int64)
+
+    def blocks():
+        for x in npy_rows(src, rows):
+            lab = assign(x, centroids).astype(np.int32)
+            counts[:] += np.bincount(lab, minlength=k)
+            bar.update(len(lab))
+            yield lab
+
+    _write_npy_chunks(dest, (n,), np.int32, blocks())
+    return counts
+
+
+def _domain_nmi_at_k(folder: Path, domains: list[str]) -> float | None:
+    """NMI of the clusters vs the domain on the domains' test windows; None with fewer than 2 domains."""
+    if len(domains) < 2:
+        return None
+    labs = [np.load(folder / "labels" / f"{d}.test.npy") for d in domains]
+    return nmi(np.concatenate(labs), np.concatenate([np.full(len(x), i) for i, x in enumerate(labs)]))
+
+
+def _cluster_one(cluster: ClusterConfig, window: int, folder: Path, data, vecs, sizes, fit, k, k_req, heldout_nmi,
                  embed_s, log) -> dict:
-    """Fit k-means (k clusters) on ``fit`` (F, D), label every window of ``vecs``, write ``folder`` -> manifest."""
+    """Fit k-means (k clusters) on ``fit`` (F, D), label every window of ``vecs`` ({(corpus, split): path}) in a
+    streamed pass, write ``folder`` -> manifest."""
     manifest_path = folder / "manifest.json"
     key = {"k": k, "k_requested": k_req, "embedder": cluster.embedder, "window": window, "seed": cluster.seed,
            "fit_windows": len(fit),
@@ -193,50 +307,59 @@ def _cluster_one(cluster: ClusterConfig, window: int, folder: Path, data, vecs, 
     log(f"[cluster] k-means k={k} on {len(fit):,} generic windows (at most {cluster.iters} iterations)")
     km = kmeans(fit, k, iters=cluster.iters, seed=cluster.seed, spherical=True, progress=True)  # (K, D) unit rows
     (folder / "labels").mkdir(parents=True, exist_ok=True)
-    labels = {}  # {(corpus, split): (N,) int32}
-    for (c, s), v in vecs.items():
-        labels[(c, s)] = assign(np.asarray(v), km.centroids) if len(v) else np.zeros(0, np.int32)
-        _save_npy_atomic(folder / "labels" / f"{c}.{s}.npy", labels[(c, s)].astype(np.int32))
+    counts = {}  # {(corpus, split): (K,) windows per cluster}
+    with tqdm(total=sum(sizes.values()), desc=f"assign k={k}", unit="win", leave=False) as bar:
+        for (c, s), path in vecs.items():
+            counts[(c, s)] = _assign_split(path, folder / "labels" / f"{c}.{s}.npy", sizes[(c, s)], km.centroids, k,
+                                           bar)
     _save_npy_atomic(folder / "centroids.npy", km.centroids.astype(np.float32))
-    hists = {c: histogram(labels[(c, "train")], k).tolist() for c in data.corpora}  # {corpus: (K,)}
+    hists = {c: (counts[(c, "train")] / max(1, counts[(c, "train")].sum())).tolist() for c in data.corpora}
     write_json_atomic(folder / "histograms.json", hists)
 
     domains = data.domain_names()
     is_stats = {}
-    g_labels = labels[(GENERIC, "train")]  # (N,)
+    g_labels = np.load(folder / "labels" / f"{GENERIC}.train.npy", mmap_mode="r")  # (N,) read in chunks
     for d in domains:
-        idx = resample(g_labels, np.asarray(hists[d]), n=len(g_labels), seed=cluster.seed)  # (N,) generic window ids
+        n_draws = min(len(g_labels), REPORT_DRAWS)
+        idx = resample(g_labels, np.asarray(hists[d]), n=n_draws, seed=cluster.seed)  # (n_draws,) generic window ids
         is_stats[d] = resample_stats(idx, g_labels, np.asarray(hists[d]), k)
         is_stats[d]["top_cluster_share"] = float(max(hists[d]))
-    domain_nmi_k = nmi(np.concatenate([labels[(d, "test")] for d in domains]),
-                       np.concatenate([np.full(len(labels[(d, "test")]), i) for i, d in enumerate(domains)]))
+        del idx
+    del g_labels
     manifest = {"key": key, "inertia": km.inertia, "n_iter": km.n_iter, "converged": km.converged,
                 "n_reseeded": km.n_reseeded, "fit_s": time.time() - t0, "embed_s": embed_s,
-                "windows": {f"{c}.{s}": int(len(v)) for (c, s), v in labels.items()},
-                "heldout_domain_nmi_k_domains": heldout_nmi(), "domain_nmi_at_k": domain_nmi_k,
-                "importance_resampling": is_stats}
-    _write_report(folder, data, labels, k, k_req, manifest, cluster.embedder, window)
+                "windows": {f"{c}.{s}": int(n) for (c, s), n in sizes.items()},
+                "heldout_domain_nmi_k_domains": heldout_nmi(), "domain_nmi_at_k": _domain_nmi_at_k(folder, domains)}
+    manifest["importance_resampling"] = is_stats
+    _write_report(folder, data, k, k_req, manifest, cluster.embedder, window)
     write_json_atomic(manifest_path, manifest)  # written last: its presence means "done"
     log(f"[cluster] k={k}: inertia {km.inertia:.1f} after {km.n_iter} iterations; report {folder / 'report.md'}")
     return manifest
 
 
-def _write_report(folder, data, labels, k, k_req, manifest, embedder: str, window: int) -> None:
-    g = labels[(GENERIC, "train")]  # (N,)
+NMI_NEEDS_DOMAINS = "n/a: NMI against the domain needs at least 2 domains"
+
+
+def _write_report(folder, data, k, k_req, manifest, embedder: str, window: int) -> None:
+    g = np.load(folder / "labels" / f"{GENERIC}.train.npy", mmap_mode="r")  # (N,)
     # terms/snippets from a deterministic sample of generic windows (decoding all of them is slow)
     take = np.linspace(0, len(g) - 1, num=min(len(g), 3000)).astype(int) if len(g) else np.zeros(0, int)  # (<= 3000,)
     toks = data.corpora[GENERIC].tokens("train")
     texts = [data.tokenizer.decode(toks[w * window:(w + 1) * window]) for w in take]
-    domain_labels = {d: labels[(d, "train")] for d in data.domain_names()}
-    body = cluster_report(g[take], texts, k, domain_labels=domain_labels)
-    hn = manifest["heldout_domain_nmi_k_domains"]
+    del toks
+    domain_labels = {d: np.load(folder / "labels" / f"{d}.train.npy", mmap_mode="r") for d in data.domain_names()}
+    body = cluster_report(np.asarray(g[take]), texts, k, domain_labels=domain_labels)
+    hn, nk = manifest["heldout_domain_nmi_k_domains"], manifest["domain_nmi_at_k"]
     lines = [f"# Clusters: {embedder} embeddings of {window}-token windows, k={k}"
              + (f" (asked {k_req})" if k != k_req else ""), "",
              f"- k-means on {manifest['key']['fit_windows']:,} generic windows: inertia {manifest['inertia']:.2f}, "
              f"{manifest['n_iter']} iterations, converged: {manifest['converged']}",
              f"- held-out domain separability (k-means with k = number of domains, NMI vs domain): "
-             f"{hn:.3f}" if hn is not None else "- held-out domain separability: n/a",
-             f"- NMI of these k={k} clusters vs domain on held-out domain windows: {manifest['domain_nmi_at_k']:.3f}",
+             f"{hn:.3f}" if hn is not None else f"- held-out domain separability: {NMI_NEEDS_DOMAINS}"
+             + (f" (this run has {len(data.domain_names())})" if len(data.domain_names()) < 2 else
+                " (a domain has no held-out windows)"),
+             f"- NMI of these k={k} clusters vs domain on held-out domain windows: "
+             + (f"{nk:.3f}" if nk is not None else f"{NMI_NEEDS_DOMAINS} (this run has {len(data.domain_names())})"),
              "", "## Importance resampling of the generic windows to each domain's histogram", "",
              "| domain | top-cluster share | ESS / generic windows | unique | max repeats | TV distance | lost mass |",
              "|---|---|---|---|---|---|---|"]

@@ -26,16 +26,22 @@ def main(argv=None):
     parser = build_parser()
     cfg, args = parse(parser, argv)
     with clear_errors(cfg):
-        from mlx_pn.clustering.stage import clustering_folder, clusters_root, run_clustering, window_len
+        from mlx_pn.clustering.stage import (NMI_NEEDS_DOMAINS, clustering_folder, clusters_root, run_clustering,
+                                             window_len)
         from mlx_pn.data.prepare import prepare_data
 
         data = prepare_data(cfg)
         window, root = window_len(cfg.cluster, cfg.pretrain.seq_len), clusters_root(cfg.data_dir)
         results = run_clustering(cfg.cluster, window, root, data, args.k)
+        n_domains = len(data.domain_names())
         for k, m in results.items():
-            hn = m["heldout_domain_nmi_k_domains"]
-            print(f"[cluster] k={k} (used {m['key']['k']}): domain NMI at k {m['domain_nmi_at_k']:.3f}; "
-                  f"held-out domain separability NMI {hn if hn is None else round(hn, 3)}; "
+            hn, nk = m["heldout_domain_nmi_k_domains"], m["domain_nmi_at_k"]
+            if nk is None or hn is None and n_domains < 2:
+                nmis = f"{NMI_NEEDS_DOMAINS} (this run has {n_domains})"
+            else:
+                nmis = (f"domain NMI at k {nk:.3f}; held-out domain separability NMI "
+                        f"{'n/a (a domain has no held-out windows)' if hn is None else round(hn, 3)}")
+            print(f"[cluster] k={k} (used {m['key']['k']}): {nmis}; "
                   f"report: {clustering_folder(cfg.cluster, window, root, k) / 'report.md'}")
 
 
