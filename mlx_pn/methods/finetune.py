@@ -14,8 +14,9 @@ from mlx_pn.costs import StageCost, inference_flops_per_token, training_cost
 from mlx_pn.data.batches import PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
-from mlx_pn.methods.layout import specialize_dir, write_summary
+from mlx_pn.methods.layout import specialize_dir
 from mlx_pn.train.evaluate import bits_per_byte, nll
+from mlx_pn.train.stage import write_summary
 from mlx_pn.train.losses import cross_entropy
 
 
@@ -109,7 +110,7 @@ def finetune(cfg: Config, data: PreparedData, domain: str, model, out: Path, res
     r = train(model, t, batches or domain_batches(cfg, data, domain, t, domain_tokens), out,
               valid_tokens=data.corpora[domain].tokens("valid"), resume=resume, loss_fn=loss_fn,
               desc=f"finetune {domain}", log=log, fingerprint={"start.weights": weights_sha256(model)} | (fingerprint or {}))
-    write_summary(out, r)
+    write_summary(out, r)  # no cost: the specialization's results.json carries it
     return r
 
 
