@@ -82,5 +82,5 @@ def _grid_pretrain(cfg: Config, data, domains: list[str], log) -> None:
         pretrain(cfg, data, log=log, domain=d)
 
 
-SLM_IS = Method("slm-is", pretrain=pretrain, specialize=specialize, check=check_window,
+SLM_IS = Method("slm-is", pretrain=pretrain, specialize=specialize, check=check_window, own_pretraining=False,
                 pretrain_summary=lambda cfg: None, grid_pretrain=_grid_pretrain, clusterings=("k_importance",))

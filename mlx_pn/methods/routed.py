@@ -20,19 +20,19 @@ import numpy as np
 
 from mlx_pn.commands import recipe_command
 from mlx_pn.config import Config, ConfigError, to_dict
-from mlx_pn.costs import StageCost, forward_cost, projection_flops_per_token, train_flops_per_token, training_cost
+from mlx_pn.costs import StageCost, projection_flops_per_token, train_flops_per_token, training_cost
 from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
 from mlx_pn.methods.finetune import (check_vocab, cost_fields, domain_train_tokens, finetune, finetune_costs, measure,
                                      stop_fields)
 from mlx_pn.methods.importance import check_window
-from mlx_pn.methods.layout import method_clustering, pretrain_dir, read_summary, specialize_dir
+from mlx_pn.methods.layout import method_clustering, pretrain_dir, specialize_dir
 from mlx_pn.methods.method import Method
+from mlx_pn.methods.selection import SELECTORS, Context
 from mlx_pn.methods.slm import missing_start, new_model
-from mlx_pn.models.build import load_model, model_args, save_model
+from mlx_pn.models.build import load_model, model_args
 from mlx_pn.train import distributed as dist
-from mlx_pn.train.evaluate import nll
 from mlx_pn.train.stage import Stage, parts_done, run_stage, write_group_summary
 
 
@@ -47,62 +47,28 @@ def resolve_select(cfg: Config, default: str) -> str:
 
 def specialize_routed(cfg: Config, data: PreparedData, domain: str, load, select: str, resume: bool, log,
                       domain_tokens: int = 0) -> dict:
-    """Pick the starting SLM (`select`), then fine-tune it. load() -> make(cluster id | histogram) -> Transformer,
-    called once the clustering is known to be there."""
+    """Pick the starting SLM (`select`: a SELECTORS rule), then fine-tune it. load() -> make(cluster id |
+    histogram) -> Transformer, called once the clustering is known to be there."""
     clusters = method_clustering(cfg)
-    make = load()
-    hist = np.asarray(clusters.histograms[domain], dtype=np.float64)
-    root = pretrain_dir(cfg)
-    out, t, corpus = specialize_dir(cfg, domain, domain_tokens), cfg.finetune, data.corpora[domain]
+    rule, root, t = SELECTORS[select], pretrain_dir(cfg), cfg.finetune
+    c = Context(cfg, data, domain, load(), np.asarray(clusters.histograms[domain], dtype=np.float64), clusters.k,
+                specialize_dir(cfg, domain, domain_tokens), resume, log, domain_tokens)
     t0 = time.time()
-    valid_nll = {}
-    top = ", ".join(f"{i}: {hist[i]:.2f}" for i in np.argsort(-hist)[:3])
-    if select == "histogram":
-        choice = "histogram"
-        log(f"[specialize {cfg.method}] histogram: projecting with {domain}'s whole cluster histogram (top clusters "
-            f"{top})")
-    elif select == "most-frequent":
-        choice = int(hist.argmax())
-        log(f"[specialize {cfg.method}] most-frequent: cluster {choice}, {hist[choice]:.0%} of {domain}'s train "
-            f"windows (top clusters {top})")
-    else:
-        for i in range(clusters.k):
-            if select == "best-loss":
-                m = make(i)
-                valid_nll[i] = nll(m, corpus.tokens("valid"), t.seq_len, t.batch_size,
-                                   t.eval_batches * t.batch_size)["nll"]
-                log(f"[specialize {cfg.method}] best-loss: cluster {i}/{clusters.k}: {domain} valid nll "
-                    f"{valid_nll[i]:.3f}")
-            else:  # all: fine-tune each candidate, compare on domain validation
-                r = finetune(cfg, data, domain, make(i), out / "candidates" / f"expert-{i:02d}", resume, log,
-                             domain_tokens=domain_tokens)
-                valid_nll[i] = r.best_valid_nll
-        choice = min(valid_nll, key=lambda i: valid_nll[i])
-        log(f"[specialize {cfg.method}] {select}: cluster {choice} (domain valid nll "
-            + ", ".join(f"{i}: {v:.3f}" for i, v in valid_nll.items()) + ")")
-    model = make(hist if choice == "histogram" else choice)
+    pick = rule.pick(c)
+    model = c.make(pick.start)
     check_vocab(model, data, str(root))
     before = measure(model, data, domain, cfg, log, "before fine-tuning")
-    if select == "all":
-        model = load_model(out / "candidates" / f"expert-{choice:02d}" / "final")
-        save_model(out / "final", model)
-        r = read_summary(out / "candidates" / f"expert-{choice:02d}")
-    else:
-        r = finetune(cfg, data, domain, model, out, resume, log, domain_tokens=domain_tokens).summary()
+    model, r = rule.tune(c, model, pick)
     after = measure(model, data, domain, cfg, log, "after fine-tuning")
     parts, every = {}, {}
     parts["finetune"], every["finetune"] = finetune_costs(model.args, r, t.seq_len)
-    if select == "best-loss":
-        parts["selection"] = forward_cost(model.args, clusters.k * t.eval_batches * t.batch_size * t.seq_len,
-                                          t.seq_len)
-    elif select == "all":
-        cand = [read_summary(out / "candidates" / f"expert-{i:02d}") for i in range(clusters.k)]
-        costs = [finetune_costs(model.args, c, t.seq_len) for c in cand]  # each candidate: (to its best, all steps)
-        parts["finetune"], every["finetune"] = (sum((c[j] for c in costs), StageCost()) for j in (0, 1))
+    more_parts, more_every = rule.costs(c, model.args)
+    parts.update(more_parts)
+    every.update(more_every)
     results = {
-        "domain": domain, "method": cfg.method, "select": select, "selected_cluster": choice,
-        "k": clusters.k, "domain_histogram": hist.tolist(), "top_cluster_share": float(hist.max()),
-        "candidates_valid_nll": {str(i): v for i, v in valid_nll.items()}, "pretrained_from": str(root),
+        "domain": domain, "method": cfg.method, "select": select, "selected_cluster": pick.choice,
+        "k": clusters.k, "domain_histogram": c.hist.tolist(), "top_cluster_share": float(c.hist.max()),
+        "candidates_valid_nll": {str(i): v for i, v in pick.valid_nll.items()}, "pretrained_from": str(root),
         "domain_train_tokens": len(domain_train_tokens(data, domain, domain_tokens)) - 1,
         "before": before, "after": after, "finetune_steps": r["steps"], "best_step": r["best_step"],
         "stopped_early": r["stopped_early"], **stop_fields(r, t), "wall_s": time.time() - t0,

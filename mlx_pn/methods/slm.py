@@ -29,13 +29,13 @@ def missing_start(src: Path, how: str) -> ConfigError:
     return ConfigError(f"{src} does not exist: run `{how}` with the same --out first")
 
 
-def load_start(src: Path, cfg: Config, section: str | None = None):
+def load_start(src: Path, cfg: Config, section: str = "model"):
     """The pretrained model a specialization starts from; a ConfigError naming the command that makes it, or
     the keys where it differs from the model cfg.<section> describes (model; large for llm)."""
     if not (src / "model.safetensors").exists():
         raise missing_start(src, f"{recipe_command('pretrain')} --method {cfg.method}")
     model = load_model(src)
-    check_same_args(model, cfg, section or ("large" if cfg.method == "llm" else "model"), src)
+    check_same_args(model, cfg, section, src)
     return model
 
 
@@ -79,11 +79,17 @@ def _pretrain_plain(section: str):
     return pretrain
 
 
-def specialize_pretrained(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
-                          domain_tokens: int = 0) -> dict:
-    """Fine-tune the method's own pretrained model (OUT/pretrain[-METHOD]/final) on the domain."""
-    src = pretrain_dir(cfg) / "final"
-    return specialize_model(cfg, data, domain, load_start(src, cfg), src, resume, log, domain_tokens)
+def _specialize_plain(section: str):
+    def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
+                   domain_tokens: int = 0) -> dict:
+        """Fine-tune the method's own pretrained model (OUT/pretrain[-METHOD]/final, cfg.<section>) on the domain."""
+        src = pretrain_dir(cfg) / "final"
+        return specialize_model(cfg, data, domain, load_start(src, cfg, section), src, resume, log, domain_tokens)
+
+    return specialize
+
+
+specialize_pretrained = _specialize_plain("model")
 
 
 def large_model_flops(cfg: Config, vocab: int, k: int) -> float:
@@ -91,7 +97,7 @@ def large_model_flops(cfg: Config, vocab: int, k: int) -> float:
 
 
 SLM = Method("slm", pretrain=_pretrain_plain("model"), specialize=specialize_pretrained)
-LLM = Method("llm", pretrain=_pretrain_plain("large"), specialize=specialize_pretrained,
+LLM = Method("llm", pretrain=_pretrain_plain("large"), specialize=_specialize_plain("large"),
              flops_per_token=large_model_flops)
 
 
@@ -122,5 +128,5 @@ def _nopt_specialize(cfg: Config, data: PreparedData, domain: str, resume: bool 
     return specialize_model(cfg, data, domain, model, None, resume, log, domain_tokens, tune=tune)
 
 
-SLM_NOPT = Method("slm-nopt", pretrain=_nopt_pretrain, specialize=_nopt_specialize,
+SLM_NOPT = Method("slm-nopt", pretrain=_nopt_pretrain, specialize=_nopt_specialize, own_pretraining=False,
                   pretrain_summary=lambda cfg: None, grid_pretrain=lambda *a: None, budgeted=False)
