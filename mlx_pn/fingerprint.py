@@ -52,18 +52,6 @@ def array_sha256(a) -> str:
     return h.hexdigest()
 
 
-def expected(t, tokens=None, model=None) -> dict:
-    """The keys of a pretraining's fingerprint that layout.finished compares before it says "already done": its
-    TrainConfig but the steps (finished compares those itself), the generic train tokens, and the model's
-    args (`model`: the freshly built one, so another width or projected.h is not "already done")."""
-    fp = {k: v for k, v in train_keys(t).items() if k != "train.steps"}
-    if tokens is not None:
-        fp["data.train"] = array_sha256(tokens)
-    if model is not None:
-        fp.update(model_keys(model))
-    return fp
-
-
 def weights_sha256(model) -> str:
     """sha256 over a model's parameters (names, dtypes, shapes, values), in sorted name order."""
     import mlx.core as mx

@@ -314,10 +314,8 @@ def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> di
 def swept(row: Row) -> bool:
     """Rows with a generic pretraining of their own (its summary's validation loss picks the rate); slm-is and
     slm-nopt have none, slm-d's is the slm's and the llm's."""
-    from mlx_pn.methods.method import own_summary
-
     m = METHODS[row.method]
-    return m.budgeted and m.pretrain_summary is own_summary
+    return m.budgeted and m.own_pretraining
 
 
 def lr_sweep(cfg: CompareConfig, rows: list[Row], vocab: int, k: int, run=None) -> dict:

@@ -62,35 +62,18 @@ def pretrain(cfg: Config, data, resume: bool = True, log=print, expert: int | No
 def specialize(cfg: Config, data, domain: str, resume: bool = True, log=print, domain_tokens: int = 0) -> dict:
     """Specialize cfg.method to one domain (domain_tokens: fine-tune on only the first N train tokens) ->
     results.json's contents: test perplexities before and after, the stage's cost."""
-    import json
-
-    from mlx_pn import runlock
-    from mlx_pn.fingerprint import check_same, specialize_fingerprint
-    from mlx_pn.io import write_json_atomic
-    from mlx_pn.train import distributed as dist
+    from mlx_pn.fingerprint import specialize_fingerprint
+    from mlx_pn.train.stage import run_specialize
 
     method, log = check(cfg), _main_rank_log(log)
     check_domain(cfg, data, domain)
-    out = specialize_dir(cfg, domain, domain_tokens)
-    main = dist.is_main()
-    with runlock.hold(out, log, enabled=main):  # one writer per specialization folder
-        results_path = out / "results.json"
-        if resume and results_path.exists():
-            old = json.loads(results_path.read_text())
-            # stale when the config, the domain's shards or the parent model changed since
-            check_same(old.get("fingerprint"), specialize_fingerprint(cfg, data, domain, old.get("pretrained_from"),
-                                                                      old.get("teacher")),
-                       f"[specialize] {domain}: {out}")
-            log(f"[specialize] {domain}: already done ({results_path}); delete {results_path.parent} to redo")
-            return old
-        # --no-resume: the loop moves the old run's files aside (once this stage's model is built and checked)
-        results = method.specialize(cfg, data, domain, resume=resume, log=log, domain_tokens=domain_tokens)
-        # written here, once and with its fingerprint: a results.json never lacks what "already done" compares
-        results["fingerprint"] = specialize_fingerprint(cfg, data, domain, results.get("pretrained_from"),
-                                                        results.get("teacher"))
-        if main:
-            write_json_atomic(results_path, results)
-        return results
+
+    def fingerprint_of(results: dict) -> dict:
+        return specialize_fingerprint(cfg, data, domain, results.get("pretrained_from"), results.get("teacher"))
+
+    return run_specialize(specialize_dir(cfg, domain, domain_tokens), resume, log, f"[specialize] {domain}",
+                          fingerprint_of, lambda: method.specialize(cfg, data, domain, resume=resume, log=log,
+                                                                    domain_tokens=domain_tokens))
 
 
 def load_config(path=None, overrides: dict[str, str] | None = None, cls=Config):

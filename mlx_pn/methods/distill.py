@@ -113,4 +113,4 @@ def _grid_pretrain(cfg: Config, data, domains, log) -> None:
 
 
 SLM_D = Method("slm-d", pretrain=pretrain, specialize=specialize, check=check, pretrain_summary=pretrain_summary,
-               grid_pretrain=_grid_pretrain, brings=(STUDENT, TEACHER))
+               grid_pretrain=_grid_pretrain, brings=(STUDENT, TEACHER), own_pretraining=False)

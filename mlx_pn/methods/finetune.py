@@ -14,8 +14,9 @@ from mlx_pn.costs import StageCost, inference_flops_per_token, training_cost
 from mlx_pn.data.batches import PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
-from mlx_pn.methods.layout import specialize_dir, write_summary
+from mlx_pn.methods.layout import specialize_dir
 from mlx_pn.train.evaluate import bits_per_byte, nll
+from mlx_pn.train.stage import write_summary
 from mlx_pn.train.losses import cross_entropy
 
 
@@ -105,12 +106,26 @@ def finetune(cfg: Config, data: PreparedData, domain: str, model, out: Path, res
     t = t or cfg.finetune
     from mlx_pn.fingerprint import weights_sha256
 
+    batches = batches or domain_batches(cfg, data, domain, t, domain_tokens)
     # the weights it starts from (the pretrained parent): a resume after the parent changed is refused
-    r = train(model, t, batches or domain_batches(cfg, data, domain, t, domain_tokens), out,
-              valid_tokens=data.corpora[domain].tokens("valid"), resume=resume, loss_fn=loss_fn,
-              desc=f"finetune {domain}", log=log, fingerprint={"start.weights": weights_sha256(model)} | (fingerprint or {}))
-    write_summary(out, r)
+    r = train(model, t, batches, out, valid_tokens=data.corpora[domain].tokens("valid"), resume=resume,
+              loss_fn=loss_fn, desc=f"finetune {domain}", log=log,
+              fingerprint={"start.weights": weights_sha256(model)} | (fingerprint or {}))
+    note = step_cap_note(r, t, batches, f"finetune {domain}")
+    if note:
+        log(note)
+    write_summary(out, r)  # no cost: the specialization's results.json carries it
     return r
+
+
+def step_cap_note(r, t, batches, desc: str) -> str | None:
+    """One line when fine-tuning stopped at its step cap while the domain validation was still falling (the
+    best evaluation was the last one): the flag that lifts the cap, and the epochs done."""
+    if r.stopped_by != "steps" or not t.steps or r.best_step is None or r.best_step != r.steps:
+        return None
+    epochs = f" after {batches.epochs(r.steps, t.grad_accum):.2f} epochs" if hasattr(batches, "epochs") else ""
+    return (f"[{desc}] note: stopped at the step cap ({t.steps} steps{epochs}) while validation was still "
+            f"falling; --finetune.steps 0 lifts the cap (early stopping and finetune.max_epochs then end it)")
 
 
 def finetune_costs(args, r: dict, seq_len: int) -> tuple[StageCost, StageCost]:

@@ -12,11 +12,11 @@ from mlx_pn.config import Config, ConfigError
 from mlx_pn.costs import StageCost, training_cost
 from mlx_pn.data.batches import PackedBatches
 from mlx_pn.data.prepare import GENERIC, PreparedData
-from mlx_pn.fingerprint import expected
 from mlx_pn.methods.finetune import check_domain, specialize_model
-from mlx_pn.methods.layout import finished, method_clustering, pretrain_dir, read_summary, write_summary
+from mlx_pn.methods.layout import method_clustering, pretrain_dir, read_summary
 from mlx_pn.methods.method import Method
 from mlx_pn.methods.slm import load_start, missing_start, new_model
+from mlx_pn.train.stage import Stage, run_stage
 
 
 def check_window(cfg: Config) -> None:
@@ -39,31 +39,33 @@ def importance_indices(cfg: Config, data: PreparedData, domain: str) -> tuple[np
     return idx, {"k": clusters.k, **stats}
 
 
+def importance_stage(cfg: Config, data: PreparedData, domain: str) -> Stage:
+    """An SLM pretrained from scratch for one domain on generic windows drawn with the domain's cluster
+    histogram, validated on the domain's validation split (monitoring only)."""
+    t, generic = cfg.pretrain, data.corpora[GENERIC]
+    idx, stats = importance_indices(cfg, data, domain)
+
+    def before(model, batches, log) -> dict:
+        log(f"[pretrain {cfg.method}] {domain}: {len(idx):,} generic windows resampled to its k={stats['k']} "
+            f"histogram (unique {stats.get('unique_fraction', float('nan')):.1%}, effective sample size "
+            f"{stats.get('ess', float('nan')):,.0f})")
+        return {"domain": domain, "importance_resampling": stats}
+
+    return Stage(
+        pretrain_dir(cfg, domain), f"pretrain {cfg.method} {domain}", t, model=lambda: new_model(cfg, data, seed=t.seed),
+        batches=lambda: PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed,
+                                      f"data.generic resampled to {domain}", indices=idx),
+        valid=lambda: (data.corpora[domain].tokens("valid"), None), before=before,
+        extra_config=lambda model: {"mlx_pn_method": cfg.method, "domain": domain},
+        cost=lambda model, r: training_cost(model.args, r.tokens, t.seq_len, r.wall_s))
+
+
 def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None,
              domain: str | None = None) -> dict:
-    """An SLM pretrained from scratch for one domain (default cfg.domain) on generic windows drawn with the
-    domain's cluster histogram, validated on the domain's validation split (monitoring only)."""
-    from mlx_pn.train.loop import train
-
+    """slm-is's pretraining for one domain (default cfg.domain) -> OUT/pretrain-slm-is/DOMAIN."""
     domain = domain or cfg.domain
     check_domain(cfg, data, domain)
-    out, t = pretrain_dir(cfg, domain), cfg.pretrain
-    what = f"pretrain {cfg.method} {domain}"
-    model = new_model(cfg, data, seed=t.seed)
-    done = finished(out, t.steps, resume, log, what, expected(t, data.corpora[GENERIC].tokens("train"), model))
-    if done:
-        return done
-    idx, stats = importance_indices(cfg, data, domain)
-    log(f"[pretrain {cfg.method}] {domain}: {len(idx):,} generic windows resampled to its k={stats['k']} histogram "
-        f"(unique {stats.get('unique_fraction', float('nan')):.1%}, effective sample size "
-        f"{stats.get('ess', float('nan')):,.0f})")
-    generic = data.corpora[GENERIC]
-    batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed,
-                            f"data.generic resampled to {domain}", indices=idx)
-    r = train(model, t, batches, out, valid_tokens=data.corpora[domain].tokens("valid"), resume=resume,
-              desc=what, extra_config={"mlx_pn_method": cfg.method, "domain": domain}, log=log)
-    return write_summary(out, r, training_cost(model.args, r.tokens, t.seq_len, r.wall_s), domain=domain,
-                         importance_resampling=stats)
+    return run_stage(importance_stage(cfg, data, domain), resume, log)
 
 
 def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
@@ -80,5 +82,5 @@ def _grid_pretrain(cfg: Config, data, domains: list[str], log) -> None:
         pretrain(cfg, data, log=log, domain=d)
 
 
-SLM_IS = Method("slm-is", pretrain=pretrain, specialize=specialize, check=check_window,
+SLM_IS = Method("slm-is", pretrain=pretrain, specialize=specialize, check=check_window, own_pretraining=False,
                 pretrain_summary=lambda cfg: None, grid_pretrain=_grid_pretrain, clusterings=("k_importance",))

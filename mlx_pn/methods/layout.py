@@ -1,4 +1,4 @@
-"""Where every method's stages write, and how a stage knows it has already finished.
+"""Where every method's stages write (mlx_pn.train.stage keeps each folder's books).
 
     OUT/data/                        tokenizer + shards (mlx_pn.data.prepare)
     OUT/pretrain[-METHOD]/           checkpoints, metrics.jsonl, final/, summary.json (with its "cost")
@@ -16,9 +16,6 @@ import json
 from pathlib import Path
 
 from mlx_pn.config import Config, ConfigError, check_name
-from mlx_pn.costs import StageCost
-from mlx_pn.fingerprint import check_same
-from mlx_pn.io import write_json_atomic
 
 BASE_METHOD = "slm"  # its folders carry no method suffix (OUT/pretrain, OUT/specialize)
 
@@ -44,36 +41,6 @@ def specialize_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
 def as_method(cfg: Config, method: str) -> Config:
     """The same config for another method (slm-d reads slm's and llm's folders)."""
     return dataclasses.replace(cfg, method=method)
-
-
-def finished(out: Path, steps: int, resume: bool, log, what: str, fingerprint: dict | None = None) -> dict | None:
-    """The summary of a stage that already ran `steps` steps to the end, else None. fingerprint: what this
-    command would train (mlx_pn.train.loop.run_fingerprint, or the keys of it known before the model is
-    built); a finished run made with other values of those keys is a StaleRunError, not "already done"."""
-    summary = out / "summary.json"
-    if resume and summary.exists() and (out / "final" / "model.safetensors").exists():
-        s = json.loads(summary.read_text())
-        # "cost" is written with the summary once the stage is complete: without it the stage was killed
-        # before its end (resuming from the final checkpoint writes both)
-        if (s.get("steps") == steps or s.get("planned_steps") == steps) and "cost" in s:
-            if fingerprint is not None:
-                check_same(s.get("fingerprint"), fingerprint, f"[{what}] {out}")
-            log(f"[{what}] already done ({out}); delete it to retrain")
-            return s
-    return None
-
-
-def write_summary(out: Path, result, cost: StageCost | None = None, group=None, **extra) -> dict:
-    """OUT/.../summary.json of one training run: the loop's result, then the stage's cost and extras.
-    Written by the rank that wrote the run (rank 0 of `group`, the train() argument)."""
-    from mlx_pn.train import distributed as dist
-
-    summary = result.summary() | {"fingerprint": getattr(result, "fingerprint", {})}
-    if cost is not None:
-        summary.update(cost=cost.as_dict(), **extra)
-    if dist.resolve(group)[1] == 0:
-        write_json_atomic(out / "summary.json", summary)
-    return summary
 
 
 def read_summary(folder: Path) -> dict | None:

@@ -61,3 +61,6 @@ class Method:
     brings: tuple[str, ...] = ()  # methods whose rows it reuses in the grid (slm-d: its student and teacher)
     budgeted: bool = True  # False: no pretraining, so one grid row whatever the budget
     experts: bool = False  # pretrain(expert=i) trains one of several independent models
+    # a generic pretraining of its own in pretrain_dir (the grid's learning-rate sweep picks its rate by its
+    # validation loss); False: none (slm-nopt), one per domain (slm-is) or others' (slm-d)
+    own_pretraining: bool = True

@@ -13,7 +13,6 @@ keep the best validation: k times the cost) | histogram (pn/hn: project with the
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -21,21 +20,20 @@ import numpy as np
 
 from mlx_pn.commands import recipe_command
 from mlx_pn.config import Config, ConfigError, to_dict
-from mlx_pn.costs import StageCost, forward_cost, projection_flops_per_token, train_flops_per_token, training_cost
+from mlx_pn.costs import StageCost, projection_flops_per_token, train_flops_per_token, training_cost
 from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
-from mlx_pn.fingerprint import expected
-from mlx_pn.io import write_json_atomic
 from mlx_pn.methods.finetune import (check_vocab, cost_fields, domain_train_tokens, finetune, finetune_costs, measure,
                                      stop_fields)
 from mlx_pn.methods.importance import check_window
-from mlx_pn.methods.layout import (finished, method_clustering, pretrain_dir, read_summary, specialize_dir,
-                                   write_summary)
+from mlx_pn.methods.layout import method_clustering, pretrain_dir, specialize_dir
 from mlx_pn.methods.method import Method
+from mlx_pn.methods.selection import SELECTORS, Context
 from mlx_pn.methods.slm import missing_start, new_model
-from mlx_pn.models.build import load_model, model_args, save_model
-from mlx_pn.train.evaluate import nll
+from mlx_pn.models.build import load_model, model_args
+from mlx_pn.train import distributed as dist
+from mlx_pn.train.stage import Stage, parts_done, run_stage, write_group_summary
 
 
 def _mean(xs):
@@ -49,62 +47,28 @@ def resolve_select(cfg: Config, default: str) -> str:
 
 def specialize_routed(cfg: Config, data: PreparedData, domain: str, load, select: str, resume: bool, log,
                       domain_tokens: int = 0) -> dict:
-    """Pick the starting SLM (`select`), then fine-tune it. load() -> make(cluster id | histogram) -> Transformer,
-    called once the clustering is known to be there."""
+    """Pick the starting SLM (`select`: a SELECTORS rule), then fine-tune it. load() -> make(cluster id |
+    histogram) -> Transformer, called once the clustering is known to be there."""
     clusters = method_clustering(cfg)
-    make = load()
-    hist = np.asarray(clusters.histograms[domain], dtype=np.float64)
-    root = pretrain_dir(cfg)
-    out, t, corpus = specialize_dir(cfg, domain, domain_tokens), cfg.finetune, data.corpora[domain]
+    rule, root, t = SELECTORS[select], pretrain_dir(cfg), cfg.finetune
+    c = Context(cfg, data, domain, load(), np.asarray(clusters.histograms[domain], dtype=np.float64), clusters.k,
+                specialize_dir(cfg, domain, domain_tokens), resume, log, domain_tokens)
     t0 = time.time()
-    valid_nll = {}
-    top = ", ".join(f"{i}: {hist[i]:.2f}" for i in np.argsort(-hist)[:3])
-    if select == "histogram":
-        choice = "histogram"
-        log(f"[specialize {cfg.method}] histogram: projecting with {domain}'s whole cluster histogram (top clusters "
-            f"{top})")
-    elif select == "most-frequent":
-        choice = int(hist.argmax())
-        log(f"[specialize {cfg.method}] most-frequent: cluster {choice}, {hist[choice]:.0%} of {domain}'s train "
-            f"windows (top clusters {top})")
-    else:
-        for i in range(clusters.k):
-            if select == "best-loss":
-                m = make(i)
-                valid_nll[i] = nll(m, corpus.tokens("valid"), t.seq_len, t.batch_size,
-                                   t.eval_batches * t.batch_size)["nll"]
-                log(f"[specialize {cfg.method}] best-loss: cluster {i}/{clusters.k}: {domain} valid nll "
-                    f"{valid_nll[i]:.3f}")
-            else:  # all: fine-tune each candidate, compare on domain validation
-                r = finetune(cfg, data, domain, make(i), out / "candidates" / f"expert-{i:02d}", resume, log,
-                             domain_tokens=domain_tokens)
-                valid_nll[i] = r.best_valid_nll
-        choice = min(valid_nll, key=lambda i: valid_nll[i])
-        log(f"[specialize {cfg.method}] {select}: cluster {choice} (domain valid nll "
-            + ", ".join(f"{i}: {v:.3f}" for i, v in valid_nll.items()) + ")")
-    model = make(hist if choice == "histogram" else choice)
+    pick = rule.pick(c)
+    model = c.make(pick.start)
     check_vocab(model, data, str(root))
     before = measure(model, data, domain, cfg, log, "before fine-tuning")
-    if select == "all":
-        model = load_model(out / "candidates" / f"expert-{choice:02d}" / "final")
-        save_model(out / "final", model)
-        r = read_summary(out / "candidates" / f"expert-{choice:02d}")
-    else:
-        r = finetune(cfg, data, domain, model, out, resume, log, domain_tokens=domain_tokens).summary()
+    model, r = rule.tune(c, model, pick)
     after = measure(model, data, domain, cfg, log, "after fine-tuning")
     parts, every = {}, {}
     parts["finetune"], every["finetune"] = finetune_costs(model.args, r, t.seq_len)
-    if select == "best-loss":
-        parts["selection"] = forward_cost(model.args, clusters.k * t.eval_batches * t.batch_size * t.seq_len,
-                                          t.seq_len)
-    elif select == "all":
-        cand = [read_summary(out / "candidates" / f"expert-{i:02d}") for i in range(clusters.k)]
-        costs = [finetune_costs(model.args, c, t.seq_len) for c in cand]  # each candidate: (to its best, all steps)
-        parts["finetune"], every["finetune"] = (sum((c[j] for c in costs), StageCost()) for j in (0, 1))
+    more_parts, more_every = rule.costs(c, model.args)
+    parts.update(more_parts)
+    every.update(more_every)
     results = {
-        "domain": domain, "method": cfg.method, "select": select, "selected_cluster": choice,
-        "k": clusters.k, "domain_histogram": hist.tolist(), "top_cluster_share": float(hist.max()),
-        "candidates_valid_nll": {str(i): v for i, v in valid_nll.items()}, "pretrained_from": str(root),
+        "domain": domain, "method": cfg.method, "select": select, "selected_cluster": pick.choice,
+        "k": clusters.k, "domain_histogram": c.hist.tolist(), "top_cluster_share": float(c.hist.max()),
+        "candidates_valid_nll": {str(i): v for i, v in pick.valid_nll.items()}, "pretrained_from": str(root),
         "domain_train_tokens": len(domain_train_tokens(data, domain, domain_tokens)) - 1,
         "before": before, "after": after, "finetune_steps": r["steps"], "best_step": r["best_step"],
         "stopped_early": r["stopped_early"], **stop_fields(r, t), "wall_s": time.time() - t0,
@@ -145,44 +109,50 @@ def projected_flops(cfg: Config, vocab: int, k: int) -> float:
 
 
 def projected_method(name: str, coefficients: str, default_select: str) -> Method:
-    def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None) -> dict:
+    def stage(cfg: Config, data: PreparedData) -> Stage:
         """One projected network, each window routed by its own cluster (E, M or the hypernetwork, and the
         basis T all trained jointly)."""
         from mlx_pn.models.projected import build_projected, expert_cosine, projected_config
-        from mlx_pn.train.loop import train
-        from mlx_pn.train.losses import cross_entropy
 
-        out, t = pretrain_dir(cfg), cfg.pretrain
+        t, generic = cfg.pretrain, data.corpora[GENERIC]
         clusters = method_clustering(cfg)
         pargs = projected_args(cfg, clusters.k, coefficients)
         slm_args = model_args(cfg.model, data.tokenizer.vocab_size)
-        model = build_projected(slm_args, pargs, seed=t.seed)
-        done = finished(out, t.steps, resume, log, f"pretrain {cfg.method}",
-                        expected(t, data.corpora[GENERIC].tokens("train"), model))
-        if done:
-            return done
-        cos_init = expert_cosine(model)
-        log(f"[pretrain {cfg.method}] {model.num_params() / 1e6:.2f}M parameters (k={pargs.k}, m={pargs.m}, "
-            f"h={pargs.h}); each specialized SLM has the {cfg.model.preset} preset's size; experts' cosine at init "
-            f"{cos_init:.3f} (projected.code_shared={pargs.code_shared})")
-        generic = data.corpora[GENERIC]
-        if cfg.projected.grouped:
-            batches = ClusterGroupedBatches(generic.tokens("train"), t.seq_len, t.batch_size,
-                                            clusters.labels(GENERIC, "train"), t.seed, "data.generic (train split)")
-        else:
-            batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed,
-                                    "data.generic (train split)", labels=clusters.labels(GENERIC, "train"))
-        valid, vlabels = generic.tokens("valid"), clusters.labels(GENERIC, "valid")
-        if len(vlabels) < len(eval_windows(valid, t.seq_len)):
-            valid, vlabels = None, None  # a split shorter than one window has no cluster label
-        r = train(model, t, batches, out, valid_tokens=valid, valid_labels=vlabels, loss_fn=cross_entropy,
-                  resume=resume, desc=f"pretrain {cfg.method}", extra_config=projected_config(model, cfg.method),
-                  log=log)
-        unit = t.seq_len * (t.batch_size if cfg.projected.grouped else 1)  # tokens sharing one materialised MLP
-        extra = projection_flops_per_token(slm_args, model.pargs.h, t.seq_len, unit)
-        # how far the experts diverged: mean pairwise cosine of the clusters' coefficient vectors (init: ~rho)
-        return write_summary(out, r, training_cost(slm_args, r.tokens, t.seq_len, r.wall_s, extra_per_token=extra),
-                             expert_cosine=expert_cosine(model), expert_cosine_init=cos_init)
+        labels = clusters.labels(GENERIC, "train")
+
+        def batches():
+            if cfg.projected.grouped:
+                return ClusterGroupedBatches(generic.tokens("train"), t.seq_len, t.batch_size, labels, t.seed,
+                                             "data.generic (train split)")
+            return PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed,
+                                 "data.generic (train split)", labels=labels)
+
+        def valid():
+            valid, vlabels = generic.tokens("valid"), clusters.labels(GENERIC, "valid")
+            if len(vlabels) < len(eval_windows(valid, t.seq_len)):
+                return None, None  # a split shorter than one window has no cluster label
+            return valid, vlabels
+
+        def before(model, batches, log) -> dict:
+            cos_init = expert_cosine(model)
+            log(f"[pretrain {cfg.method}] {model.num_params() / 1e6:.2f}M parameters (k={pargs.k}, m={pargs.m}, "
+                f"h={pargs.h}); each specialized SLM has the {cfg.model.preset} preset's size; experts' cosine at "
+                f"init {cos_init:.3f} (projected.code_shared={pargs.code_shared})")
+            return {"expert_cosine_init": cos_init}
+
+        def cost(model, r):
+            unit = t.seq_len * (t.batch_size if cfg.projected.grouped else 1)  # tokens sharing one materialised MLP
+            extra = projection_flops_per_token(slm_args, model.pargs.h, t.seq_len, unit)
+            return training_cost(slm_args, r.tokens, t.seq_len, r.wall_s, extra_per_token=extra)
+
+        # after: how far the experts diverged (mean pairwise cosine of the clusters' coefficients; init: ~rho)
+        return Stage(pretrain_dir(cfg), f"pretrain {cfg.method}", t,
+                     model=lambda: build_projected(slm_args, pargs, seed=t.seed), batches=batches, valid=valid,
+                     cost=cost, before=before, after=lambda model: {"expert_cosine": expert_cosine(model)},
+                     extra_config=lambda model: projected_config(model, cfg.method))
+
+    def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None) -> dict:
+        return run_stage(stage(cfg, data), resume, log)
 
     def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
                    domain_tokens: int = 0) -> dict:
@@ -253,6 +223,32 @@ def mixture_check(cfg: Config) -> None:
                           "separate models: use --select most-frequent, best-loss or all")
 
 
+def mixture_expert_stage(cfg: Config, data: PreparedData, i: int, k: int, texp, args, labels, vwin, vlab) -> Stage:
+    """Expert i of slm-mix: an SLM on the generic windows of cluster i, validated on that cluster's validation
+    windows; one process trains it alone (dist.SOLO: under mlx.launch the ranks share the experts out)."""
+    t, tokens = cfg.pretrain, data.corpora[GENERIC].tokens("train")
+    n = max(0, (len(tokens) - 1) // t.seq_len)
+    steps, batch = texp.steps, texp.batch_size
+
+    def batches():
+        idx = expert_windows(labels, n, i)
+        if len(idx) < batch:
+            raise DataError(f"{cfg.method} expert {i}: cluster {i} has {len(idx)} generic training windows, fewer "
+                            f"than one batch of {batch}; lower cluster.k or pretrain.batch_size")
+        return PackedBatches(tokens, t.seq_len, batch, t.seed, f"data.generic cluster {i}", indices=idx)
+
+    def before(model, batches, log) -> dict:
+        log(f"[pretrain {cfg.method}] expert {i}/{k}: {steps} steps x batch {batch} on {len(batches.indices)} "
+            f"windows ({batches.epochs(steps, t.grad_accum):.2f} epochs of its cluster)")
+        return {}
+
+    valid = vwin[vlab == i] if len(vlab) == len(vwin) and (vlab == i).any() else None
+    return Stage(expert_dir(pretrain_dir(cfg), i), f"pretrain expert {i}", texp,
+                 model=lambda: new_model(cfg, data, seed=t.seed + i), batches=batches, valid=lambda: (valid, None),
+                 before=before, extra_config=lambda model: {"mlx_pn_method": cfg.method, "expert": i, "k": k},
+                 cost=lambda model, r: training_cost(args, r.tokens, t.seq_len, r.wall_s), group=dist.SOLO)
+
+
 def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print,
                      expert: int | None = None) -> dict:
     """k independent SLMs, expert i trained only on the generic windows of cluster i.
@@ -261,9 +257,6 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
     pretraining). Each expert's validation uses the generic validation windows of its own cluster (as many
     windows as the slm's validation: eval_batches x k at the smaller batch). expert: train just that expert
     (k processes can share the work); under mlx.launch the ranks share the experts out round-robin."""
-    from mlx_pn.train import distributed as dist
-    from mlx_pn.train.loop import train
-
     root, t = pretrain_dir(cfg), cfg.pretrain
     clusters = method_clustering(cfg)
     k = clusters.k
@@ -273,41 +266,23 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
     if expert is not None and not 0 <= expert < k:
         raise ConfigError(f"--expert {expert}: the clustering has k={k} clusters; pick 0..{k - 1}")
     generic = data.corpora[GENERIC]
-    tokens, labels = generic.tokens("train"), clusters.labels(GENERIC, "train")
-    n = max(0, (len(tokens) - 1) // t.seq_len)
+    labels = clusters.labels(GENERIC, "train")
     vwin = eval_windows(generic.tokens("valid"), t.seq_len)
     vlab = clusters.labels(GENERIC, "valid")[:len(vwin)]
     args = model_args(cfg.model, data.tokenizer.vocab_size)
     for i in ([expert] if expert is not None else dist.my_share(range(k))):
-        out = expert_dir(root, i)
-        model = new_model(cfg, data, seed=t.seed + i)
-        if finished(out, steps, resume, log, f"pretrain {cfg.method} expert {i}", expected(texp, tokens, model)):
-            continue
-        idx = expert_windows(labels, n, i)
-        if len(idx) < batch:
-            raise DataError(f"{cfg.method} expert {i}: cluster {i} has {len(idx)} generic training windows, fewer "
-                            f"than one batch of {batch}; lower cluster.k or pretrain.batch_size")
-        batches = PackedBatches(tokens, t.seq_len, batch, t.seed, f"data.generic cluster {i}", indices=idx)
-        log(f"[pretrain {cfg.method}] expert {i}/{k}: {steps} steps x batch {batch} on {len(idx)} windows "
-            f"({batches.epochs(steps, t.grad_accum):.2f} epochs of its cluster)")
-        valid = vwin[vlab == i] if len(vlab) == len(vwin) and (vlab == i).any() else None
-        r = train(model, texp, batches, out, valid_tokens=valid, resume=resume, desc=f"pretrain expert {i}",
-                  extra_config={"mlx_pn_method": cfg.method, "expert": i, "k": k}, log=log, group=dist.SOLO)
-        write_summary(out, r, training_cost(args, r.tokens, t.seq_len, r.wall_s), group=dist.SOLO)
+        run_stage(mixture_expert_stage(cfg, data, i, k, texp, args, labels, vwin, vlab), resume, log)
     if expert is None:
         dist.barrier(dist.world()[0])  # every rank's experts are written before the summary is made
-    have = [s for s in (read_summary(expert_dir(root, i)) for i in range(k))
-            if s is not None and (expert_dir(root, i) / "final" / "model.safetensors").exists()]
+    have = parts_done([expert_dir(root, i) for i in range(k)])
     cost = sum((StageCost.from_dict(h.get("cost")) for h in have), StageCost())
     summary = {"method": cfg.method, "k": k, "accounting": cfg.mixture.accounting, "expert_steps": steps,
                "expert_batch_size": batch, "planned_steps": t.steps,
                "steps": steps * len(have), "experts_done": len(have), "cost": cost.as_dict(),
                "best_valid_nll": _mean([h["best_valid_nll"] for h in have])}
-    if len(have) == k and dist.is_main():
-        write_json_atomic(root / "summary.json", summary)
-    else:
+    if len(have) < k:
         log(f"[pretrain {cfg.method}] {len(have)}/{k} experts done; train the others with --expert i")
-    return summary
+    return write_group_summary(root, summary, complete=len(have) == k)
 
 
 def mixture_specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,

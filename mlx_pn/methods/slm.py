@@ -12,9 +12,10 @@ from mlx_pn.costs import StageCost, train_flops_per_token, training_cost
 from mlx_pn.data.batches import PackedBatches
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.methods.finetune import finetune, specialize_model
-from mlx_pn.methods.layout import BASE_METHOD, finished, pretrain_dir, write_summary
+from mlx_pn.methods.layout import BASE_METHOD, pretrain_dir
 from mlx_pn.methods.method import Method
 from mlx_pn.models.build import build_model, load_model, model_args
+from mlx_pn.train.stage import Stage, run_stage
 
 
 def new_model(cfg: Config, data: PreparedData, section: str = "model", seed: int = 0):
@@ -28,13 +29,13 @@ def missing_start(src: Path, how: str) -> ConfigError:
     return ConfigError(f"{src} does not exist: run `{how}` with the same --out first")
 
 
-def load_start(src: Path, cfg: Config, section: str | None = None):
+def load_start(src: Path, cfg: Config, section: str = "model"):
     """The pretrained model a specialization starts from; a ConfigError naming the command that makes it, or
     the keys where it differs from the model cfg.<section> describes (model; large for llm)."""
     if not (src / "model.safetensors").exists():
         raise missing_start(src, f"{recipe_command('pretrain')} --method {cfg.method}")
     model = load_model(src)
-    check_same_args(model, cfg, section or ("large" if cfg.method == "llm" else "model"), src)
+    check_same_args(model, cfg, section, src)
     return model
 
 
@@ -51,36 +52,44 @@ def check_same_args(model, cfg: Config, section: str, src: Path) -> None:
                           f"or --no-resume)")
 
 
-def _pretrain_plain(section: str):
-    def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None) -> dict:
-        """One model (cfg.<section>) on the generic train split -> pretrain_dir(cfg)."""
-        out, t = pretrain_dir(cfg), cfg.pretrain
-        what = "pretrain" if cfg.method == BASE_METHOD else f"pretrain {cfg.method}"
-        model = new_model(cfg, data, section, seed=t.seed)
-        generic = data.corpora[GENERIC]
-        batches = PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed, "data.generic (train split)")
-        from mlx_pn.train.loop import run_fingerprint, train
+def plain_stage(cfg: Config, data: PreparedData, section: str) -> Stage:
+    """One model (cfg.<section>) on the generic train split -> pretrain_dir(cfg)."""
+    t, generic = cfg.pretrain, data.corpora[GENERIC]
+    what = "pretrain" if cfg.method == BASE_METHOD else f"pretrain {cfg.method}"
 
-        # "already done" only for this model, data and optimisation (finished() compares the steps itself)
-        fp = run_fingerprint(model, t, batches, generic.tokens("valid"))
-        done = finished(out, t.steps, resume, log, what, {k: v for k, v in fp.items() if k != "train.steps"})
-        if done:
-            return done
+    def before(model, batches, log) -> dict:
         log(f"[{what}] {getattr(cfg, section).preset} model: {model.num_params() / 1e6:.2f}M parameters "
             f"({model.num_params(embeddings=False) / 1e6:.2f}M without embeddings)")
         log(f"[{what}] {t.steps} steps x {t.batch_size * t.grad_accum * t.seq_len} tokens = "
             f"{batches.epochs(t.steps, t.grad_accum):.2f} epochs of the generic train split")
-        r = train(model, t, batches, out, valid_tokens=generic.tokens("valid"), resume=resume, desc=what, log=log)
-        return write_summary(out, r, training_cost(model.args, r.tokens, t.seq_len, r.wall_s))
+        return {}
+
+    return Stage(
+        pretrain_dir(cfg), what, t, model=lambda: new_model(cfg, data, section, seed=t.seed),
+        batches=lambda: PackedBatches(generic.tokens("train"), t.seq_len, t.batch_size, t.seed,
+                                      "data.generic (train split)"),
+        valid=lambda: (generic.tokens("valid"), None), before=before,
+        cost=lambda model, r: training_cost(model.args, r.tokens, t.seq_len, r.wall_s))
+
+
+def _pretrain_plain(section: str):
+    def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, expert=None) -> dict:
+        return run_stage(plain_stage(cfg, data, section), resume, log)
 
     return pretrain
 
 
-def specialize_pretrained(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
-                          domain_tokens: int = 0) -> dict:
-    """Fine-tune the method's own pretrained model (OUT/pretrain[-METHOD]/final) on the domain."""
-    src = pretrain_dir(cfg) / "final"
-    return specialize_model(cfg, data, domain, load_start(src, cfg), src, resume, log, domain_tokens)
+def _specialize_plain(section: str):
+    def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
+                   domain_tokens: int = 0) -> dict:
+        """Fine-tune the method's own pretrained model (OUT/pretrain[-METHOD]/final, cfg.<section>) on the domain."""
+        src = pretrain_dir(cfg) / "final"
+        return specialize_model(cfg, data, domain, load_start(src, cfg, section), src, resume, log, domain_tokens)
+
+    return specialize
+
+
+specialize_pretrained = _specialize_plain("model")
 
 
 def large_model_flops(cfg: Config, vocab: int, k: int) -> float:
@@ -88,7 +97,7 @@ def large_model_flops(cfg: Config, vocab: int, k: int) -> float:
 
 
 SLM = Method("slm", pretrain=_pretrain_plain("model"), specialize=specialize_pretrained)
-LLM = Method("llm", pretrain=_pretrain_plain("large"), specialize=specialize_pretrained,
+LLM = Method("llm", pretrain=_pretrain_plain("large"), specialize=_specialize_plain("large"),
              flops_per_token=large_model_flops)
 
 
@@ -119,5 +128,5 @@ def _nopt_specialize(cfg: Config, data: PreparedData, domain: str, resume: bool 
     return specialize_model(cfg, data, domain, model, None, resume, log, domain_tokens, tune=tune)
 
 
-SLM_NOPT = Method("slm-nopt", pretrain=_nopt_pretrain, specialize=_nopt_specialize,
+SLM_NOPT = Method("slm-nopt", pretrain=_nopt_pretrain, specialize=_nopt_specialize, own_pretraining=False,
                   pretrain_summary=lambda cfg: None, grid_pretrain=lambda *a: None, budgeted=False)
