@@ -115,3 +115,19 @@ def test_the_index_is_the_same_for_one_and_two_workers(tmp_path):
     assert files == sorted(p.name for p in (tmp_path / "two").iterdir()) and "shingles.bin" in files
     for name in files:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_a_second_near_index_replaces_the_band_files_instead_of_overwriting_them(tmp_path):
+    """Two launches on one run build the generic reference at once: writing the band files in place truncated them
+    under the other process's memory map (it died of SIGBUS in the concurrent kill test). They are replaced by a
+    rename, so a map keeps the old file whole."""
+    import os
+
+    texts = make_corpus(tmp_path / "gen", seed=4, n=80)
+    index = build_index(load_documents(str(tmp_path / "gen")), tmp_path / "idx")
+    first = DiskNearIndex(index, np.arange(len(texts)))
+    path = tmp_path / "idx" / "near-band00-keys.npy"
+    inode = os.stat(path).st_ino
+    DiskNearIndex(index, np.arange(len(texts)))
+    assert os.stat(path).st_ino != inode
+    assert first.contains(texts[3]) and not list((tmp_path / "idx").glob(".*.tmp"))

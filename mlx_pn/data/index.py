@@ -13,6 +13,7 @@ shingles stay on disk, so a corpus of any size in bytes fits.
 from __future__ import annotations
 
 import hashlib
+import os
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,15 @@ def split_of(index: CorpusIndex, valid_fraction: float, test_fraction: float, re
     return code.astype(np.int8), moved
 
 
+def _save_replacing(path: Path, a: np.ndarray) -> None:
+    """np.save by a temp file renamed over `path`: another process (a second launch on the same run) may have
+    the old file memory-mapped, and overwriting it in place would truncate it under that map (SIGBUS)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, a)
+    os.replace(tmp, path)
+
+
 class DiskNearIndex:
     """mlx_pn.data.dedup.NearIndex over the documents `members` (positions in the index, in their split's order),
     answered from the on-disk index: .contains(text) is True when the text is an exact or near copy of one."""
@@ -239,11 +249,11 @@ class DiskNearIndex:
         for b in range(dedup.BANDS):
             k = np.asarray(index.sig[self.members, b * _ROWS:(b + 1) * _ROWS])
             order = np.lexsort((pos,) + tuple(k[:, j] for j in reversed(range(_ROWS))))
-            np.save(index.folder / f"near-band{b:02d}-keys.npy", k[order])
-            np.save(index.folder / f"near-band{b:02d}-pos.npy", pos[order])
+            keys_path, pos_path = (index.folder / f"near-band{b:02d}-{part}.npy" for part in ("keys", "pos"))
+            _save_replacing(keys_path, k[order])
+            _save_replacing(pos_path, pos[order])
             del k, order
-            self.bands.append((np.load(index.folder / f"near-band{b:02d}-keys.npy", mmap_mode="r"),
-                               np.load(index.folder / f"near-band{b:02d}-pos.npy", mmap_mode="r")))
+            self.bands.append((np.load(keys_path, mmap_mode="r"), np.load(pos_path, mmap_mode="r")))
 
     def _has_key(self, key: bytes) -> bool:
         k = np.frombuffer(key, dtype=np.dtype((np.void, 12)))[0]
