@@ -56,7 +56,7 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
     tok_dir = root / "tokenizer"
     split_key = {"valid_fraction": cfg.data.valid_fraction, "test_fraction": cfg.data.test_fraction,
                  "max_docs": cfg.data.max_docs}
-    prints = {name: fingerprint(spec) for name, (spec, _) in sources.items() if name in wanted}
+    prints = {name: fingerprint(spec, field=field) for name, (spec, field) in sources.items() if name in wanted}
     tok_key = {"generic": prints[GENERIC], "vocab_size": cfg.data.vocab_size, **split_key,
                "sample_mb": cfg.data.tokenizer_sample_mb}
     meta = tok_dir / "source.json"
@@ -85,7 +85,7 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         tok = train_tokenizer((d.text for d in splits["train"]), cfg.data.vocab_size, tok_dir,
                               cfg.data.tokenizer_sample_mb, meta=tok_key)
 
-    corpora, generic_train = {}, None
+    corpora, generic_train, generic_keys = {}, None, set()
     for name in wanted:
         spec, field = sources[name]
         folder = root / "shards" / name
@@ -104,12 +104,14 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         if not fresh:
             splits, how = generic_splits if (name == GENERIC and generic_splits is not None) else \
                 load_splits(spec, field, cfg.data.valid_fraction, cfg.data.test_fraction, cfg.data.max_docs)
-            if name == GENERIC:
-                generic_train = dedup.NearIndex([d.text for d in splits["train"]])
-            elif generic_train is None:  # the generic shards were cached: its train split, for the overlap
-                generic_train = dedup.NearIndex([d.text for d in load_splits(
-                    cfg.data.generic, "data.generic", cfg.data.valid_fraction, cfg.data.test_fraction,
-                    cfg.data.max_docs)[0]["train"]])
+            if name != GENERIC and generic_train is None and generic_splits is None:  # generic shards cached: read it
+                generic_splits = load_splits(cfg.data.generic, "data.generic", cfg.data.valid_fraction,
+                                             cfg.data.test_fraction, cfg.data.max_docs)
+            if generic_train is None:
+                gsplits = splits if name == GENERIC else generic_splits[0]
+                generic_train = dedup.NearIndex([d.text for d in gsplits["train"]])
+                # every generic document's normalised-text hash (12 bytes each): a domain made of generic text
+                generic_keys = {dedup.exact_key(d.text) for docs in gsplits.values() for d in docs}
             # the duplicates left (groups across splits: given splits only) and the generic/domain overlap
             leaks = dedup.leak_report(splits, None if name == GENERIC else generic_train)
             m = build_shards(name, splits, tok, root / "shards", spec, extra={"split": split_key, "fingerprint": prints[name],
@@ -123,6 +125,17 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                     f"({leaks['exact_duplicates']} exact, {leaks['near_duplicates']} near copies), "
                     f"{leaks['groups_across_splits']} groups across splits, {over} valid/test documents also in the "
                     f"generic train split (manifest.json: duplicates)")
+            held = sum(len(splits[s]) for s in ("valid", "test") if s in splits)
+            copies = 0 if name == GENERIC else sum(dedup.exact_key(d.text) in generic_keys
+                                                   for docs in splits.values() for d in docs)
+            n_docs = sum(len(docs) for docs in splits.values())
+            if name != GENERIC and ((held and over == held) or copies == n_docs):
+                log(f"[data] warning: {name}: " + (f"all {n_docs} of its documents are also in the generic text"
+                                                   if copies == n_docs else f"all {held} of its valid/test documents "
+                                                   f"also sit in the generic train split") +
+                    f": this domain looks like a part of the generic text, so the model is pretrained on it and its "
+                    f"perplexities say little about specialization; point {field} at other text, or take it out of "
+                    f"data.generic")
         corpora[name] = Corpus(folder, tok)
         if only is not None and name in only:  # a domain about to be specialized to: every split is read
             _check_splits(corpora[name], spec, field, cfg)

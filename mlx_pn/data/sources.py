@@ -3,8 +3,8 @@
 A *source spec* is one of:
 - ``bundled:NAME``: a real-text sample shipped in ``mlx_pn/data/bundled/NAME.jsonl.gz``;
 - a path: ``.txt``/``.md``/``.rst``/``.py`` (one document per file), ``.jsonl``/``.jsonl.gz``
-  (one document per line, field ``text``), ``.parquet`` (column ``text``, read through
-  ``datasets``), or a folder holding any of these (read recursively, in sorted order);
+  (one document per line, field ``text``), ``.parquet`` (string column ``text``, read
+  with pyarrow), or a folder holding any of these (read recursively, in sorted order);
 - ``hf:DATASET[/CONFIG][:SPLIT]``: a Hugging Face dataset (needs internet; a user option only).
 
 A ``.jsonl`` record is mlx-lm's ``{"text": ...}``, ``{"prompt": ..., "completion": ...}`` or
@@ -58,10 +58,25 @@ def bundled_names() -> list[str]:
     return sorted(p.name[: -len(".jsonl.gz")] for p in BUNDLED_DIR.glob("*.jsonl.gz"))
 
 
+def _utf16(raw: bytes) -> bool:
+    """A UTF-16 text: its byte-order mark, or (without one) a NUL in every other byte of an ASCII-heavy start."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return True
+    head = raw[:4096]
+    return len(head) >= 4 and (head[1::2].count(0) > 0.4 * len(head) / 2 or head[0::2].count(0) > 0.4 * len(head) / 2)
+
+
 def _decode(raw: bytes, where: str) -> str:
+    utf16 = DataError(f"{where}: UTF-16 text, not UTF-8; re-encode it, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`, "
+                      f"or remove the file from the source list")
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
+        if "\x00" in text and _utf16(raw):  # ASCII in UTF-16 without a BOM is valid UTF-8, NUL every other byte
+            raise utf16
+        return text
     except UnicodeDecodeError as e:
+        if _utf16(raw):
+            raise utf16 from None
         raise DataError(
             f"{where}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); re-encode it, e.g. "
             f"`iconv -f latin1 -t utf-8 IN > OUT`, or remove the file from the source list"
@@ -136,15 +151,37 @@ def _jsonl(path: Path) -> Iterator[Document]:
 
 
 def _parquet(path: Path) -> Iterator[Document]:
+    """Rows of a .parquet file, read by record batches with pyarrow (bounded memory; unlike datasets'
+    load_dataset it writes no cache, e.g. into ~/.cache/huggingface). Column 'text' (strings), optional 'id'."""
     try:
-        import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path}: reading .parquet needs the 'datasets' package: pip install datasets") from None
-    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    if "text" not in ds.column_names:
-        raise DataError(f"{path}: no 'text' column (columns: {ds.column_names}); rename the text column to 'text'")
-    for i, row in enumerate(ds):
-        yield Document(str(row.get("id", f"{path.name}:{i}")), row["text"])
+        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install pyarrow (or the 'hf' extra)") from None
+    try:
+        f = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:120]}); convert it to "
+                        f"parquet with a string column 'text', or use .jsonl") from None
+    columns = f.schema_arrow.names
+    if "text" not in columns:
+        raise DataError(f"{path}: no 'text' column (columns: {columns}); rename the text column to 'text'")
+    kind = f.schema_arrow.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{path}: column 'text' holds {kind}, not strings; store the documents as strings")
+    want = ["text"] + (["id"] if "id" in columns else [])
+    i = 0
+    try:
+        for batch in f.iter_batches(batch_size=1024, columns=want):
+            rows = batch.to_pydict()
+            for j, text in enumerate(rows["text"]):
+                if text is None:
+                    raise DataError(f"{path}: row {i}: field 'text' is null; drop that row or give it text")
+                doc_id = rows["id"][j] if "id" in rows else None
+                yield Document(str(f"{path.name}:{i}" if doc_id is None else doc_id), text)
+                i += 1
+    except pa.ArrowException as e:
+        raise DataError(f"{path}: unreadable after row {i} ({str(e).splitlines()[0][:120]}); re-create the file") from None
 
 
 def _hub(spec: str) -> Iterator[Document]:
@@ -190,6 +227,21 @@ def _path(path: Path, field: str, root: Path | None = None) -> Iterator[Document
         yield Document(doc_id, _decode(path.read_bytes(), str(path)))
 
 
+def _existing(part: str, field: str) -> Path:
+    """The path a spec part names: it exists and is a folder or a regular file (a symlink to /dev/zero or a FIFO
+    would be read forever or block in open())."""
+    path = Path(part).expanduser()
+    if not path.exists():
+        raise DataError(f"{field}: '{path}' does not exist; fix the path or use a bundled corpus "
+                        f"({', '.join('bundled:' + n for n in bundled_names())})")
+    if not (path.is_dir() or path.is_file()):
+        what = "a FIFO" if path.is_fifo() else "a device" if path.is_char_device() or path.is_block_device() else \
+            "not a regular file"
+        raise DataError(f"{field}: '{path}' is {what}" + (f" ({path.resolve()})" if path.is_symlink() else "")
+                        + "; give a regular text file or a folder of them")
+    return path
+
+
 def _parts(spec: str) -> list[str]:
     return [s.strip() for s in spec.split(",") if s.strip()]
 
@@ -206,10 +258,7 @@ def read_source(spec: str, field: str = "data") -> Iterator[Document]:
         elif part.startswith("hf:"):
             docs = _hub(part)
         else:
-            path = Path(part).expanduser()
-            if not path.exists():
-                raise DataError(f"{field}: '{path}' does not exist; fix the path or use a bundled corpus "
-                                f"({', '.join('bundled:' + n for n in bundled_names())})")
+            path = _existing(part, field)
             docs = _path(path, field)
         for d in docs:
             text = d.text.strip()
@@ -222,24 +271,30 @@ def read_source(spec: str, field: str = "data") -> Iterator[Document]:
                 yield Document(d.id, text)
 
 
-def source_files(spec: str) -> list[Path] | None:
-    """The files a spec reads, in order; None when it is not local (a hub dataset)."""
+def source_files(spec: str, field: str = "data") -> list[Path] | None:
+    """The files a spec reads, in order; None when it is not local (a hub dataset). A part that is neither a
+    folder nor a regular file is a DataError (read_source's)."""
     files: list[Path] = []
     for part in [s.strip() for s in spec.split(",") if s.strip()]:
         if part.startswith("hf:"):
             return None
-        path = _bundled_path(part[len("bundled:"):]) if part.startswith("bundled:") else Path(part)
+        if part.startswith("bundled:"):
+            path = _bundled_path(part[len("bundled:"):])
+        elif Path(part).expanduser().exists():
+            path = _existing(part, field)
+        else:
+            continue
         files.extend(_files(path) if path.is_dir() else [path] if path.exists() else [])
     return files
 
 
-def fingerprint(spec: str, legacy: bool = False) -> str:
+def fingerprint(spec: str, legacy: bool = False, field: str = "data") -> str:
     """sha256 over the spec and the content of every file it reads: cached shards are rebuilt when the
     text changes, not only when the spec does. A bundled file counts by its name, not by where this checkout
     lies, so a moved checkout keeps its data; legacy: the older hash over every file's absolute path (shards
     and tokenizers made with it are still accepted)."""
     h = hashlib.sha256(spec.encode())
-    for f in source_files(spec) or []:
+    for f in source_files(spec, field) or []:
         bundled = not legacy and f.parent == BUNDLED_DIR
         h.update(f"bundled:{f.name}".encode() if bundled else str(f).encode())
         with open(f, "rb") as fh:
@@ -311,6 +366,11 @@ def load_splits(spec: str, field: str, valid_fraction: float, test_fraction: flo
         folder = Path(part).expanduser()
         own = {s: load_documents(str(folder / f"{s}.jsonl"), field, max_docs, allow_empty=s != "train")
                for s in SPLITS if (folder / f"{s}.jsonl").is_file()}
+        for s, frac in (("valid", valid_fraction), ("test", test_fraction)):
+            if s in own and not own[s] and frac > 0:
+                raise DataError(f"{field}: {folder / f'{s}.jsonl'} is empty (no non-empty records); add held-out "
+                                f"records to it, or delete it to carve {s} out of train.jsonl ({frac:.0%} of its "
+                                f"documents)")
         missing = [s for s in ("valid", "test") if s not in own]
         if missing:
             carve = split_documents(own["train"], valid_fraction if "valid" in missing else 0.0,
