@@ -80,7 +80,7 @@ def test_utf16_file_gets_utf16_advice(tmp_path, bom):
     text = "A document in UTF-16.\nSecond line."
     raw = text.encode("utf-16") if bom else text.encode("utf-16-le")
     (tmp_path / "u.txt").write_bytes(raw)
-    with pytest.raises(DataError, match=r"u.txt: UTF-16 text, not UTF-8; .*iconv -f utf-16 -t utf-8"):
+    with pytest.raises(DataError, match=r"u.txt: not valid UTF-8 but UTF-16 text; .*iconv -f utf-16 -t utf-8"):
         load_documents(str(tmp_path / "u.txt"))
     (tmp_path / "l.txt").write_bytes("caf\xe9 au lait".encode("latin1"))
     with pytest.raises(DataError, match="iconv -f latin1"):

@@ -67,7 +67,7 @@ def _utf16(raw: bytes) -> bool:
 
 
 def _decode(raw: bytes, where: str) -> str:
-    utf16 = DataError(f"{where}: UTF-16 text, not UTF-8; re-encode it, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`, "
+    utf16 = DataError(f"{where}: not valid UTF-8 but UTF-16 text; re-encode it, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`, "
                       f"or remove the file from the source list")
     try:
         text = raw.decode("utf-8")
