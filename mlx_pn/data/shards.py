@@ -36,10 +36,16 @@ def _stamps(folder: Path, splits) -> dict:
     return out
 
 
-def shard_bytes_needed(splits: dict[str, list[Document]], itemsize: int) -> int:
+def shard_bytes_needed(splits: dict[str, list[Document]], itemsize: int, sizes: dict[str, list[int]] | None = None
+                       ) -> int:
     """Upper bound of the shard files' size: byte fallback gives at most one token per UTF-8 byte, plus
-    the dummy-prefix piece and the eos of every document."""
-    return sum((len(d.text.encode("utf-8")) + 2) * itemsize for docs in splits.values() for d in docs) + (1 << 20)
+    the dummy-prefix piece and the eos of every document. sizes: the documents' UTF-8 sizes, if known."""
+    sizes = sizes or _utf8_sizes(splits)
+    return sum((n + 2) * itemsize for ns in sizes.values() for n in ns) + (1 << 20)
+
+
+def _utf8_sizes(splits: dict[str, list[Document]]) -> dict[str, list[int]]:
+    return {split: [len(d.text.encode("utf-8")) for d in docs] for split, docs in splits.items()}
 
 
 def _dtype(vocab_size: int) -> np.dtype:
@@ -58,8 +64,9 @@ def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, f
     except ForeignFolderError as e:
         raise DataError(str(e)) from None
     dtype = _dtype(tok.vocab_size)
+    sizes = _utf8_sizes(splits)
     try:
-        check_disk_space(folder, shard_bytes_needed(splits, dtype.itemsize), f"the token shards of '{name}'",
+        check_disk_space(folder, shard_bytes_needed(splits, dtype.itemsize, sizes), f"the token shards of '{name}'",
                          "free some space, or set data.dir to a folder on a larger disk")
     except DiskSpaceError as e:
         raise DataError(str(e)) from None
@@ -67,21 +74,26 @@ def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, f
                 "dtype": dtype.name, "eos_id": tok.eos_id, **(extra or {}), "splits": {}}
 
     def write(tmp: Path):
-        total = sum(len(d) for d in splits.values())
-        with tqdm(total=total, desc=f"tokenize {name}", unit="doc", leave=False) as bar:
+        # progress in UTF-8 bytes (what the encoding time follows; a document count forecast badly), tokens beside
+        total_tokens = 0
+        with tqdm(total=sum(map(sum, sizes.values())), desc=f"tokenize {name}", unit="B", unit_scale=True,
+                  leave=False) as bar:
             for split, docs in splits.items():
                 n_tokens = 0
                 with open(tmp / f"{split}.bin", "wb") as f:
                     for i in range(0, len(docs), batch_docs):
                         chunk = docs[i:i + batch_docs]
+                        flat: list[int] = []
                         for ids in tok.encode_batch([d.text for d in chunk]):
-                            arr = np.asarray(ids + [tok.eos_id], dtype=dtype)
-                            f.write(arr.tobytes())
-                            n_tokens += arr.size
-                        bar.update(len(chunk))
+                            flat += ids
+                            flat.append(tok.eos_id)
+                        f.write(np.asarray(flat, dtype=dtype).tobytes())  # one array per batch, not per document
+                        n_tokens += len(flat)
+                        total_tokens += len(flat)
+                        bar.set_postfix_str(f"{total_tokens:,} tokens", refresh=False)
+                        bar.update(sum(sizes[split][i:i + batch_docs]))
                 manifest["splits"][split] = {
-                    "documents": len(docs), "tokens": n_tokens,
-                    "bytes_utf8": sum(len(d.text.encode()) for d in docs),
+                    "documents": len(docs), "tokens": n_tokens, "bytes_utf8": sum(sizes[split]),
                     "sha256": file_sha256(tmp / f"{split}.bin"),
                 }
         write_json_atomic(tmp / MANIFEST, manifest)
