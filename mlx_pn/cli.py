@@ -16,7 +16,7 @@ import sys
 import typing
 from pathlib import Path
 
-from mlx_pn.config import Config, ConfigError, _base_type, leaf_keys
+from mlx_pn.config import PRESETS, Config, ConfigError, _base_type, leaf_keys
 
 
 def _shown(path: Path) -> str:
@@ -40,8 +40,8 @@ def build_parser(description: str, cls=Config, extra: typing.Callable | None = N
         epilog="Precedence: command line > --config file > defaults. Keys are dotted: --pretrain.lr 3e-4.",
     )
     shown = "" if default_config is None else f"; default: {_shown(default_config)}"
-    p.add_argument("--config", help=f"YAML or JSON config file, or a packaged preset by name (tiny, quickstart, "
-                   f"cpu, ...: mlx_pn/recipes/configs/){shown}",
+    presets = ", ".join(sorted(f.stem for f in PRESETS.glob("*.yaml")))
+    p.add_argument("--config", help=f"YAML or JSON config file, or a packaged preset by name ({presets}){shown}",
                    default=None if default_config is None else str(default_config))
     p.config_class = cls  # parse() builds this class
     if extra:
@@ -83,9 +83,30 @@ def parse(parser: argparse.ArgumentParser, argv=None, cls=None):
     interrupt.install_sigterm()
     try:
         cfg = load_config(args.config, overrides, cls)
+        _adopt_remembered_data(cfg, args.config, overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as interrupt.Terminated
         interrupt.exit_interrupted(e)
     return cfg, args
+
+
+def _adopt_remembered_data(cfg, config_file, overrides: dict) -> None:
+    """A run remembers its data (mlx_pn.data.remembered): keys the user did not set default to the run's own."""
+    from mlx_pn.config import load_file
+    from mlx_pn.data import remembered
+
+    if getattr(cfg, "data", None) is None or not hasattr(cfg, "data_dir"):
+        return
+    explicit = set(overrides) | (remembered.dotted_keys(load_file(config_file)) if config_file else set())
+    changed = remembered.adopt(cfg, explicit)
+    if changed:
+        print(f"[data] this run's data was prepared with other settings; using them "
+              f"({cfg.data_dir / remembered.FILE}): " + ", ".join(f"{k}={_short(cfg, k)}" for k in changed),
+              file=sys.stderr)
+
+
+def _short(cfg, key: str) -> str:
+    v = getattr(cfg.data, key.split(".", 1)[1])
+    return ",".join(v) if isinstance(v, dict) else repr(v)

@@ -28,7 +28,13 @@ def check_name(name, key: str) -> str:
             c in name for c in "/\\\0") or name.startswith((".", "~")):
         raise ConfigError(f"{key}: {name!r} is not a usable name (it becomes a folder): use letters, digits, '-' "
                           f"or '_', with no '/', '\\', '..', leading '.' or '~', and not empty")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f"{key}: a {len(name.encode())}-byte name is too long for a folder name; use at most "
+                          f"{MAX_NAME_BYTES} bytes")
     return name
+
+
+MAX_NAME_BYTES = 100  # a name becomes a folder, and the run adds its own names below it (255 bytes each at most)
 
 
 def _need(ok: bool, key: str, value, rule: str, fix: str) -> None:
@@ -69,6 +75,8 @@ class DataConfig:
     max_docs: int = _f(0, "use at most this many documents per corpus (0 = all); handy for smoke runs")
     test_windows: int = _f(0, "evaluate at most this many windows of each test split (0 = all; bits/byte only "
                               "when all)")
+    workers: int = _f(0, "processes that index the text for splitting and de-duplication (0 = one per core); the "
+                         "result is the same for any number")
 
     def check(self, name: str = "data") -> None:
         """ConfigError naming `{name}.KEY`, the value and the fix, for a value this section cannot use."""
@@ -83,8 +91,8 @@ class DataConfig:
             raise ConfigError(f"{name}.vocab_size={self.vocab_size} is too small: byte fallback alone needs 259 ids")
         _need(_finite(self.tokenizer_sample_mb) and self.tokenizer_sample_mb > 0, f"{name}.tokenizer_sample_mb",
               self.tokenizer_sample_mb, "a finite number > 0", "the default is 32")
-        for k in ("max_docs", "test_windows"):
-            _need(getattr(self, k) >= 0, f"{name}.{k}", getattr(self, k), ">= 0", "0 means all")
+        for k in ("max_docs", "test_windows", "workers"):
+            _need(getattr(self, k) >= 0, f"{name}.{k}", getattr(self, k), ">= 0", "0 means all (cores, for workers)")
 
 
 @dataclass
@@ -494,12 +502,34 @@ def load_file(path: str | Path) -> dict:
         if path.suffix == ".json":
             d = json.loads(text)
         else:
-            import yaml
-
-            d = yaml.safe_load(text)
+            d = _yaml_without_duplicate_keys(text, path)
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - any parse error becomes a ConfigError naming the file
         raise ConfigError(f"{path}: cannot parse ({e})") from None
     return d or {}
+
+
+def _yaml_without_duplicate_keys(text: str, path: Path):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: YAML keeps the last silently, so
+    a second `pretrain:` section dropped the first one's lr back to the default."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{path}: key '{key}' appears twice in one section (lines {seen[key]} and "
+                                  f"{key_node.start_mark.line + 1}); keep one and merge what is under them")
+            seen[key] = key_node.start_mark.line + 1
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None, cls=Config):

@@ -110,76 +110,106 @@ def mlx_lm_config(model: Transformer, dtype: str = "float32") -> dict:
     return cfg
 
 
-def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quantize: int | None = None,
-                  group_size: int = 64, dtype: str = "float32", force: bool = False,
-                  verify: bool = True, card_from: str | Path | None = None, base_model: str | None = None,
-                  log=None) -> dict:
-    """Write `out` atomically; returns a report with the verification result. card_from: the trained model's
-    folder; with it, out/README.md is its model card (mlx_pn.model_card; base_model goes in its front matter).
-    log: where the steps are said as they start (writing, verifying with mlx-lm, the result); None: silent."""
-    say = log or (lambda *a: None)
-    from mlx_lm.utils import quantize_model
-
-    out = Path(out)
-    tok_dir = Path(tokenizer_hf_dir)
+def check_inputs(model, tok_dir: Path, out: Path, dtype: str, force: bool, card_from, log) -> bool:
+    """ExportError unless the tokenizer matches the model and `out` may be written -> force: True also when `out` is
+    an export a kill cut short after its rename (no README.md although a card was asked for): it is redone."""
     if out.exists() and not force:
-        raise ExportError(f"export directory {out} already exists; pass --force to overwrite it or choose another")
+        from mlx_pn.io import has_marker
+
+        if not (card_from is not None and has_marker(out, "export") and not (out / "README.md").exists()):
+            raise ExportError(f"export directory {out} already exists; pass --force to overwrite it or choose another")
+        log(f"[export] {out} has no README.md (an export stopped after its rename): writing it again")
+        force = True
     if not (tok_dir / "tokenizer.json").exists():
         raise ExportError(f"{tok_dir}/tokenizer.json is missing; rebuild the tokenizer (data stage)")
-    vocab = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    links = [f for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+             if (tok_dir / f).is_symlink()]
+    if links:  # an export is published as is (mlx_lm upload): never copy what a link points at
+        raise ExportError(f"{tok_dir / links[0]} is a symbolic link (to {(tok_dir / links[0]).resolve()}); the export "
+                          f"copies only the tokenizer's own files: replace the link with the file, or rebuild the "
+                          f"tokenizer (data stage)")
+    try:
+        vocab = json.loads((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+        len(vocab)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{tok_dir / 'tokenizer.json'} is not a readable tokenizer ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:80] if str(e) else 'no model.vocab'}); rebuild the tokenizer "
+                          f"(data stage)") from None
     if len(vocab) != model.args.vocab_size:
         raise ExportError(f"tokenizer {tok_dir} has {len(vocab)} ids but the model's vocab_size is "
                           f"{model.args.vocab_size}; export with the tokenizer the model was trained with")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ExportError(f"--dtype must be float32, float16 or bfloat16, got {dtype}")
-    is_byte = isinstance(model, byte_lm.Model)
     check_finite_weights(model)
+    return force
 
-    if is_byte:
+
+def export_model_and_config(model, quantize: int | None, group_size: int, dtype: str):
+    """The model as mlx-lm will load it -> (that model, its config.json, its quantizable layers (None unquantized),
+    its parameter count before quantization): a byte model as itself, a token model as a plain llama (shared
+    FFN / o_proj written into every layer), in `dtype`, quantized by mlx-lm when asked."""
+    from mlx_lm.utils import quantize_model
+
+    if isinstance(model, byte_lm.Model):
         if quantize:
             raise ExportError("--quantize is not supported for byte-level models (model.frontend=byte)")
         export_model = byte_lm.Model(model.args)
         export_model.update(model.parameters())
         cfg = byte_config(export_model, dtype)
     else:
-        export_model = unshared(model)  # a fresh plain llama; shared FFN / o_proj written into every layer
+        export_model = unshared(model)
         cfg = mlx_lm_config(export_model, dtype)
     export_model.set_dtype(getattr(mx, dtype))
+    n_params = int(sum(v.size for k, v in tree_flatten(export_model.parameters()) if k != "byte_table"))
+    layers = None
     if quantize:
         if quantize not in (2, 3, 4, 5, 6, 8):
             raise ExportError(f"--quantize must be one of 2,3,4,5,6,8 bits, got {quantize}")
         layers = quantizable_layers(export_model)
         check_group_size(layers, group_size)
         export_model, cfg = quantize_model(export_model, cfg, group_size=group_size, bits=quantize)
+    return export_model, cfg, layers, n_params
 
-    def write(tmp: Path):
-        os.chmod(tmp, user_mode())  # mkdtemp's 0o700 would make the export unreadable to others
-        weights = dict(tree_flatten(export_model.parameters()))
-        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
-        (tmp / "config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=4))
-        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (tok_dir / f).exists():
-                shutil.copy(tok_dir / f, tmp / f)
-        (tmp / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID}, indent=2))
-        if is_byte:
-            shutil.copy(byte_lm.__file__, tmp / cfg["model_file"])
 
-    report = {"path": str(out), "quantize": quantize, "dtype": dtype,
-              "params": int(model.num_params()), "exported_params": int(
-                  sum(v.size for k, v in tree_flatten(export_model.parameters()) if k != "byte_table"))}
+def write_export(tmp: Path, export_model, cfg: dict, tok_dir: Path) -> None:
+    """The export's files into `tmp`: weights, config.json, the tokenizer (with the chat template), the
+    generation config, and the byte model's code for a byte model."""
+    os.chmod(tmp, user_mode())  # mkdtemp's 0o700 would make the export unreadable to others
+    weights = dict(tree_flatten(export_model.parameters()))
+    mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (tmp / "config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=4))
+    copy_tokenizer_files(tok_dir, tmp)
+    add_chat_template(tmp / "tokenizer_config.json")
+    (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID}, indent=2))
+    if "model_file" in cfg:
+        shutil.copy(byte_lm.__file__, tmp / cfg["model_file"])
+
+
+def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quantize: int | None = None,
+                  group_size: int = 64, dtype: str = "float32", force: bool = False,
+                  verify: bool = True, card_from: str | Path | None = None, base_model: str | None = None,
+                  log=None) -> dict:
+    """Write `out` atomically; returns a report with the verification result. card_from: the trained model's
+    folder; with it, out/README.md is its model card (mlx_pn.model_card; base_model goes in its front matter),
+    written before the rename like every other file. log: where the steps are said as they start (writing,
+    verifying with mlx-lm, the result); None: silent."""
+    say = log or (lambda *a: None)
+    out, tok_dir = Path(out), Path(tokenizer_hf_dir)
+    force = check_inputs(model, tok_dir, out, dtype, force, card_from, say)
+    export_model, cfg, layers, n_params = export_model_and_config(model, quantize, group_size, dtype)
+    report = {"path": str(out), "quantize": quantize, "dtype": dtype, "params": int(model.num_params()),
+              "exported_params": n_params}
     weight_bytes = sum(v.nbytes for _, v in tree_flatten(export_model.parameters()))
     # twice the weights: with --force the old export stays until the new one has replaced it
     check_disk_space(out.parent, 2 * weight_bytes + (8 << 20), f"the export {out.name}",
                      "free some space or export elsewhere (--to)")
 
     def write_and_verify(tmp: Path):
-        """Verified in the temporary folder: only a verified export ever has its final name (an error or Ctrl-C
-        here leaves nothing under it)."""
+        """Verified in the temporary folder: only a verified export, card included, ever has its final name (an
+        error, Ctrl-C or a kill before the rename leaves nothing under it)."""
         kind = f"{quantize}-bit, group size {group_size}" if quantize else dtype
-        say(f"[export] {out}: writing {report['exported_params'] / 1e6:.2f}M parameters ({kind}, "
-            f"{weight_bytes / 2**20:.1f} MiB)")
-        write(tmp)
+        say(f"[export] {out}: writing {n_params / 1e6:.2f}M parameters ({kind}, {weight_bytes / 2**20:.1f} MiB)")
+        write_export(tmp, export_model, cfg, tok_dir)
         t0 = time.time()
         if verify:
             say("[export] verifying: loading it with mlx_lm.load and comparing its logits on a fixed input with the "
@@ -199,14 +229,40 @@ def export_mlx_lm(model, tokenizer_hf_dir: str | Path, out: str | Path, *, quant
         if verify:
             say(f"[export] verified in {time.time() - t0:.1f} s: max |logit diff| {report['max_abs_logit_diff']:.2g}, "
                 f"greedy token agreement {report['argmax_agreement']:.0%}")
+        if card_from is not None:
+            from mlx_pn.model_card import write_model_card
+
+            write_model_card(tmp, card_from, report, base_model)
 
     # --force replaces only a previous export (marked, or an old one of only export files): never a run folder
     atomic_folder(out, write_and_verify, kind="export", legacy=_old_export)
-    if card_from is not None:
-        from mlx_pn.model_card import write_model_card
-
-        write_model_card(out, card_from, report, base_model)
     return report
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_tokenizer_files(tok_dir: Path, dest: Path) -> None:
+    """The tokenizer's own files into `dest` (check_inputs refused links: nothing a link points at is copied)."""
+    for f in TOKENIZER_FILES:
+        if (tok_dir / f).is_file():
+            shutil.copyfile(tok_dir / f, dest / f, follow_symlinks=False)
+
+
+# How mlx_pn.data.sources turns prompt/completion and messages records into training text: one "ROLE: CONTENT" line
+# per message. As the tokenizer's chat template, mlx-lm's lora (prompt/completion data) and its server's chat
+# endpoint format chats the way the model was trained; the generation prompt stops at "assistant:" since training
+# text has the space inside the completion's first piece.
+# (newlines as Jinja string literals: Hugging Face renders templates with trim_blocks, which eats one after a tag)
+CHAT_TEMPLATE = ("{% for message in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
+                 "{{ message['role'] }}: {{ message['content'] }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '\\nassistant:' }}{% endif %}")
+
+
+def add_chat_template(tokenizer_config: Path) -> None:
+    cfg = json.loads(tokenizer_config.read_text()) if tokenizer_config.exists() else {}
+    cfg["chat_template"] = CHAT_TEMPLATE
+    tokenizer_config.write_text(json.dumps(cfg, indent=2))
 
 
 def user_mode() -> int:

@@ -81,6 +81,59 @@ def check_replaceable(folder: str | Path, kind: str, legacy: Callable[[Path], bo
                              f"folder")
 
 
+RUN = "run"  # the marker kind of an output folder a command claimed (--out, data.dir): claim_output
+_PACKAGE = Path(__file__).resolve().parent  # the installed library: never an output folder
+_TRACES = (MARKER, ".lock")  # what this library leaves in every stage folder it writes (markers, run locks)
+
+
+def _library_made(folder: Path, depth: int = 2) -> bool:
+    """A folder written before output folders were marked: a marker or a run lock of this library in it or up to
+    `depth` levels below (a user's own folder, however its files are named, has neither)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    if any(e.name in _TRACES for e in entries):
+        return True
+    return depth > 0 and any(e.is_dir(follow_symlinks=False) and _library_made(Path(e.path), depth - 1)
+                             for e in entries if not e.name.startswith("."))
+
+
+def claim_output(folder: str | Path, flag: str = "--out") -> Path:
+    """Make `folder` (given by `flag`) this command's output folder, before anything is written under it: refused
+    (ForeignFolderError, one line) when it is a file, inside the installed library, a path too long for the file
+    system, or an existing folder this library did not make (not empty, no marker of kind 'run' and no trace of an
+    earlier run): a user's own `pretrain/summary.json` is never replaced, `--out /` writes nothing. Otherwise the
+    folder is created if need be and marked."""
+    folder = Path(folder).expanduser()
+    raw = os.fsencode(str(folder.absolute()))
+    if len(raw) > 4000 or any(len(part) > 255 for part in raw.split(b"/")):
+        raise ForeignFolderError(f"{flag} {str(folder)[:80]}...: the path is too long for the file system "
+                                 f"({len(raw)} bytes; at most 4096 in all and 255 a name); choose a shorter one")
+    resolved = folder.resolve()
+    if resolved == _PACKAGE or _PACKAGE in resolved.parents:
+        raise ForeignFolderError(f"{flag} {folder} is inside the installed mlx_pn package ({_PACKAGE}); outputs "
+                                 f"there would be lost on reinstall and could shadow its files: choose a folder "
+                                 f"outside it, e.g. runs/NAME")
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        where = "the file system root" if resolved == Path(resolved.anchor) else "your home folder"
+        raise ForeignFolderError(f"{flag} {folder} is {where}; the run writes data/, pretrain/ ... into it: pick a "
+                                 f"folder of its own, e.g. runs/mine")
+    if folder.exists() and not folder.is_dir():
+        raise ForeignFolderError(f"{flag} {folder} is a file, not a folder; choose a folder (it is created if "
+                                 f"missing)")
+    if folder.is_dir() and not has_marker(folder, RUN):
+        if any(folder.iterdir()) and not _library_made(folder):
+            raise ForeignFolderError(f"{flag} {folder} holds files this library did not write (no {MARKER}); "
+                                     f"refusing to write into it: choose a new or empty folder, e.g. "
+                                     f"{flag} {folder / 'mlx-pn-run'}")
+    with writing(folder.parent if folder.parent.exists() else None):
+        folder.mkdir(parents=True, exist_ok=True)
+        if not has_marker(folder, RUN):
+            write_marker(folder, RUN)
+    return folder
+
+
 def check_inside(path: str | Path, root: str | Path, what: str) -> Path:
     """`path` resolved; a ForeignFolderError when it falls outside `root` (a name with '..' or '/' in it)."""
     p, r = Path(path).resolve(), Path(root).resolve()
@@ -151,27 +204,32 @@ def _tmp_prefix(path: Path, kind: str = "tmp") -> str:
     return f".{path.name}.{kind}-{os.getpid()}-"
 
 
-def _crash_point(after: bool) -> None:
-    """The MLX_PN_CRASH_AT_WRITE test hook (see the module docstring)."""
+def _crash_point(write_no: int, after: bool) -> None:
+    """The MLX_PN_CRASH_AT_WRITE test hook (see the module docstring). write_no: the number _begin gave this write,
+    not the running count: writes nested in a folder's write (its files) advance the count before the folder's own
+    rename, which a check of the count would then never reach."""
     spec = os.environ.get("MLX_PN_CRASH_AT_WRITE")
     if not spec:
         return
     n, plus = int(spec.rstrip("+")), spec.endswith("+")
-    if _writes == n and plus == after:
+    if write_no == n and plus == after:
         sys.stdout.flush()
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _begin(parent: Path) -> None:
+def _begin(parent: Path) -> int:
+    """Before a durable write into `parent`: the folder made, stale temporaries swept -> this write's number."""
     global _writes
     parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(parent)
     _writes += 1
+    return _writes
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
+_LONG = (errno.ENAMETOOLONG,)
 
 
 def free_mb(folder: str | Path) -> float | None:
@@ -202,6 +260,11 @@ def write_error(e: BaseException, folder: str | Path | None) -> WriteError | Non
     if mlx_full or (isinstance(e, OSError) and e.errno in _FULL):
         return DiskSpaceError(f"disk full while writing {where}: {left} ({text}); free some space or point --out / "
                               f"data.dir at a disk with room, then rerun the same command (finished parts are kept)")
+    if isinstance(e, OSError) and e.errno in _LONG:
+        name = str(e.filename or where)
+        return WriteError(f"cannot write {name[:100]}{'...' if len(name) > 100 else ''}: the name is too long for "
+                          f"the file system (at most 255 bytes a name, 4096 a path); use a shorter --out or a "
+                          f"shorter name (e.g. a domain's)")
     if isinstance(e, OSError) and e.errno in _DENIED:
         return WriteError(f"cannot write {e.filename or where}: {e.strerror or text} ({left}); make {where} writable "
                           f"or choose another --out")
@@ -229,7 +292,7 @@ def atomic_file(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
 
 def _atomic_file(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     path = Path(path)
-    _begin(path.parent)
+    write_no = _begin(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -237,10 +300,10 @@ def _atomic_file(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are ordinary outputs
-        _crash_point(after=False)
+        _crash_point(write_no, after=False)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        _crash_point(after=True)
+        _crash_point(write_no, after=True)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -291,7 +354,7 @@ def atomic_folder(dest: str | Path, write: Callable[[Path], None], kind: str | N
 
 
 def _atomic_folder(dest: Path, write: Callable[[Path], None], kind: str | None) -> Path:
-    _begin(dest.parent)
+    write_no = _begin(dest.parent)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest), dir=dest.parent))
     try:
         write(tmp)
@@ -302,7 +365,7 @@ def _atomic_folder(dest: Path, write: Callable[[Path], None], kind: str | None) 
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        _crash_point(after=False)
+        _crash_point(write_no, after=False)
         if dest.exists() and _exchange(tmp, dest):
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old version
         elif dest.exists():
@@ -316,7 +379,7 @@ def _atomic_folder(dest: Path, write: Callable[[Path], None], kind: str | None) 
         else:
             os.replace(tmp, dest)
         _fsync_dir(dest.parent)
-        _crash_point(after=True)
+        _crash_point(write_no, after=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,21 @@ def main(argv=None) -> None:
         print("usage: mlx-pn lm SUBCOMMAND [ARGS ...]   (mlx-lm's own subcommands; --help lists them)",
               file=sys.stderr)
         raise SystemExit(2)
+    known = _subcommands(cli)
+    if known and argv[0] not in known and argv[0] not in ("-h", "--help", "--version"):
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], known, n=1)
+        print(f"error: mlx-pn lm: unknown subcommand '{argv[0]}'" + (f"; did you mean '{close[0]}'?" if close else "")
+              + f" (mlx-lm's subcommands: {', '.join(known)})", file=sys.stderr)
+        raise SystemExit(2)
     cli.main()
+
+
+def _subcommands(cli) -> tuple[str, ...]:
+    """mlx-lm's subcommands, read from its dispatcher (a tuple literal in mlx_lm/cli.py's main); () if unreadable."""
+    code = cli.main.__code__
+    return next((c for c in code.co_consts if isinstance(c, tuple) and "generate" in c), ())
 
 
 if __name__ == "__main__":

@@ -23,11 +23,33 @@ def usage_lines(folder: str | Path, prompt: str = "The", remote: bool = False) -
     rc = " --trust-remote-code" if remote else ""
     return [f"run it:       mlx-pn lm generate --model {folder} --prompt {prompt!r}{rc}   "
             f"(= python -m mlx_pn.lm generate ...: mlx-lm with the BLAS set up)",
-            f"serve it:     mlx_lm.server --model {folder}{rc}   (OpenAI-style HTTP API; on Linux CPUs: "
-            f"mlx-pn lm server --model {folder})",
+            f"serve it:     mlx_lm.server --model {folder}{rc}   (OpenAI-style HTTP API; on Linux CPUs "
+            f"mlx-pn lm server --model {folder}: several times faster)",
             f"fine-tune it: mlx_lm lora --model {folder} --train --data DATA_DIR --num-layers -1{rc}   "
-            f"(DATA_DIR: train.jsonl/valid.jsonl)",
-            f"share it:     mlx_lm upload --path {folder} --upload-repo USER/NAME   (README.md is its model card)"]
+            f"(DATA_DIR: train.jsonl/valid.jsonl; on Linux CPUs mlx-pn lm lora ...: several times faster)",
+            f"share it:     mlx_lm upload --path {folder} --upload-repo USER/NAME   (README.md is its model card; "
+            f"upload keeps only its front matter, which holds the essentials: method, data, test perplexities)"]
+
+
+def _is_local_path(v) -> bool:
+    return isinstance(v, str) and (v.startswith(("/", "~", "./", "../")) or (len(v) > 2 and v[1] == ":" and v[2] in "\\/"))
+
+
+def portable(obj, key: str = ""):
+    """`obj` (a run's config or a value of it) with every absolute / home-relative local path replaced by its last
+    name: a published card or mlx-pn-config.yaml names no folder of the machine it was made on. `out` becomes
+    runs/NAME and a set data.dir is dropped (the default, OUT/data, is where a rerun writes it)."""
+    if isinstance(obj, dict):
+        return {k: portable(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v) for v in obj]
+    if key == "out" and isinstance(obj, str):
+        return f"runs/{Path(obj).name or 'default'}"
+    if key == "dir" and _is_local_path(obj):
+        return ""
+    if _is_local_path(obj):
+        return Path(obj).name
+    return obj
 
 
 def _read(path: Path) -> dict | None:
@@ -70,13 +92,9 @@ def render(report: dict, results: dict | None, pretrain_summary: dict | None = N
            remote: bool = False, first: tuple[str, ...] = ()) -> str:
     """README.md text. report: export_mlx_lm's report; results: the specialization's results.json (None: a model
     that was not specialized by mlx-pn, e.g. a pretraining folder: the card says so)."""
-    cfg = (results or {}).get("config") or {}
+    cfg = portable((results or {}).get("config") or {})
     method, domain = (results or {}).get("method"), (results or {}).get("domain")
-    tags = ["mlx", "mlx-pn", "small-language-model", "llama"] + [t for t in (method, domain) if t]
-    front = ["---", "library_name: mlx", "pipeline_tag: text-generation"]
-    if base_model:
-        front.append(f"base_model: {base_model}")
-    front += ["tags:"] + [f"- {t}" for t in tags] + ["---", ""]
+    front = front_matter(report, results, cfg, base_model)
     title = name or (f"{Path(report['path']).name}: a small `{domain}` language model" if domain
                      else Path(report["path"]).name)
     q = report.get("quantize")
@@ -97,7 +115,7 @@ def render(report: dict, results: dict | None, pretrain_summary: dict | None = N
         md += ["",
                "## Method", "",
                f"- method: `{method}`" + (f" (selection: `{results['select']}`)" if results.get("select") else ""),
-               f"- pretrained from: `{results.get('pretrained_from')}`",
+               f"- pretrained from: `{_run_relative(results.get('pretrained_from'), (results.get('config') or {}).get('out'))}`",
                f"- fine-tuning: {results.get('finetune_steps')} steps, best validation at step "
                f"{results.get('best_step')} (stopped by {results.get('stopped_by') or 'its step cap'})",
                "", "## Data", "", "| corpus | sources | tokens used |", "|---|---|---|",
@@ -109,12 +127,13 @@ def render(report: dict, results: dict | None, pretrain_summary: dict | None = N
                "", "Held-out validation and test splits of each corpus are never trained on.", "",
                "## Evaluation", "",
                "Test perplexity (exp of the mean per-token NLL) and bits per byte, measured by mlx-pn on the "
-               "held-out test splits, before and after fine-tuning:", "",
-               "| test split | ppl before | ppl after | bits/byte before | bits/byte after |", "|---|---|---|---|---|"]
+               "held-out test splits (their sizes in tokens in the last column), before and after fine-tuning:", "",
+               "| test split | ppl before | ppl after | bits/byte before | bits/byte after | test tokens |",
+               "|---|---|---|---|---|---|"]
         for split in [domain] + [s for s in results.get("after", {}) if s != domain]:
             b, a = results.get("before", {}).get(split, {}), results["after"].get(split, {})
             md.append(f"| {split} | {_num(b.get('ppl'))} | {_num(a.get('ppl'))} | {_num(b.get('bpb'), 3)} | "
-                      f"{_num(a.get('bpb'), 3)} |")
+                      f"{_num(a.get('bpb'), 3)} | {_fmt(a.get('tokens') or b.get('tokens'))} |")
         if "max_abs_logit_diff" in report:
             md += ["", f"The export was reloaded with `mlx_lm.load`: max |logit difference| from the trained model "
                        f"{report['max_abs_logit_diff']:.2e}, greedy-token agreement "
@@ -127,10 +146,61 @@ def render(report: dict, results: dict | None, pretrain_summary: dict | None = N
            "once uploaded (`USER/NAME`) or from this folder:", "", "```bash",
            f"mlx_lm.generate --model USER/NAME --prompt 'The'{rc}", f"mlx_lm.server --model USER/NAME{rc}",
            f"mlx_lm.lora --model USER/NAME --train --data DATA_DIR --num-layers -1{rc}", "```", "",
+           "From Python:", "", "```python", "from mlx_lm import load, generate", "",
+           f"model, tokenizer = load(\"USER/NAME\"{', trust_remote_code=True' if remote else ''})",
+           "print(generate(model, tokenizer, prompt=\"The\", max_tokens=60))", "```", "",
+           "Chat-style requests (mlx_lm.server's chat endpoint, `mlx_lm lora` on prompt/completion data) use the "
+           "tokenizer's chat template, the training format of such records: `user: PROMPT\\nassistant: ANSWER`.",
+           "",
            "On a Linux CPU, `mlx-pn lm generate ...` (or `python -m mlx_pn.lm generate ...`) runs the same command "
            "with OpenBLAS set up first, several times faster than plain `mlx_lm` there.", "", "`--num-layers -1` fine-tunes every layer: `mlx_lm lora`'s default of 16 layers is more than "
                       "this model has.", ""]
     return "\n".join(md)
+
+
+def _run_relative(path: str | None, out: str | None) -> str | None:
+    """A path of the run (pretrained_from) relative to its run folder, else only its last name."""
+    if not path:
+        return path
+    try:
+        return str(Path(path).relative_to(out)) if out else Path(path).name
+    except ValueError:
+        return Path(path).name
+
+
+def front_matter(report: dict, results: dict | None, cfg: dict, base_model: str | None) -> list[str]:
+    """The YAML front matter: all that `mlx_lm upload` keeps of README.md (it rewrites the rest), so the essentials
+    are here too: license, datasets (Hub ids among the sources), language (the bundled corpora: en), and an
+    `mlx_pn` map with the method, domain, parameters, test perplexities and test-split sizes."""
+    import yaml
+
+    method, domain = (results or {}).get("method"), (results or {}).get("domain")
+    data = cfg.get("data") or {}
+    sources = [data.get("generic")] + list((data.get("domains") or {}).values())
+    sources = [x for x in sources if isinstance(x, str) and x]
+    # the weights inherit their training data's terms, which only the publisher knows: "other" until they say
+    meta: dict = {"library_name": "mlx", "pipeline_tag": "text-generation", "license": "other"}
+    if base_model:
+        meta["base_model"] = base_model
+    hub = sorted({x[3:].split(":")[0] for x in sources if x.startswith("hf:")})
+    if hub:
+        meta["datasets"] = hub
+    if sources and all(x.startswith("bundled:") for x in sources):
+        meta["language"] = ["en"]
+    meta["tags"] = ["mlx", "mlx-pn", "small-language-model", "llama"] + [t for t in (method, domain) if t]
+    essentials = {"parameters": report.get("params"), "dtype": report.get("dtype"), "quantize": report.get("quantize")}
+    if results:
+        essentials.update(method=method, domain=domain, paper=PAPER, sources=sources,
+                          test={s: {"ppl_before": _round(results.get("before", {}).get(s, {}).get("ppl")),
+                                    "ppl_after": _round(a.get("ppl")), "tokens": a.get("tokens")}
+                                for s, a in results.get("after", {}).items()},
+                          reproduce=commands())
+    meta["mlx_pn"] = essentials
+    return ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip("\n"), "---", ""]
+
+
+def _round(x, digits: int = 3):
+    return None if x is None else round(float(x), digits)
 
 
 def _num(x, digits: int = 2) -> str:
@@ -157,7 +227,7 @@ def write_model_card(folder: str | Path, model_dir: str | Path, report: dict, ba
     if results and results.get("pretrained_from"):
         summary = _read(Path(results["pretrained_from"]).parent / "summary.json")
     if results and results.get("config"):
-        write_text_atomic(folder / CONFIG_NAME, yaml.safe_dump(results["config"], sort_keys=False))
+        write_text_atomic(folder / CONFIG_NAME, yaml.safe_dump(portable(results["config"]), sort_keys=False))
     card = folder / "README.md"
     write_text_atomic(card, render(report, results, summary, base_model, needs_clusters, remote=remote, first=first))
     return card

@@ -77,7 +77,7 @@ def test_bad_corpus_files(case, tmp_path):
 def test_bad_generic_through_the_recipe(tmp_path, capsys):
     from recipes import pretrain
 
-    (tmp_path / "g.txt").write_bytes(b"\xff\xfe bad bytes")
+    (tmp_path / "g.txt").write_bytes(b"caf\xe9 bad bytes")  # latin-1 (\xff\xfe would be a UTF-16 byte-order mark)
     exits_clearly(pretrain.main, argv(tmp_path / "o", "--data.generic", str(tmp_path / "g.txt")), capsys,
                   "g.txt: not valid UTF-8", "iconv")
 
@@ -291,3 +291,41 @@ def test_hints_name_the_command_the_way_it_was_started(monkeypatch, argv0, shown
 
     monkeypatch.setattr(sys, "argv", [argv0])
     assert recipe_command("cluster") == shown
+
+
+# --- issue 23: one-line errors ----------------------------------------------------------------------------------
+
+
+def test_sigterm_while_a_command_starts_is_the_one_line_exit_143(tmp_path):
+    """Before the config loads (imports, argparse) a SIGTERM killed the command silently (rc -15)."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = "import os, signal, time, mlx_pn.recipes; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 143 and r.stderr.strip() == (
+        "interrupted (SIGTERM) while starting; nothing was written; rerun the same command"), r.stderr
+    # a real command, terminated at a few moments of its first second and a half: always 143, one line
+    for delay in (0.15, 0.4, 0.8, 1.5):
+        p = subprocess.Popen([sys.executable, "-m", "recipes.prepare", "--config", "tiny", "--out",
+                              str(tmp_path / f"run{delay}")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        import time
+
+        time.sleep(delay)
+        p.send_signal(signal.SIGTERM)
+        err = p.communicate(timeout=120)[1]
+        assert p.returncode == 143, (delay, p.returncode, err[-800:])
+        assert len(err.strip().splitlines()) == 1 and "SIGTERM" in err, (delay, err[-800:])
+
+
+def test_mlx_pn_help_lists_the_preset_names(capsys):
+    """`mlx-pn --help` (each command's --config help: tests/test_config.py)."""
+    from mlx_pn.recipes import main
+
+    main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in ("tiny", "quickstart", "cpu", "paper-slm", "compare-tiny"):
+        assert name in out, name

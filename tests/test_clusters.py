@@ -68,7 +68,7 @@ def test_empty_cluster_is_reseeded():
     # Force the case: a k-means++ that puts one centre far from every point makes it empty at step 1.
     far = np.full((1, x.shape[1]), 1e3, dtype=np.float32)
     orig = clusters._kmeans_pp
-    clusters._kmeans_pp = lambda X, x2, k, rng: np.concatenate([orig(X, x2, k - 1, rng), far])
+    clusters._kmeans_pp = lambda X, x2, k, rng, bar=None: np.concatenate([orig(X, x2, k - 1, rng), far])
     try:
         r = kmeans(x, 4, seed=0)
     finally:
@@ -250,3 +250,15 @@ def test_cluster_report_sections():
     assert "The court held" in rep and "### Cluster 1 (30 windows, 50.0%)" in rep
     with pytest.raises(ValueError, match="one text per window"):
         cluster_report(labels, texts[:5], 3)
+
+
+def test_the_kmeans_pp_start_shows_progress(capsys):
+    """k = 1024 on 100k windows spent 72 s in the k-means++ start with nothing on the screen."""
+    from mlx_pn.clustering.kmeans import kmeans
+
+    x = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
+    kmeans(x, 16, iters=2, progress=True)
+    err = capsys.readouterr().err
+    assert "k-means++ start" in err and "/16 [" in err
+    kmeans(x, 16, iters=2)
+    assert capsys.readouterr().err == ""

@@ -110,3 +110,21 @@ def test_a_file_section_starts_from_its_own_fields_defaults(tmp_path):
         assert getattr(cfg.finetune, key) == getattr(default.finetune, key), key
     assert cfg.finetune.lr != cfg.pretrain.lr and cfg.finetune.patience > 0
     assert cfg.large.preset == default.large.preset == "cpu-large" and cfg.large.hidden_size == 96
+
+
+def test_a_key_given_twice_in_a_config_file_is_an_error(tmp_path):
+    """YAML keeps the last of two `pretrain:` sections silently: the first one's lr fell back to the default."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("pretrain:\n  lr: 0.01\nmodel:\n  preset: tiny\npretrain:\n  steps: 5\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: key 'pretrain' appears twice in one section \(lines 1 and 5\)"):
+        load_config(path)
+    (tmp_path / "inner.yaml").write_text("pretrain:\n  lr: 0.01\n  lr: 0.02\n")
+    with pytest.raises(ConfigError, match="key 'lr' appears twice"):
+        load_config(tmp_path / "inner.yaml")
+    (tmp_path / "ok.yaml").write_text("pretrain:\n  lr: 0.01\nfinetune:\n  lr: 0.02\n")
+    assert load_config(tmp_path / "ok.yaml").pretrain.lr == 0.01
+
+
+def test_config_help_lists_the_preset_names():
+    text = build_parser("x").format_help()
+    assert all(name in text for name in ("tiny", "quickstart", "paper-slm", "compare-tiny"))

@@ -164,6 +164,43 @@ def test_changed_text_rebuilds_shards_and_guards_tokenizer(tmp_path):
         prepare_data(cfg, **quiet)
 
 
+def test_parquet_source_streams_without_writing_anywhere(tmp_path, monkeypatch):
+    """Read straight from the file (pyarrow), in order, ids kept: nothing cached under HOME (datasets'
+    load_dataset wrote a copy into ~/.cache/huggingface/datasets)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    texts = [f"document number {i} of a parquet corpus" for i in range(2500)]  # several record batches
+    pq.write_table(pa.table({"text": texts}), tmp_path / "many.parquet", row_group_size=700)
+    docs = load_documents(str(tmp_path / "many.parquet"))
+    assert [d.text for d in docs] == texts and docs[1234].id == "many.parquet:1234"
+    assert list(home.rglob("*")) == []
+
+
+@pytest.mark.parametrize("column, message", [
+    (["good", None], r"null.parquet: row 1 has no text \(null in column 'text'\)"),
+    ([1, 2], r"null.parquet: column 'text' holds int64, not strings"),
+])
+def test_parquet_text_that_is_not_text_is_a_clear_error(tmp_path, column, message):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": column}), tmp_path / "null.parquet")
+    with pytest.raises(DataError, match=message):
+        load_documents(str(tmp_path / "null.parquet"))
+
+
+def test_a_file_that_is_not_parquet_is_a_clear_error(tmp_path):
+    (tmp_path / "fake.parquet").write_text("just some text, not parquet")
+    with pytest.raises(DataError, match=r"fake.parquet: not a readable parquet file"):
+        load_documents(str(tmp_path / "fake.parquet"))
+
+
 def test_parquet_source_through_datasets(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -174,3 +211,34 @@ def test_parquet_source_through_datasets(tmp_path):
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match="no 'text' column"):
         load_documents(str(tmp_path / "bad.parquet"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link-to-dev-zero", "dev-zero"])
+def test_a_source_that_never_ends_is_a_clear_error(tmp_path, kind):
+    """A FIFO blocked forever in open(); /dev/zero (or a link to it) looped forever in the fingerprint."""
+    import os
+
+    from mlx_pn.data.sources import fingerprint
+
+    path = tmp_path / "src.txt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link-to-dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path = "/dev/zero"
+    want = "a named pipe" if kind == "fifo" else "a device"
+    with pytest.raises(DataError, match=rf"data.domains.z: \S*(src.txt|/dev/zero).* is {want}"):
+        fingerprint(str(path), field="data.domains.z")
+    with pytest.raises(DataError, match=rf"is {want}.*; point it at a text"):
+        load_documents(str(path), "data.domains.z")
+
+
+def test_utf16_text_gets_utf16_advice(tmp_path):
+    f = tmp_path / "wide.txt"
+    f.write_bytes("a short text in UTF-16".encode("utf-16"))
+    with pytest.raises(DataError, match=r"wide.txt: UTF-16 text .*iconv -f utf-16 -t utf-8"):
+        load_documents(str(f))
+    (tmp_path / "wide.txt").write_bytes("no byte-order mark".encode("utf-16-le"))
+    with pytest.raises(DataError, match="UTF-16 text"):
+        load_documents(str(f))

@@ -62,3 +62,47 @@ def test_existing_export_dir_is_refused(tiny_run, tok_dir, tmp_path):
 def test_vocab_mismatch_is_refused(tok_dir, tmp_path):
     with pytest.raises(ExportError, match="has 1024 ids but the model's vocab_size is 999"):
         export_mlx_lm(model_for(999), tok_dir, tmp_path / "m")
+
+
+def test_export_has_the_training_formats_chat_template(tiny_run, tok_dir, tmp_path):
+    """Prompt/completion and messages records are trained as "user: P\nassistant: C": the export's chat template
+    gives that text, so mlx_lm lora on prompt/completion data (it failed: no chat_template) and the server's chat
+    endpoint format chats as the model saw them."""
+    from mlx_lm import load
+
+    from mlx_pn.data.sources import record_text
+
+    export_mlx_lm(model_for(tiny_run[1].tokenizer.vocab_size), tok_dir, tmp_path / "m", verify=False)
+    _, tok = load(str(tmp_path / "m"))
+    msgs = [{"role": "user", "content": "What is a tort?"}, {"role": "assistant", "content": "A civil wrong."}]
+    trained, _ = record_text({"prompt": msgs[0]["content"], "completion": msgs[1]["content"]}, "x")
+    assert tok.apply_chat_template(msgs, tokenize=False) == trained
+    assert tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True) == "user: What is a tort?\nassistant:"
+    three = msgs + [{"role": "user", "content": "And a crime?"}]
+    assert tok.apply_chat_template(three, tokenize=False) == record_text({"messages": three}, "x")[0]
+
+
+def test_export_copies_no_symlinked_tokenizer_file(tiny_run, tok_dir, tmp_path):
+    """A special_tokens_map.json linked to an outside file had that file's content copied into the export."""
+    import shutil
+
+    fake = tmp_path / "tok"
+    shutil.copytree(tok_dir, fake)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for publication")
+    (fake / "special_tokens_map.json").unlink(missing_ok=True)
+    (fake / "special_tokens_map.json").symlink_to(secret)
+    with pytest.raises(ExportError, match="special_tokens_map.json is a symbolic link"):
+        export_mlx_lm(model_for(tiny_run[1].tokenizer.vocab_size), fake, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("content", ['{"model": {"vocab"', '{"model": {}}', "[]", ""])
+def test_a_damaged_tokenizer_json_is_one_line(tiny_run, tok_dir, tmp_path, content):
+    import shutil
+
+    fake = tmp_path / "tok"
+    shutil.copytree(tok_dir, fake)
+    (fake / "tokenizer.json").write_text(content)
+    with pytest.raises(ExportError, match="tokenizer.json is not a readable tokenizer"):
+        export_mlx_lm(model_for(tiny_run[1].tokenizer.vocab_size), fake, tmp_path / "m")

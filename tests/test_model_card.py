@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -72,7 +73,9 @@ def test_reproduce_commands_read_the_written_config(exported):
     assert block == ["mlx-pn pretrain --config mlx-pn-config.yaml", "mlx-pn specialize --config mlx-pn-config.yaml",
                      "mlx-pn export --config mlx-pn-config.yaml"]
     again = load_config(dest / "mlx-pn-config.yaml")
-    assert (again.method, again.domain, again.out, again.finetune.steps) == (cfg.method, "legal", cfg.out, 4)
+    # portable: the run folder by its name, no folder of this machine
+    assert (again.method, again.domain, again.out, again.finetune.steps) == (
+        cfg.method, "legal", f"runs/{Path(cfg.out).name}", 4)
 
 
 def test_export_prints_the_hint_lines(exported):
@@ -137,3 +140,99 @@ def test_card_of_a_model_trained_from_scratch_and_without_results(tmp_path):
     assert "| law | 9.00 | 5.00 | 3.000 | 2.000 |" in text and "mlx-pn export --config mlx-pn-config.yaml --quantize 4" in text
     bare = render(report, None)
     assert "no measured perplexities" in bare and "library_name: mlx" in bare and "base_model" not in bare
+
+
+# --- issue 23: what survives mlx-lm's tools, no local paths, the run found from the model folder ----------------
+
+
+def test_card_essentials_survive_mlx_lm_upload_and_name_no_local_path(exported):
+    """`mlx_lm upload` replaces README.md's text and keeps its front matter (huggingface_hub.ModelCard): the method,
+    the test perplexities and test-split sizes, license and language are there; no file names a local folder."""
+    from huggingface_hub import ModelCard
+
+    cfg, dest, r, _ = exported
+    card = ModelCard.load(dest / "README.md")
+    card.text = "# USER/NAME\n(mlx-lm's own text)"  # what upload_to_hub does
+    meta = yaml.safe_load(str(card).split("---\n")[1])
+    assert meta["license"] == "other" and meta["language"] == ["en"] and meta["library_name"] == "mlx"
+    ess = meta["mlx_pn"]
+    assert (ess["method"], ess["domain"], ess["parameters"]) == ("slm", "legal", r and ess["parameters"])
+    for split in ("legal", "generic"):
+        assert ess["test"][split]["ppl_after"] == round(r["after"][split]["ppl"], 3)
+        assert ess["test"][split]["tokens"] == r["after"][split]["tokens"] > 0
+    text = (dest / "README.md").read_text()
+    assert "from mlx_lm import load, generate" in text and "model, tokenizer = load(" in text
+    assert f"| {r['after']['legal']['tokens']:,} |" in text  # the test split's size in the table
+    for f in ("README.md", "mlx-pn-config.yaml"):
+        body = (dest / f).read_text()
+        for local in (str(Path(cfg.out).parent), str(Path.home()), str(dest.parent)):
+            assert local not in body, (f, local)
+
+
+def test_export_of_a_model_folder_finds_its_runs_tokenizer(exported, tmp_path, capsys):
+    """`mlx-pn export --model RUN/specialize/DOMAIN/final` (no --tokenizer, no --data.dir): the run's tokenizer."""
+    from mlx_pn.methods.layout import specialize_dir
+
+    cfg, _, _, _ = exported
+    src = specialize_dir(cfg, "legal") / "final"
+    export_recipe.main(["--config", str(TINY), "--model", str(src), "--to", str(tmp_path / "e")])
+    assert (tmp_path / "e" / "README.md").exists() and "rebuild the tokenizer" not in capsys.readouterr().err
+
+
+def test_export_without_weights_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        export_recipe.main(["--config", str(TINY), "--model", str(tmp_path / "none"), "--to", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "model.safetensors does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_waits_for_a_specialization_holding_its_lock(exported, tmp_path, capsys):
+    from mlx_pn.methods.layout import specialize_dir
+
+    cfg, _, _, _ = exported
+    stage = specialize_dir(cfg, "legal")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mlx_pn import runlock; "
+                               "runlock.acquire(sys.argv[1], print); print('held', flush=True); time.sleep(60)",
+                               str(stage)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as e:
+            export_recipe.main(["--config", str(TINY), "--model", str(stage / "final"), "--to", str(tmp_path / "e")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"pid {holder.pid} is writing {stage}" in err, err
+        assert not (tmp_path / "e").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_export_cut_short_after_its_rename_is_completed_on_rerun(exported, tmp_path, capsys):
+    """The card is written before the rename now; an export from before that, killed after its rename (no README.md
+    nor mlx-pn-config.yaml), is redone by the same command instead of 'already exists; pass --force'."""
+    from mlx_pn.methods.layout import specialize_dir
+
+    cfg, _, _, _ = exported
+    argv = ["--config", str(TINY), "--model", str(specialize_dir(cfg, "legal") / "final"), "--to", str(tmp_path / "e")]
+    export_recipe.main(argv)
+    (tmp_path / "e" / "README.md").unlink()
+    (tmp_path / "e" / "mlx-pn-config.yaml").unlink()
+    export_recipe.main(argv)
+    assert (tmp_path / "e" / "README.md").exists() and (tmp_path / "e" / "mlx-pn-config.yaml").exists()
+    assert "has no README.md (an export stopped after its rename): writing it again" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # a complete export still needs --force
+        export_recipe.main(argv)
+    assert e.value.code == 2 and "already exists; pass --force" in capsys.readouterr().err
+
+
+def test_quantized_export_says_the_real_parameter_count(exported, tmp_path):
+    from mlx_pn.export import export_mlx_lm
+    from mlx_pn.methods.layout import specialize_dir
+    from mlx_pn.models.build import load_model
+
+    cfg, _, _, _ = exported
+    model = load_model(specialize_dir(cfg, "legal") / "final")
+    lines = []
+    export_mlx_lm(model, cfg.data_dir / "tokenizer" / "hf", tmp_path / "q", quantize=4, group_size=32, verify=False,
+                  log=lines.append)
+    n = model.num_params()
+    assert f"writing {n / 1e6:.2f}M parameters (4-bit" in lines[0], lines

@@ -10,7 +10,6 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import TINY
@@ -395,39 +394,24 @@ def test_prepare_recipe_on_a_folder_of_txt(tmp_path):
     assert set(prepared["subsets"]) == {"drama", "legal", "medical"}  # tiny.yaml's (bundled) domains
 
 
-def test_prepare_recipe_keeps_an_mlx_lm_folder_s_given_splits(tmp_path, monkeypatch):
-    """A domain that is an mlx-lm data folder (train/valid/test.jsonl): the report's subsets are the shards'
-    own train split (it once re-split the folder's documents and failed its recount), counted in documents."""
+def test_prepare_recipe_keeps_an_mlx_lm_folders_splits(tmp_path):
+    """A domain that is an mlx-lm data folder (train/valid/test.jsonl) keeps its given splits through prepare: the
+    report read them back re-split by document and stopped with "recount gives N train tokens, shards have M"."""
     from recipes import prepare
 
-    from mlx_pn.corpus import report
-    from mlx_pn.corpus.report import train_subsets
-    from mlx_pn.data.shards import Corpus
-
-    law = tmp_path / "law"
-    law.mkdir()
-    for split, n in (("train", 30), ("valid", 6), ("test", 6)):
-        (law / f"{split}.jsonl").write_text("".join(json.dumps({"text": f"{split} clause {i}. " + words(i + 100, 40)})
-                                                    + "\n" for i in range(n)))
+    folder = tmp_path / "law"
+    folder.mkdir()
+    for split, n in (("train", 30), ("valid", 6), ("test", 5)):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"text": f"{split} case {i}. " + words(100 + i, 50)}) + "\n")
     out = tmp_path / "run"
     m = prepare.main(["--config", str(TINY), "--out", str(out), "--corpus", "config", "--data.vocab_size", "400",
-                      "--data.domains", f"law={law}"])
+                      "--data.max_docs", "200", "--data.domains", f"law={folder}"])
     prepared = _check_prepared(out, m)
-    assert {s: c["documents"] for s, c in prepared["corpora"]["law"]["splits"].items()} == {
-        "train": 30, "valid": 6, "test": 6}
-    # the subsets from the shard's eos ids equal a prefix sum over its documents
-    corpus = Corpus(out / "data" / "shards" / "law")
-    ids = corpus.tokens("train")
-    lens = np.diff(np.concatenate([[-1], np.flatnonzero(np.asarray(ids) == corpus.manifest["eos_id"])]))
-    assert len(lens) == 30
-    for target in (1, int(lens[0]), int(lens[0]) + 1, int(lens[:3].sum()), int(lens.sum()), int(lens.sum()) + 1):
-        monkeypatch.setattr(report, "SUBSETS", {"t": target})
-        got = train_subsets(corpus, chunk=7)["t"]  # chunks smaller than a document: the scan crosses them
-        k = int(np.searchsorted(np.cumsum(lens), target))  # first prefix reaching target
-        if k < len(lens):
-            assert got == {"tokens": int(lens[:k + 1].sum()), "documents": k + 1, "reached": True}, target
-        else:
-            assert got == {"tokens": int(lens.sum()), "documents": 30, "reached": False}, target
+    docs = {s: v["documents"] for s, v in prepared["corpora"]["law"]["splits"].items()}
+    assert docs == {"train": 30, "valid": 6, "test": 5}
+    assert prepared["subsets"]["law"]["max"]["documents"] == 30
 
 
 def test_prepare_recipe_offline_mix_path(tmp_path, fake_registry):

@@ -152,3 +152,14 @@ def test_quickstart_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     line = f"- sampled (temperature 0.8, top-p 0.9): **{s['prompt']}**{s['sampled']}"
     assert line in md and line in out
     assert (tmp_path / "export" / "drama" / "README.md").read_text().startswith("---\nlibrary_name: mlx\n")
+
+
+def test_mlx_pn_lm_unknown_subcommand_is_one_line(capsys):
+    """`mlx-pn lm nosuch` was mlx-lm's ValueError traceback."""
+    from mlx_pn import lm
+
+    with pytest.raises(SystemExit) as e:
+        lm.main(["generat", "--model", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown subcommand 'generat'; did you mean 'generate'?" in err
+    assert "perplexity" in err and "Traceback" not in err

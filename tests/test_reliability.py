@@ -351,3 +351,22 @@ def test_resume_after_early_stop_stays_stopped(tiny_run, tmp_path):
     untimed = lambda r: r.summary() | {"wall_s": 0, "data_wait_s": 0}  # noqa: E731
     assert untimed(r2) == untimed(r1)
     assert (tmp_path / "final" / "model.safetensors").read_bytes() == final  # the best weights again
+
+
+@pytest.mark.parametrize("point,side,folder", [("2", False, False), ("2+", False, False), ("3", False, False),
+                                               ("3+", True, False), ("1", True, False), ("1+", True, True)])
+def test_the_crash_hook_reaches_a_folders_rename_after_its_nested_writes(tmp_path, point, side, folder):
+    """A folder (write 1) whose writing makes two durable writes of its own (2: a file inside it, 3: a file beside
+    it). Every boundary is reachable, the folder's rename (1, 1+) included: the hook compared the running count,
+    already 3 by then, so N=1 never fired (issue 23)."""
+    script = (
+        "import sys; from pathlib import Path; from mlx_pn.io import atomic_folder, write_text_atomic\n"
+        "d = Path(sys.argv[1])\n"
+        "def write(tmp):\n"
+        "    write_text_atomic(tmp / 'a.txt', 'a')\n"
+        "    write_text_atomic(d.parent / 'side.txt', 'side')\n"
+        "atomic_folder(d, write)\n")
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                       text=True, env={**os.environ, "MLX_PN_CRASH_AT_WRITE": point}, timeout=120)
+    assert r.returncode == -9, r.stderr
+    assert ((tmp_path / "side.txt").exists(), (tmp_path / "out").exists()) == (side, folder)

@@ -127,6 +127,25 @@ def matmul_peak(n: int = 2048, reps: int = 5, dtype: str = "fp32") -> float:
     return 2 * n**3 / float(np.median(ts))
 
 
+def run_rounds(jobs, times: dict, rounds: int, steps: int, measure_peak=None, peak: float = 0.0):
+    """Interleaved rounds: every job (name, run(steps) -> step times) once a round, the order rotated every round,
+    and measure_peak() (the matmul rate) between them -> ({name: per-round median step}, the best peak seen,
+    `peak` included). times[name] gets every step time."""
+    import numpy as np
+
+    per_round = {name: [] for name in times}
+    for r in range(rounds):
+        # rotate the order every round: no candidate always follows the same one (e.g. PyTorch, whose
+        # OpenMP threads keep spinning for a while after a step)
+        for name, run in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
+            ts = run(steps)
+            times[name] += ts
+            per_round[name].append(float(np.median(ts)))
+        if measure_peak is not None:
+            peak = max(peak, measure_peak())
+    return per_round, peak
+
+
 def torch_python(choice: str | None) -> str | None:
     if choice:
         return choice
@@ -304,17 +323,15 @@ def bench_training(preset: str, args, peak: float, tp: str | None) -> list[dict]
             times[f"PyTorch {torch_peer.info['torch']} {m}"] = []
         jobs = [(name, run) for name, (run, _) in cands.items()]
         jobs += [(f"PyTorch {torch_peer.info['torch']} {m}", lambda n, m=m: torch_peer.run(m, n)) for m in tmodes]
-        per_round = {name: [] for name in times}
-        for r in range(args.rounds):
-            # rotate the order every round: no candidate always follows the same one (e.g. PyTorch, whose
-            # OpenMP threads keep spinning for a while after a step)
-            for name, run in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
-                ts = run(args.steps)
-                times[name] += ts
-                per_round[name].append(float(np.median(ts)))
+        # the matmul peak is measured again in every round (unless --peak-tflops gave one), the best kept: once
+        # before the rounds, on a loaded machine, it read low and MFU came out at 215%
+        measure = None if args.peak_tflops else (lambda: matmul_peak(reps=3, dtype=args.precision))
+        per_round, peak = run_rounds(jobs, times, args.rounds, args.steps, measure, peak)
         if torch_peer:
             torch_peer.close()
         fpt = model_flops_per_token(margs, L)
+        print(f"MFU denominator for this group: {peak / 1e12:.3f} TFLOP/s"
+              + ("" if args.peak_tflops else " (the best matmul rate measured so far, between the rounds)"))
         ref_name = next(iter(cands))
         ref = float(np.median(times[ref_name]))
         print(f"\n### {method} ({p}: d={margs.hidden_size}, {margs.num_hidden_layers} layers, "

@@ -1,86 +1,153 @@
-"""The data stage at a user's scale: builds an N MB generic corpus of unique documents from real sentences (the
-bundled text, recombined with a seed), runs `recipes.prepare` on it in a child process, and prints MB/s,
-tokens/s and the child's peak RSS next to the peer measured in the same run on the same text and cores:
-Hugging Face `tokenizers`' `encode_batch` with the `tokenizer.json` that prepare produced.
+"""The data stage at a user's scale: time, throughput and peak memory of `recipes.prepare` on a generated corpus of
+N MB of real sentences (unique documents), against Hugging Face `tokenizers` encoding the same text with the same
+tokenizer.json on the same cores, in the same run; optionally the same prepare from another checkout (before/after).
 
-    python -m tools.bench_data --mb 200 [--out /tmp/bench_data] [--vocab 8192]
+    python -m tools.bench_data --mb 50 200
+    python -m tools.bench_data --mb 200 --baseline-code /path/to/older/checkout   # its prepare, same corpus
 
-Prints one line per measure; the ratio is prepare's end-to-end MB/s over encode_batch's MB/s.
+The corpus: documents of 10-40 sentences drawn (seeded) from the bundled generic text's sentences, each document
+numbered so that no two are duplicates, written as .jsonl files of ~64 MB in WORK/corpus-NMB/. Each prepare runs in
+a child process (peak RSS from the kernel's accounting of that child) with the bundled domains, vocab 8192.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import random
 import re
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 
-def build_corpus(path: Path, mb: float, seed: int = 0) -> int:
-    """A .jsonl of unique documents of 5-40 real sentences each (bundled text, reshuffled) -> its UTF-8 bytes."""
-    from mlx_pn.data.sources import load_documents
 
-    sentences = [s.strip() for d in load_documents("bundled:generic") for s in re.split(r"(?<=[.!?])\s+", d.text)
-                 if 20 <= len(s.strip()) <= 400]
-    rng, size, n = random.Random(seed), 0, 0
-    with open(path, "w", encoding="utf-8") as f:
-        while size < mb * 1e6:
-            text = " ".join(rng.choice(sentences) for _ in range(rng.randint(5, 40)))
-            line = json.dumps({"id": f"doc{n}", "text": text}, ensure_ascii=False) + "\n"
-            f.write(line)
-            size, n = size + len(text.encode()), n + 1
-    return size
+def sentences() -> list[str]:
+    path = REPO / "mlx_pn" / "data" / "bundled" / "generic.jsonl.gz"
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            out += [s.strip() for s in re.split(r"(?<=[.!?])\s+", json.loads(line)["text"]) if len(s.strip()) > 20]
+    return out
+
+
+def make_corpus(folder: Path, mb: float, seed: int = 0) -> int:
+    """Write ~mb MB of unique documents to folder/*.jsonl (kept when it exists); -> bytes of text."""
+    done = folder / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())["bytes"]
+    folder.mkdir(parents=True, exist_ok=True)
+    pool, rng = sentences(), random.Random(seed)
+    total, part, n, f = 0, 0, 0, None
+    while total < mb * 1e6:
+        if f is None or f.tell() > 64e6:
+            if f:
+                f.close()
+            f = open(folder / f"part-{part:04d}.jsonl", "w", encoding="utf-8")
+            part += 1
+        text = f"Document {n}. " + " ".join(rng.choice(pool) for _ in range(rng.randint(10, 40)))
+        f.write(json.dumps({"id": f"doc-{n}", "text": text}) + "\n")
+        total += len(text.encode())
+        n += 1
+    f.close()
+    done.write_text(json.dumps({"bytes": total, "documents": n}))
+    return total
+
+
+def run_prepare(corpus: Path, out: Path, code: Path) -> dict:
+    """recipes.prepare in a child process with `code` first on the path -> seconds, peak RSS (MB), tokens."""
+    env = {**os.environ, "PYTHONPATH": str(code), "TOKENIZERS_PARALLELISM": "true"}
+    cmd = [sys.executable, "-m", "recipes.prepare", "--config", "tiny", "--corpus", str(corpus), "--out", str(out),
+           "--data.max_docs", "0", "--data.vocab_size", "8192"]
+    out.mkdir(parents=True)
+    log = out / "prepare.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, cwd=out, env=env, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(p.pid, 0)  # this child's own peak RSS, not the largest of all children
+    secs = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"prepare failed ({code}):\n{log.read_text()[-2000:]}")
+    peak = usage.ru_maxrss  # KB on Linux
+    m = json.loads((out / "data" / "shards" / "generic" / "manifest.json").read_text())
+    tokens = sum(s["tokens"] for s in m["splits"].values())
+    return {"seconds": secs, "peak_rss_mb": peak / 1024, "generic_tokens": tokens}
+
+
+def tokenizers_peer(corpus: Path, tokenizer_json: Path, batch: int = 1000) -> dict:
+    """Hugging Face tokenizers' encode_batch over the same documents (all cores) -> seconds, MB/s, tokens."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    t0, n_bytes, n_tokens, docs = time.perf_counter(), 0, 0, []
+
+    def flush():
+        nonlocal n_tokens
+        n_tokens += sum(len(e.ids) for e in tok.encode_batch(docs))
+        docs.clear()
+
+    for path in sorted(corpus.glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                text = json.loads(line)["text"]
+                docs.append(text)
+                n_bytes += len(text.encode())
+                if len(docs) == batch:
+                    flush()
+    flush()
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "mb_per_s": n_bytes / 1e6 / secs, "tokens": n_tokens}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mb", type=float, default=200, help="MB of generic text to build and prepare")
-    ap.add_argument("--out", default="/tmp/bench_data", help="scratch folder (corpus and run)")
-    ap.add_argument("--vocab", type=int, default=8192, help="tokenizer pieces (data.vocab_size)")
+    ap.add_argument("--mb", type=float, nargs="+", default=[50.0], help="corpus sizes in MB of text (default 50)")
+    ap.add_argument("--work", default="/tmp/mlx-pn-bench-data", help="corpora and runs (default /tmp/mlx-pn-bench-data)")
+    ap.add_argument("--baseline-code", default=None, metavar="CHECKOUT",
+                    help="also run the prepare of another checkout of this repository on the same corpus")
+    ap.add_argument("--json", default=None, help="write the measurements to this file")
     args = ap.parse_args(argv)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    corpus, run = out / f"generic-{args.mb:g}mb.jsonl", out / f"run-{args.mb:g}mb"
-    t = time.perf_counter()
-    nbytes = build_corpus(corpus, args.mb)
-    print(f"corpus      {nbytes / 1e6:.1f} MB of unique documents in {time.perf_counter() - t:.1f} s: {corpus}")
-    print(f"load        {os.getloadavg()[0]:.1f} (1-min load average, {os.cpu_count()} cores)")
-
-    cmd = [sys.executable, "-m", "recipes.prepare", "--config", "tiny", "--out", str(run), "--corpus", "config",
-           "--data.generic", str(corpus), "--data.max_docs", "0", "--data.vocab_size", str(args.vocab)]
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
-    m = json.loads((run / "data" / "shards" / "generic" / "manifest.json").read_text())
-    tokens = sum(s["tokens"] for s in m["splits"].values())
-    print(f"prepare     {wall:.1f} s, {nbytes / 1e6 / wall:.2f} MB/s, {tokens / wall / 1e6:.2f}M tokens/s "
-          f"({tokens:,} generic tokens; the wall time includes the bundled domains), peak RSS {rss:.0f} MiB")
-
-    from tokenizers import Tokenizer as HFTokenizer
-
-    hf = HFTokenizer.from_file(str(run / "data" / "tokenizer" / "hf" / "tokenizer.json"))
-    t, n = time.perf_counter(), 0
-    batch = []
-    with open(corpus, encoding="utf-8") as f:
-        for line in f:
-            batch.append(json.loads(line)["text"])
-            if len(batch) == 512:
-                n += sum(len(e.ids) for e in hf.encode_batch(batch, add_special_tokens=False))
-                batch = []
-    n += sum(len(e.ids) for e in hf.encode_batch(batch, add_special_tokens=False)) if batch else 0
-    peer = time.perf_counter() - t
-    print(f"peer        tokenizers encode_batch {peer:.1f} s, {nbytes / 1e6 / peer:.2f} MB/s, "
-          f"{n / peer / 1e6:.2f}M tokens/s")
-    print(f"ratio       prepare end to end / encode_batch: {peer / wall:.2f}x")
-    print(f"load        {os.getloadavg()[0]:.1f} (1-min load average after)")
+    work = Path(args.work)
+    rows = []
+    for mb in args.mb:
+        corpus = work / f"corpus-{mb:g}MB"
+        n_bytes = make_corpus(corpus, mb)
+        load0 = os.getloadavg()[0]
+        row = {"mb": n_bytes / 1e6, "load_start": load0}
+        codes = {"mlx_pn (this checkout)": REPO}
+        if args.baseline_code:
+            codes["baseline checkout"] = Path(args.baseline_code).resolve()
+        for label, code in codes.items():
+            out = work / f"run-{mb:g}MB-{'base' if code != REPO else 'this'}"
+            if out.exists():
+                subprocess.run(["rm", "-rf", str(out)], check=True)
+            r = run_prepare(corpus, out, code)
+            r["mb_per_s"] = n_bytes / 1e6 / r["seconds"]
+            row[label] = r
+            print(f"[{mb:g} MB] {label}: {r['seconds']:.1f} s, {r['mb_per_s']:.2f} MB/s, peak RSS "
+                  f"{r['peak_rss_mb']:.0f} MB, {r['generic_tokens']:,} generic tokens", flush=True)
+        peer = tokenizers_peer(corpus, work / f"run-{mb:g}MB-this" / "data" / "tokenizer" / "hf" / "tokenizer.json")
+        row["tokenizers encode_batch"] = peer
+        row["load_end"] = os.getloadavg()[0]
+        print(f"[{mb:g} MB] tokenizers encode_batch (peer): {peer['seconds']:.1f} s, {peer['mb_per_s']:.2f} MB/s; "
+              f"prepare end to end / peer: {row['mlx_pn (this checkout)']['mb_per_s'] / peer['mb_per_s']:.2f}x; "
+              f"load {load0:.1f} -> {row['load_end']:.1f} on {os.cpu_count()} cores", flush=True)
+        rows.append(row)
+    print("\n| MB of text | candidate | seconds | MB/s | peak RSS MB | vs tokenizers encode_batch |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        peer = row["tokenizers encode_batch"]["mb_per_s"]
+        for label in [k for k in row if isinstance(row[k], dict)]:
+            r = row[label]
+            rss = f"{r['peak_rss_mb']:,.0f}" if "peak_rss_mb" in r else "-"
+            print(f"| {row['mb']:.0f} | {label} | {r['seconds']:.1f} | {r['mb_per_s']:.2f} | {rss} | "
+                  f"{r['mb_per_s'] / peer:.2f}x |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

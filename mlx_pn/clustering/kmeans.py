@@ -208,10 +208,11 @@ def assign(x, centroids, batch_size: int = 65536) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- k-means
 
 
-def _kmeans_pp(X: mx.array, x2: mx.array, k: int, rng: np.random.Generator) -> np.ndarray:
+def _kmeans_pp(X: mx.array, x2: mx.array, k: int, rng: np.random.Generator, bar=None) -> np.ndarray:
     """Greedy k-means++ (as scikit-learn) on X (N, D), x2 = ||X||^2 (N,) -> initial centres (k, D) float32:
     each new centre is the best of t = 2 + ln(k) candidates drawn with probability proportional to the
-    squared distance to the nearest centre chosen so far."""
+    squared distance to the nearest centre chosen so far. bar: a progress bar advanced once per centre (k = 1024
+    on 100k windows is over a minute)."""
     N = X.shape[0]
     trials = 2 + int(math.log(k))
     idx = [int(rng.integers(N))]
@@ -223,6 +224,8 @@ def _kmeans_pp(X: mx.array, x2: mx.array, k: int, rng: np.random.Generator) -> n
             used = set(idx)
             rest = [i for i in rng.permutation(N)[: len(idx) + k] if i not in used]
             idx.append(int(rest[0]))
+            if bar is not None:
+                bar.update(1)
             continue
         # Inverse-CDF sampling on the device: cand = #(cumsum < u * pot), i.e. searchsorted(..., 'left').
         u = mx.array(rng.random(trials).astype(np.float32) * np.float32(pot))  # (t,)
@@ -238,6 +241,8 @@ def _kmeans_pp(X: mx.array, x2: mx.array, k: int, rng: np.random.Generator) -> n
         b = int(best.item())
         idx.append(int(np.array(cand)[b]))
         pot = float(np.array(pots)[b])
+        if bar is not None:
+            bar.update(1)
     return np.array(X[mx.array(np.array(idx, dtype=np.int32))], dtype=np.float32)
 
 
@@ -291,7 +296,13 @@ def _fit_once(X, x2, k, iters, tol, rng, rows, spherical, progress, desc):
     """One k-means++ + Lloyd run on X (N, D), x2 (N,) -> centroids (k, D), labels (N,), inertia history,
     updates run, converged, rows re-seeded, k-means++ seconds."""
     t0 = time.perf_counter()
-    c = _kmeans_pp(X, x2, k, rng)
+    init_bar = None
+    if progress:
+        from tqdm import tqdm
+        init_bar = tqdm(total=k, initial=1, desc=f"{desc}: k-means++ start", unit="centre", leave=False)
+    c = _kmeans_pp(X, x2, k, rng, bar=init_bar)
+    if init_bar is not None:
+        init_bar.close()
     init_s = time.perf_counter() - t0
     x2 = np.asarray(x2)  # the Lloyd passes add ||x||^2 on the host
     if spherical:

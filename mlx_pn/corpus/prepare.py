@@ -48,10 +48,10 @@ def select_corpus(cfg, corpus: str, corpus_dir: Path, work: Path, portable: bool
 def prepare_corpus(cfg, corpus: str, corpus_dir: Path, work: Path, portable: bool = False, gcide: bool = False,
                    log=print) -> dict:
     """select_corpus, the data stage, the recount -> the corpus manifest with its "prepared" entry (tokenizer,
-    token counts per corpus and split, per-source counts, specialization subsets), also written to
+    token counts per corpus and split, per-source counts, specialization subsets: all read from the shards), also written to
     corpus_dir/manifest.json beside report.md. Re-running skips whatever is already done."""
     from mlx_pn.corpus.offline_mix import write_manifest
-    from mlx_pn.corpus.report import check_recount, token_breakdown, write_report
+    from mlx_pn.corpus.report import token_breakdown, write_report
     from mlx_pn.data.prepare import prepare_data
     from mlx_pn.data.shards import read_manifest
 
@@ -61,8 +61,7 @@ def prepare_corpus(cfg, corpus: str, corpus_dir: Path, work: Path, portable: boo
     t1 = time.time()
     data = prepare_data(cfg, log=log)
     shards = {n: read_manifest(c.folder) for n, c in data.corpora.items()}
-    sources, subsets = token_breakdown(cfg, domains, by_source=manifest.get("name") == OFFLINE_MIX)
-    check_recount(sources, subsets, shards, cfg.data_dir)
+    sources, subsets = token_breakdown(data.corpora, domains, by_source=manifest.get("name") == OFFLINE_MIX)
     prepared = {"data_dir": str(cfg.data_dir), "vocab_size": data.tokenizer.vocab_size,
                 "tokenizer_sha256": data.tokenizer.sha256,
                 "config": {"generic": cfg.data.generic, "domains": cfg.data.domains,

@@ -5,78 +5,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from mlx_pn.io import write_text_atomic
 
 SUBSETS = {"1M": 1_000_000}
 
 
-def token_breakdown(cfg, domains: list[str], by_source: bool) -> tuple[dict, dict]:
-    """Per generic source tokens per split (offline mix: ids are "source/...") and, per domain, the
-    number of train documents (in shard order) needed to reach each SUBSETS size.
+def token_breakdown(corpora: dict, domains: list[str], by_source: bool) -> tuple[dict, dict]:
+    """Per generic source tokens per split (offline mix: ids are "source/...") and, per domain, the number of
+    train documents (in shard order) needed to reach each SUBSETS size.
 
-    The subsets are read from the domain's train shard (a document ends at its eos): the splits are the
-    shards' own, whatever made them (an mlx-lm folder's given train.jsonl included), and no domain text is
-    re-read. Only the per-source counts re-read the generic text, split as the data stage splits it
-    (load_splits); their sum must equal the shard manifest (check_recount)."""
-    from mlx_pn.data.shards import Corpus
-    from mlx_pn.data.sources import load_splits
-    from mlx_pn.data.tokenizer import Tokenizer
-
-    tok = Tokenizer(cfg.data_dir / "tokenizer")
-    sources: dict[str, dict] = {}
-    if by_source:
-        splits, _ = load_splits(cfg.data.generic, "data.generic", cfg.data.valid_fraction, cfg.data.test_fraction,
-                                cfg.data.max_docs)
-        for split, docs in splits.items():
-            for i in range(0, len(docs), 512):
-                chunk = docs[i:i + 512]
-                for d, ids in zip(chunk, tok.encode_batch([d.text for d in chunk])):
-                    s = sources.setdefault(d.id.split("/", 1)[0], {"documents": 0, "bytes_utf8": 0, "tokens": {}})
-                    s["documents"] += 1
-                    s["bytes_utf8"] += len(d.text.encode("utf-8"))
-                    s["tokens"][split] = s["tokens"].get(split, 0) + len(ids) + 1  # + eos
-    subsets = {name: train_subsets(Corpus(cfg.data_dir / "shards" / name, tok)) for name in domains}
+    Read from the shards and their manifests (corpora: name -> mlx_pn.data.shards.Corpus), not by re-reading the
+    text: the counts are the shards' own, splits given by a source (an mlx-lm folder) included, and memory stays
+    bounded at any corpus size."""
+    sources = (corpora["generic"].manifest.get("sources") or {}) if by_source else {}
+    subsets = {}
+    for name in domains:
+        lens = corpora[name].document_lengths("train")
+        cum = np.cumsum(lens)
+        entry = {}
+        for label, target in SUBSETS.items():
+            k = min(int(np.searchsorted(cum, target)) + 1, len(lens))  # first k documents with >= target tokens
+            tokens = int(cum[k - 1]) if k else 0
+            entry[label] = {"tokens": tokens, "documents": k, "reached": tokens >= target}
+        entry["max"] = {"tokens": int(cum[-1]) if len(cum) else 0, "documents": len(lens)}
+        subsets[name] = entry
     return sources, subsets
-
-
-def train_subsets(corpus, chunk: int = 1 << 20) -> dict:
-    """The SUBSETS sizes of a corpus's train split, in shard order: {label: {tokens, documents, reached},
-    "max": {tokens, documents}}. The smallest whole-document prefix with at least `target` tokens ends at the
-    first eos at or after position target - 1; the memory-mapped shard is scanned in chunks only that far."""
-    import numpy as np
-
-    ids, eos = corpus.tokens("train"), corpus.manifest["eos_id"]
-    total = corpus.manifest["splits"]["train"]
-    entry = {}
-    for label, target in SUBSETS.items():
-        docs, start, found = 0, 0, None
-        while start < len(ids) and found is None:
-            ends = np.flatnonzero(np.asarray(ids[start:start + chunk]) == eos) + start
-            after = ends[ends >= target - 1]
-            if after.size:
-                found = int(after[0])
-                docs += int((ends <= found).sum())
-            else:
-                docs += ends.size
-            start += chunk
-        if found is None:
-            entry[label] = {"tokens": total["tokens"], "documents": total["documents"], "reached": False}
-        else:
-            entry[label] = {"tokens": found + 1, "documents": docs, "reached": True}
-    entry["max"] = {"tokens": total["tokens"], "documents": total["documents"]}
-    return entry
-
-
-def check_recount(sources: dict, subsets: dict, shards: dict, data_dir: Path) -> None:
-    """The per-source recount of token_breakdown must equal the generic shard manifest; a DataError says how
-    to recover."""
-    from mlx_pn.data.sources import DataError
-
-    if sources:
-        total = sum(s["tokens"].get("train", 0) for s in sources.values())
-        if total != shards["generic"]["splits"]["train"]["tokens"]:
-            raise DataError(f"generic: per-source recount ({total}) differs from the shards; rerun with a "
-                            f"fresh {data_dir}")
 
 
 def write_report(path: Path, manifest: dict, prepared: dict) -> None:

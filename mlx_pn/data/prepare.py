@@ -11,10 +11,11 @@ import json
 from dataclasses import dataclass
 
 from mlx_pn.config import Config
-from mlx_pn.data.shards import Corpus, build_shards, read_manifest
+from mlx_pn.data.shards import Corpus, read_manifest
 from mlx_pn.io import write_json_atomic
-from mlx_pn.data import dedup
-from mlx_pn.data.sources import DataError, fingerprint, load_splits
+from mlx_pn.data import dedup, remembered
+from mlx_pn.data.sources import DataError, fingerprint
+from mlx_pn.data.splitting import plan_corpus
 from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
 
 GENERIC = "generic"
@@ -36,6 +37,15 @@ def _same_source(stored, current, spec: str, key: dict | None = None) -> bool:
         return True
     legacy = fingerprint(spec, legacy=True)
     return stored == (legacy if key is None else key | {"generic": legacy})
+
+
+def _made_from(root) -> str:
+    """', made from generic=X (DATA/sources.json): drop the flag to use it'", where the run recorded it."""
+    made = remembered.stored(root)
+    if not made:
+        return ""
+    return (f" (this run's data was made from data.generic={made.get('generic')!r}, vocab_size="
+            f"{made.get('vocab_size')}: {root / remembered.FILE}; leave data.* unset to use them)")
 
 
 def _sources(cfg: Config) -> dict[str, tuple[str, str]]:
@@ -61,6 +71,14 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                "sample_mb": cfg.data.tokenizer_sample_mb}
     meta = tok_dir / "source.json"
 
+    plans: dict = {}
+
+    def plan(name: str):  # each corpus is indexed (or read) at most once per call
+        if name not in plans:
+            spec, field = sources[name]
+            plans[name] = plan_corpus(name, spec, field, cfg, prints[name], log)
+        return plans[name]
+
     if (tok_dir / "spm.model").exists() and (tok_dir / "hf" / "tokenizer.json").exists():
         tok = Tokenizer(tok_dir)
         if tok.vocab_size != cfg.data.vocab_size:
@@ -74,18 +92,15 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         elif not _same_source(json.loads(meta.read_text()), tok_key, cfg.data.generic, tok_key):
             raise DataError(
                 f"{tok_dir} was trained on other generic text or settings than data.generic={cfg.data.generic!r} "
-                f"now gives; delete {tok_dir} to retrain it (models trained with the old one need it), or use "
-                f"another data.dir")
-        generic_splits = None
+                f"now gives{_made_from(root)}; for other text use another --out (or data.dir), or delete {tok_dir} "
+                f"to retrain it (models trained with the old one need it)")
     else:
-        generic_splits = load_splits(cfg.data.generic, "data.generic", cfg.data.valid_fraction,
-                                     cfg.data.test_fraction, cfg.data.max_docs)
-        splits = generic_splits[0]
+        generic = plan(GENERIC)
         log(f"[data] training a {cfg.data.vocab_size}-piece SentencePiece tokenizer on generic text")
-        tok = train_tokenizer((d.text for d in splits["train"]), cfg.data.vocab_size, tok_dir,
-                              cfg.data.tokenizer_sample_mb, meta=tok_key)
+        tok = train_tokenizer(generic.texts("train"), cfg.data.vocab_size, tok_dir, cfg.data.tokenizer_sample_mb,
+                              meta=tok_key)
 
-    corpora, generic_train, generic_keys = {}, None, set()
+    corpora = {}
     for name in wanted:
         spec, field = sources[name]
         folder = root / "shards" / name
@@ -102,21 +117,13 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                 log(f"[data] {name}: rebuilding the damaged shards from {field}")
                 fresh = False
         if not fresh:
-            splits, how = generic_splits if (name == GENERIC and generic_splits is not None) else \
-                load_splits(spec, field, cfg.data.valid_fraction, cfg.data.test_fraction, cfg.data.max_docs)
-            if name != GENERIC and generic_train is None and generic_splits is None:  # generic shards cached: read it
-                generic_splits = load_splits(cfg.data.generic, "data.generic", cfg.data.valid_fraction,
-                                             cfg.data.test_fraction, cfg.data.max_docs)
-            if generic_train is None:
-                gsplits = splits if name == GENERIC else generic_splits[0]
-                generic_train = dedup.NearIndex([d.text for d in gsplits["train"]])
-                # every generic document's normalised-text hash (12 bytes each): a domain made of generic text
-                generic_keys = {dedup.exact_key(d.text) for docs in gsplits.values() for d in docs}
+            corpus = plan(name)
             # the duplicates left (groups across splits: given splits only) and the generic/domain overlap
-            leaks = dedup.leak_report(splits, None if name == GENERIC else generic_train)
-            m = build_shards(name, splits, tok, root / "shards", spec, extra={"split": split_key, "fingerprint": prints[name],
-                                                                          "splits_from": how or "split by document",
-                                                                          "duplicates": leaks})
+            leaks = corpus.leak_report(None if name == GENERIC else plan(GENERIC).reference())
+            how = corpus.how
+            m = corpus.write(tok, root / "shards", extra={"split": split_key, "fingerprint": prints[name],
+                                                          "splits_from": how or "split by document",
+                                                          "duplicates": leaks})
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
             log(f"[data] {name}: {sizes}" + (f" (splits: {how})" if how else ""))
             over = sum((leaks.get("in_generic_train") or {}).values())
@@ -125,21 +132,23 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                     f"({leaks['exact_duplicates']} exact, {leaks['near_duplicates']} near copies), "
                     f"{leaks['groups_across_splits']} groups across splits, {over} valid/test documents also in the "
                     f"generic train split (manifest.json: duplicates)")
-            held = sum(len(splits[s]) for s in ("valid", "test") if s in splits)
-            copies = 0 if name == GENERIC else sum(dedup.exact_key(d.text) in generic_keys
-                                                   for docs in splits.values() for d in docs)
-            n_docs = sum(len(docs) for docs in splits.values())
-            if name != GENERIC and ((held and over == held) or copies == n_docs):
-                log(f"[data] warning: {name}: " + (f"all {n_docs} of its documents are also in the generic text"
-                                                   if copies == n_docs else f"all {held} of its valid/test documents "
-                                                   f"also sit in the generic train split") +
-                    f": this domain looks like a part of the generic text, so the model is pretrained on it and its "
-                    f"perplexities say little about specialization; point {field} at other text, or take it out of "
-                    f"data.generic")
+            if name != GENERIC and _all_in_generic(corpus, plan(GENERIC)):
+                log(f"[data] warning: {name}: every one of its documents is also in the generic text: this domain looks "
+                    f"like a part of data.generic, so the model is pretrained on it and its perplexities say little "
+                    f"about specialization; point {field} at other text, or take it out of data.generic")
         corpora[name] = Corpus(folder, tok)
         if only is not None and name in only:  # a domain about to be specialized to: every split is read
             _check_splits(corpora[name], spec, field, cfg)
+    remembered.record(cfg)
     return PreparedData(tok, corpora)
+
+
+def _all_in_generic(domain, generic) -> bool:
+    """Every document of `domain` has an exact copy (same normalised text) somewhere in the generic corpus."""
+    import numpy as np
+
+    keys = domain.exact_keys()
+    return bool(len(keys)) and bool(np.isin(keys, generic.exact_keys()).all())
 
 
 def _check_splits(corpus: Corpus, spec: str, field: str, cfg: Config) -> None:

@@ -13,7 +13,9 @@ disk space is checked against the worst case (one token per UTF-8 byte).
 from __future__ import annotations
 
 import json
+from itertools import islice
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -25,6 +27,7 @@ from mlx_pn.io import (DiskSpaceError, ForeignFolderError, atomic_folder, check_
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"  # the marker kind of a shard set (mlx_pn.io.write_marker)
+MAX_SOURCES = 1000  # per-source counts are kept in the manifest up to this many sources
 VERIFIED = "verified.json"  # {split: [size, mtime_ns]} of the files whose sha256 was last checked good
 
 
@@ -36,16 +39,14 @@ def _stamps(folder: Path, splits) -> dict:
     return out
 
 
-def shard_bytes_needed(splits: dict[str, list[Document]], itemsize: int, sizes: dict[str, list[int]] | None = None
-                       ) -> int:
-    """Upper bound of the shard files' size: byte fallback gives at most one token per UTF-8 byte, plus
-    the dummy-prefix piece and the eos of every document. sizes: the documents' UTF-8 sizes, if known."""
-    sizes = sizes or _utf8_sizes(splits)
-    return sum((n + 2) * itemsize for ns in sizes.values() for n in ns) + (1 << 20)
+def shard_bytes_needed(planned: dict[str, tuple[int, int]], itemsize: int) -> int:
+    """Upper bound of the shard files' size from each split's (documents, UTF-8 bytes): byte fallback gives at most
+    one token per UTF-8 byte, plus the dummy-prefix piece and the eos of every document."""
+    return sum((n_bytes + 2 * n_docs) * itemsize for n_docs, n_bytes in planned.values()) + (1 << 20)
 
 
-def _utf8_sizes(splits: dict[str, list[Document]]) -> dict[str, list[int]]:
-    return {split: [len(d.text.encode("utf-8")) for d in docs] for split, docs in splits.items()}
+def _utf8_len(doc: Document) -> int:
+    return len(doc.text.encode("utf-8"))
 
 
 def _dtype(vocab_size: int) -> np.dtype:
@@ -54,8 +55,48 @@ def _dtype(vocab_size: int) -> np.dtype:
 
 def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, folder: Path,
                  source: str, extra: dict | None = None, batch_docs: int = 256) -> dict:
-    """Tokenize every split into ``folder/name`` (written to a temp folder, then renamed). An existing
-    ``folder/name`` is replaced only when it is a shard set (its marker, or a manifest of this module's)."""
+    """Tokenize every split of documents in memory into ``folder/name``: :func:`write_shards` of them in order."""
+    planned = {s: (len(docs), sum(map(_utf8_len, docs))) for s, docs in splits.items()}
+    stream = ((s, d) for s, docs in splits.items() for d in docs)
+    return write_shards(name, stream, planned, tok, folder, source, extra, batch_docs)
+
+
+class _SourceCounts:
+    """Documents, bytes and tokens per source (the id's first path part) and split, for the corpus report; given
+    up past MAX_SOURCES sources (a folder of files without sub-folders has one per document)."""
+
+    def __init__(self, splits):
+        self.by_split: dict[str, dict] = {s: {} for s in splits}
+        self.given_up = False
+
+    def add(self, split: str, doc: Document, n_bytes: int, n_tokens: int) -> None:
+        if self.given_up:
+            return
+        d = self.by_split[split]
+        c = d.setdefault(doc.id.split("/", 1)[0], [0, 0, 0])
+        c[0], c[1], c[2] = c[0] + 1, c[1] + n_bytes, c[2] + n_tokens
+        if len(d) > MAX_SOURCES:
+            self.given_up, self.by_split = True, {}
+
+    def result(self) -> dict | None:
+        if self.given_up:
+            return None
+        out: dict[str, dict] = {}
+        for split, d in self.by_split.items():  # split by split: the order the report lists them in
+            for src, (docs, n_bytes, tokens) in d.items():
+                s = out.setdefault(src, {"documents": 0, "bytes_utf8": 0, "tokens": {}})
+                s["documents"] += docs
+                s["bytes_utf8"] += n_bytes
+                s["tokens"][split] = tokens
+        return out
+
+
+def write_shards(name: str, docs: Iterable[tuple[str, Document]], planned: dict[str, tuple[int, int]],
+                 tok: Tokenizer, folder: Path, source: str, extra: dict | None = None, batch_docs: int = 256) -> dict:
+    """Tokenize a stream of (split, document) into ``folder/name``: one ``{split}.bin`` per split of `planned`
+    ({split: (documents, UTF-8 bytes)}: the disk-space check and the progress bar), each split's documents in
+    stream order, written to a temp folder, then renamed. An existing ``folder/name`` is replaced only when it is a
+    shard set (its marker, or a manifest of this module's)."""
     try:  # nothing is tokenized, let alone replaced, before the destination is known to be ours
         check_inside(folder / name, folder, f"the shards of '{name}'")
         if (folder / name).resolve() == Path(folder).resolve():
@@ -64,43 +105,52 @@ def build_shards(name: str, splits: dict[str, list[Document]], tok: Tokenizer, f
     except ForeignFolderError as e:
         raise DataError(str(e)) from None
     dtype = _dtype(tok.vocab_size)
-    sizes = _utf8_sizes(splits)
     try:
-        check_disk_space(folder, shard_bytes_needed(splits, dtype.itemsize, sizes), f"the token shards of '{name}'",
+        check_disk_space(folder, shard_bytes_needed(planned, dtype.itemsize), f"the token shards of '{name}'",
                          "free some space, or set data.dir to a folder on a larger disk")
     except DiskSpaceError as e:
         raise DataError(str(e)) from None
     manifest = {"name": name, "source": source, "tokenizer_sha256": tok.sha256, "vocab_size": tok.vocab_size,
                 "dtype": dtype.name, "eos_id": tok.eos_id, **(extra or {}), "splits": {}}
+    sources = _SourceCounts(planned)
 
     def write(tmp: Path):
-        # progress in UTF-8 bytes (what the encoding time follows; a document count forecast badly), tokens beside
-        total_tokens = 0
-        with tqdm(total=sum(map(sum, sizes.values())), desc=f"tokenize {name}", unit="B", unit_scale=True,
-                  leave=False) as bar:
-            for split, docs in splits.items():
-                n_tokens = 0
-                with open(tmp / f"{split}.bin", "wb") as f:
-                    for i in range(0, len(docs), batch_docs):
-                        chunk = docs[i:i + batch_docs]
-                        flat: list[int] = []
-                        for ids in tok.encode_batch([d.text for d in chunk]):
-                            flat += ids
-                            flat.append(tok.eos_id)
-                        f.write(np.asarray(flat, dtype=dtype).tobytes())  # one array per batch, not per document
-                        n_tokens += len(flat)
-                        total_tokens += len(flat)
-                        bar.set_postfix_str(f"{total_tokens:,} tokens", refresh=False)
-                        bar.update(sum(sizes[split][i:i + batch_docs]))
-                manifest["splits"][split] = {
-                    "documents": len(docs), "tokens": n_tokens, "bytes_utf8": sum(sizes[split]),
-                    "sha256": file_sha256(tmp / f"{split}.bin"),
-                }
+        counts = {s: [0, 0, 0] for s in planned}  # documents, tokens, bytes
+        files = {s: open(tmp / f"{s}.bin", "wb") for s in planned}
+        # progress in bytes of text (documents vary 1000x in length: a count of them forecasts badly), tokens beside
+        total = sum(b for _, b in planned.values())
+        try:
+            with tqdm(total=total, desc=f"tokenize {name}", unit="B", unit_scale=True, leave=False) as bar:
+                for chunk in _batches(docs, batch_docs):
+                    chunk_bytes = 0
+                    for (split, doc), ids in zip(chunk, tok.encode_batch([d.text for _, d in chunk])):
+                        arr = np.asarray(ids + [tok.eos_id], dtype=dtype)
+                        files[split].write(arr.tobytes())
+                        nb = _utf8_len(doc)
+                        c = counts[split]
+                        c[0], c[1], c[2] = c[0] + 1, c[1] + arr.size, c[2] + nb
+                        sources.add(split, doc, nb, arr.size)
+                        chunk_bytes += nb
+                    bar.update(chunk_bytes)
+                    bar.set_postfix(tokens=f"{sum(c[1] for c in counts.values()) / 1e6:.2f}M", refresh=False)
+        finally:
+            for f in files.values():
+                f.close()
+        for split, (n_docs, n_tokens, n_bytes) in counts.items():
+            manifest["splits"][split] = {"documents": n_docs, "tokens": n_tokens, "bytes_utf8": n_bytes,
+                                         "sha256": file_sha256(tmp / f"{split}.bin")}
+        manifest["sources"] = sources.result()
         write_json_atomic(tmp / MANIFEST, manifest)
         write_json_atomic(tmp / VERIFIED, _stamps(tmp, manifest["splits"]))
 
     atomic_folder(folder / name, write, kind=SHARDS, legacy=_legacy_shards)
     return manifest
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 def _legacy_shards(folder: Path) -> bool:
@@ -171,6 +221,18 @@ class Corpus:
         if self.manifest["splits"][split]["tokens"] == 0:
             return np.zeros(0, dtype=self.manifest["dtype"])
         return np.memmap(self.folder / f"{split}.bin", dtype=self.manifest["dtype"], mode="r")
+
+    def document_lengths(self, split: str, chunk: int = 1 << 24) -> np.ndarray:
+        """Tokens of each document of a split, eos included, in shard order: read from the shard's eos tokens
+        in chunks (bounded memory), checked against the manifest's document count."""
+        tokens, eos = self.tokens(split), self.manifest["eos_id"]
+        ends = [np.flatnonzero(tokens[i:i + chunk] == eos) + i for i in range(0, len(tokens), chunk)]
+        ends = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+        if len(ends) != self.manifest["splits"][split]["documents"] or (len(tokens) and ends[-1] != len(tokens) - 1):
+            raise DataError(f"{self.folder / (split + '.bin')}: {len(ends)} documents end in it but "
+                            f"{self.folder / MANIFEST} says {self.manifest['splits'][split]['documents']}; "
+                            f"delete {self.folder} and rerun the data stage")
+        return np.diff(ends, prepend=-1)
 
     def bytes_utf8(self, split: str) -> int:
         return self.manifest["splits"][split]["bytes_utf8"]

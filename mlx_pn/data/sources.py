@@ -3,8 +3,8 @@
 A *source spec* is one of:
 - ``bundled:NAME``: a real-text sample shipped in ``mlx_pn/data/bundled/NAME.jsonl.gz``;
 - a path: ``.txt``/``.md``/``.rst``/``.py`` (one document per file), ``.jsonl``/``.jsonl.gz``
-  (one document per line, field ``text``), ``.parquet`` (string column ``text``, read
-  with pyarrow), or a folder holding any of these (read recursively, in sorted order);
+  (one document per line, field ``text``), ``.parquet`` (column ``text``, read through
+  ``datasets``), or a folder holding any of these (read recursively, in sorted order);
 - ``hf:DATASET[/CONFIG][:SPLIT]``: a Hugging Face dataset (needs internet; a user option only).
 
 A ``.jsonl`` record is mlx-lm's ``{"text": ...}``, ``{"prompt": ..., "completion": ...}`` or
@@ -59,28 +59,29 @@ def bundled_names() -> list[str]:
 
 
 def _utf16(raw: bytes) -> bool:
-    """A UTF-16 text: its byte-order mark, or (without one) a NUL in every other byte of an ASCII-heavy start."""
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return True
-    head = raw[:4096]
-    return len(head) >= 4 and (head[1::2].count(0) > 0.4 * len(head) / 2 or head[0::2].count(0) > 0.4 * len(head) / 2)
+    """A byte-order mark, or a zero byte in every other place of the first 64 (ASCII text in UTF-16)."""
+    head = raw[:64]
+    return raw[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 8 and (
+        head[1::2].count(0) == len(head) // 2 or head[0::2].count(0) == (len(head) + 1) // 2))
 
 
 def _decode(raw: bytes, where: str) -> str:
-    utf16 = DataError(f"{where}: not valid UTF-8 but UTF-16 text; re-encode it, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`, "
-                      f"or remove the file from the source list")
     try:
         text = raw.decode("utf-8")
-        if "\x00" in text and _utf16(raw):  # ASCII in UTF-16 without a BOM is valid UTF-8, NUL every other byte
-            raise utf16
-        return text
     except UnicodeDecodeError as e:
         if _utf16(raw):
-            raise utf16 from None
+            raise DataError(_UTF16.format(where=where)) from None
         raise DataError(
             f"{where}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); re-encode it, e.g. "
             f"`iconv -f latin1 -t utf-8 IN > OUT`, or remove the file from the source list"
         ) from None
+    if "\0" in text[:64] and _utf16(raw):  # UTF-16 without a byte-order mark decodes as UTF-8 full of NULs
+        raise DataError(_UTF16.format(where=where))
+    return text
+
+
+_UTF16 = ("{where}: UTF-16 text (a byte-order mark, or a zero byte in every other place), not UTF-8; re-encode it: "
+          "`iconv -f utf-16 -t utf-8 IN > OUT`")
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -150,38 +151,36 @@ def _jsonl(path: Path) -> Iterator[Document]:
         yield Document(str(obj.get("id", f"{path.name}:{n}")), text)
 
 
-def _parquet(path: Path) -> Iterator[Document]:
-    """Rows of a .parquet file, read by record batches with pyarrow (bounded memory; unlike datasets'
-    load_dataset it writes no cache, e.g. into ~/.cache/huggingface). Column 'text' (strings), optional 'id'."""
+def _parquet(path: Path, batch_rows: int = 1024) -> Iterator[Document]:
+    """Rows of a parquet file, streamed in record batches straight from the file with pyarrow (the engine under
+    `datasets`): bounded memory, and nothing written anywhere (datasets.load_dataset would cache a copy of the
+    file under ~/.cache/huggingface)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install pyarrow (or the 'hf' extra)") from None
+        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install pyarrow (or datasets)") from None
     try:
-        f = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:120]}); convert it to "
-                        f"parquet with a string column 'text', or use .jsonl") from None
-    columns = f.schema_arrow.names
-    if "text" not in columns:
-        raise DataError(f"{path}: no 'text' column (columns: {columns}); rename the text column to 'text'")
-    kind = f.schema_arrow.field("text").type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise DataError(f"{path}: column 'text' holds {kind}, not strings; store the documents as strings")
-    want = ["text"] + (["id"] if "id" in columns else [])
+        raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]}); convert it to "
+                        f".parquet, .jsonl or .txt") from None
+    names = pf.schema_arrow.names
+    if "text" not in names:
+        raise DataError(f"{path}: no 'text' column (columns: {names}); rename the text column to 'text'")
+    if not pa.types.is_string(pf.schema_arrow.field("text").type) and \
+            not pa.types.is_large_string(pf.schema_arrow.field("text").type):
+        raise DataError(f"{path}: column 'text' holds {pf.schema_arrow.field('text').type}, not strings; "
+                        f"store the document text as a string column")
+    columns = ["text"] + (["id"] if "id" in names else [])
     i = 0
-    try:
-        for batch in f.iter_batches(batch_size=1024, columns=want):
-            rows = batch.to_pydict()
-            for j, text in enumerate(rows["text"]):
-                if text is None:
-                    raise DataError(f"{path}: row {i}: field 'text' is null; drop that row or give it text")
-                doc_id = rows["id"][j] if "id" in rows else None
-                yield Document(str(f"{path.name}:{i}" if doc_id is None else doc_id), text)
-                i += 1
-    except pa.ArrowException as e:
-        raise DataError(f"{path}: unreadable after row {i} ({str(e).splitlines()[0][:120]}); re-create the file") from None
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        ids = batch.column("id").to_pylist() if "id" in columns else None
+        for j, text in enumerate(batch.column("text").to_pylist()):
+            if text is None:
+                raise DataError(f"{path}: row {i + j} has no text (null in column 'text'); drop or fill that row")
+            yield Document(str(ids[j]) if ids is not None else f"{path.name}:{i + j}", text)
+        i += batch.num_rows
 
 
 def _hub(spec: str) -> Iterator[Document]:
@@ -227,19 +226,17 @@ def _path(path: Path, field: str, root: Path | None = None) -> Iterator[Document
         yield Document(doc_id, _decode(path.read_bytes(), str(path)))
 
 
-def _existing(part: str, field: str) -> Path:
-    """The path a spec part names: it exists and is a folder or a regular file (a symlink to /dev/zero or a FIFO
-    would be read forever or block in open())."""
-    path = Path(part).expanduser()
-    if not path.exists():
-        raise DataError(f"{field}: '{path}' does not exist; fix the path or use a bundled corpus "
-                        f"({', '.join('bundled:' + n for n in bundled_names())})")
-    if not (path.is_dir() or path.is_file()):
-        what = "a FIFO" if path.is_fifo() else "a device" if path.is_char_device() or path.is_block_device() else \
-            "not a regular file"
-        raise DataError(f"{field}: '{path}' is {what}" + (f" ({path.resolve()})" if path.is_symlink() else "")
-                        + "; give a regular text file or a folder of them")
-    return path
+def _check_regular(path: Path, field: str) -> None:
+    """A source named directly must be a regular file or a folder: /dev/zero (or a link to it) never ends and a
+    FIFO blocks forever in open(); inside a folder such entries are skipped (_files keeps regular files)."""
+    import stat
+
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or \
+            stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        shown = f"{path} (-> {path.resolve()})" if path.is_symlink() else str(path)
+        raise DataError(f"{field}: {shown} is {kind}; point it at a text/.jsonl/.parquet file or a folder of them")
 
 
 def _parts(spec: str) -> list[str]:
@@ -258,7 +255,11 @@ def read_source(spec: str, field: str = "data") -> Iterator[Document]:
         elif part.startswith("hf:"):
             docs = _hub(part)
         else:
-            path = _existing(part, field)
+            path = Path(part).expanduser()
+            if not path.exists():
+                raise DataError(f"{field}: '{path}' does not exist; fix the path or use a bundled corpus "
+                                f"({', '.join('bundled:' + n for n in bundled_names())})")
+            _check_regular(path, field)
             docs = _path(path, field)
         for d in docs:
             text = d.text.strip()
@@ -272,18 +273,14 @@ def read_source(spec: str, field: str = "data") -> Iterator[Document]:
 
 
 def source_files(spec: str, field: str = "data") -> list[Path] | None:
-    """The files a spec reads, in order; None when it is not local (a hub dataset). A part that is neither a
-    folder nor a regular file is a DataError (read_source's)."""
+    """The files a spec reads, in order; None when it is not local (a hub dataset)."""
     files: list[Path] = []
     for part in [s.strip() for s in spec.split(",") if s.strip()]:
         if part.startswith("hf:"):
             return None
-        if part.startswith("bundled:"):
-            path = _bundled_path(part[len("bundled:"):])
-        elif Path(part).expanduser().exists():
-            path = _existing(part, field)
-        else:
-            continue
+        path = _bundled_path(part[len("bundled:"):]) if part.startswith("bundled:") else Path(part)
+        if path.exists():
+            _check_regular(path, field)
         files.extend(_files(path) if path.is_dir() else [path] if path.exists() else [])
     return files
 
@@ -367,7 +364,7 @@ def load_splits(spec: str, field: str, valid_fraction: float, test_fraction: flo
         own = {s: load_documents(str(folder / f"{s}.jsonl"), field, max_docs, allow_empty=s != "train")
                for s in SPLITS if (folder / f"{s}.jsonl").is_file()}
         for s, frac in (("valid", valid_fraction), ("test", test_fraction)):
-            if s in own and not own[s] and frac > 0:
+            if s in own and not own[s] and frac > 0:  # said here, not later as "too few to fill the split"
                 raise DataError(f"{field}: {folder / f'{s}.jsonl'} is empty (no non-empty records); add held-out "
                                 f"records to it, or delete it to carve {s} out of train.jsonl ({frac:.0%} of its "
                                 f"documents)")

@@ -30,7 +30,7 @@ from mlx.utils import tree_flatten
 
 from mlx_pn.config import ConfigError, ModelConfig, _suggest, to_dict
 from mlx_pn.io import atomic_folder, check_disk_space, file_sha256, has_marker
-from mlx_pn.models import byte_lm
+from mlx_pn.models import byte_lm, folder_check
 from mlx_pn.models.transformer import ModelArgs, Transformer, init_trunk_weights
 
 # Sizes from the paper (Table 6) plus small presets for CPUs. The vocabulary comes from the
@@ -164,9 +164,11 @@ def build_model(args, seed: int = 0, tokenizer=None):
 
 def model_from_config(config: dict):
     """A model folder's config.json -> an (uninitialised) model of the right class."""
-    if config.get("frontend") == "byte":
-        return byte_lm.Model(byte_lm.ModelArgs.from_dict(config))
-    return Transformer(ModelArgs.from_dict(config))
+    from mlx_pn import memory
+
+    args = byte_lm.ModelArgs.from_dict(config) if config.get("frontend") == "byte" else ModelArgs.from_dict(config)
+    memory.check_model(args)  # the weights must fit before they are allocated
+    return byte_lm.Model(args) if config.get("frontend") == "byte" else Transformer(args)
 
 
 # --- model folders (config.json + model.safetensors) ---------------------------------------------
@@ -220,8 +222,10 @@ def load_model(folder: str | Path):
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{folder}: no config.json; is this a model folder written by mlx_pn?")
+    config = folder_check.read_config(folder, CheckpointError)
+    folder_check.check_config(config, cfg_path, CheckpointError)  # before the hashes: a bomb is refused unread
     verify_model_folder(folder)
-    model = model_from_config(json.loads(cfg_path.read_text()))
+    model = model_from_config(config)
     try:
         model.load_weights(str(folder / "model.safetensors"), strict=True)
     except Exception as e:  # noqa: BLE001

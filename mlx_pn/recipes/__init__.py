@@ -9,7 +9,24 @@ clone, ``python -m recipes.NAME`` does the same through the thin modules of the 
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import threading
+
+
+def _terminated_while_starting(signum, frame) -> None:
+    """SIGTERM before the command installed its own handler (mlx_pn.interrupt, once the config loads): nothing has
+    been written yet, so say so and exit 143 at once, like every other interrupted command (it died silently, -15)."""
+    sys.stderr.write("interrupted (SIGTERM) while starting; nothing was written; rerun the same command\n")
+    sys.stderr.flush()
+    os._exit(143)
+
+
+# from the first moment a command (mlx-pn NAME, python -m recipes.NAME) runs; a program that set its own handler
+# keeps it
+if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _terminated_while_starting)
 
 COMMANDS = {  # name -> what it does (the module mlx_pn.recipes.NAME runs it)
     "quickstart": "the whole pipeline on the bundled text: data, pretrain, fine-tune, export, mlx-lm generation",
@@ -19,10 +36,17 @@ COMMANDS = {  # name -> what it does (the module mlx_pn.recipes.NAME runs it)
     "importance": "slm-is: pretrain on generic windows resampled to a domain's clusters",
     "specialize": "fine-tune a pretrained method on --domain; perplexity before and after",
     "export": "export a specialized model to an mlx-lm folder (with a model card), verified by reloading",
+    "serve": "serve a run's specialists on one OpenAI-style endpoint, each request routed by its clusters",
     "compare": "every method at matched pretraining FLOPs: results tables and plots",
     "lm": "mlx-lm's own command line (generate, perplexity, lora, server, upload, ...) with the BLAS set up",
 }
 USAGE = f"usage: mlx-pn {{{','.join(COMMANDS)}}} [--help] [ARGS ...]"
+
+
+def _preset_names() -> list[str]:
+    from pathlib import Path
+
+    return sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
 
 
 def main(argv=None) -> None:
@@ -30,8 +54,8 @@ def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE + "\n\n" + "\n".join(f"  {n:<11s} {what}" for n, what in COMMANDS.items())
-              + "\n\nPresets: --config NAME (mlx_pn/recipes/configs/NAME.yaml). One command's options: "
-                "mlx-pn NAME --help")
+              + "\n\nPresets: --config NAME (mlx_pn/recipes/configs/NAME.yaml): " + ", ".join(_preset_names())
+              + ". One command's options: mlx-pn NAME --help")
         if not argv:
             raise SystemExit(2)
         return

@@ -31,15 +31,27 @@ def known_errors() -> tuple[type, ...]:
     return (ConfigError, DataError, DiskSpaceError, WriteError, ForeignFolderError) + lazy
 
 
+def claim_outputs(cfg) -> None:
+    """Claim the run's output folders (--out, and --data.dir when set) before anything is written under them
+    (mlx_pn.io.claim_output: never a user's own folder, a file, the installed package or a path too long)."""
+    from mlx_pn.io import claim_output
+
+    claim_output(cfg.out, "--out")
+    if getattr(getattr(cfg, "data", None), "dir", ""):
+        claim_output(cfg.data.dir, "--data.dir")
+
+
 @contextmanager
-def clear_errors():
-    """Known, user-fixable errors print one line (what, where, how to fix) and exit 2, as do a full disk and a
+def clear_errors(cfg=None):
+    """cfg: claim its output folders first (claim_outputs). Known, user-fixable errors print one line (what, where, how to fix) and exit 2, as do a full disk and a
     read-only folder (mlx_pn.io.write_error, MLX's nameless write errors included); Ctrl-C and SIGTERM print where
     the run stopped and how to resume (mlx_pn.interrupt) and exit 130 / 143, without a traceback."""
     from mlx_pn import interrupt
 
     interrupt.install_sigterm()
     try:
+        if cfg is not None:
+            claim_outputs(cfg)
         yield
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as interrupt.Terminated
         interrupt.exit_interrupted(e)

@@ -25,7 +25,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     cfg, args = parse(parser, argv)
-    with clear_errors():
+    with clear_errors(cfg):
         from mlx_pn.clustering.stage import clustering_folder, clusters_root, run_clustering, window_len
         from mlx_pn.data.prepare import prepare_data
 

@@ -37,7 +37,7 @@ def main(argv=None):
 
     parser = build_parser()
     cfg, args = parse(parser, argv)
-    with clear_errors():
+    with clear_errors(cfg):
         if args.report_only:
             report_only(cfg)
         else:

@@ -12,6 +12,7 @@ README.md (method, data, tokens seen, measured perplexities, the commands to rep
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from mlx_pn.cli import build_parser as cli_parser, parse
@@ -42,28 +43,44 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     cfg, args = parse(parser, argv)
-    with clear_errors():
+    with clear_errors(None if args.to else cfg):  # --to: export_mlx_lm replaces only an export folder
         from mlx_pn.export import export_mlx_lm, generate_command
         from mlx_pn.model_card import usage_lines
         from mlx_pn.methods.layout import specialize_dir
         from mlx_pn.models.build import load_model
 
+        from mlx_pn import runlock
+
         src = Path(args.model) if args.model else specialize_dir(cfg, cfg.domain) / "final"
         if not (src / "model.safetensors").exists():
-            raise SystemExit(f"error: {src}/model.safetensors does not exist; run `{recipe_command('specialize')}` "
-                             f"with this config first (or pass --model FOLDER)")
+            print(f"error: {src}/model.safetensors does not exist; run `{recipe_command('specialize')}` with this "
+                  f"config first (or pass --model FOLDER)", file=sys.stderr)
+            raise SystemExit(2)
         check_not_routed_pretraining(src, cfg)
-        tok = Path(args.tokenizer) if args.tokenizer else cfg.data_dir / "tokenizer" / "hf"
+        tok = cfg.data_dir / "tokenizer" / "hf"
+        tok = Path(args.tokenizer) if args.tokenizer else run_tokenizer(src, tok) if args.model else tok
         suffix = f"-q{args.quantize}" if args.quantize else ""
         folder = "export" if cfg.method == "slm" else f"export-{cfg.method}"
         dest = Path(args.to) if args.to else Path(cfg.out) / folder / f"{cfg.domain}{suffix}"
-        report = export_mlx_lm(load_model(src), tok, dest, quantize=args.quantize, group_size=args.group_size,
-                               dtype=args.dtype, force=args.force, card_from=src, base_model=args.base_model,
-                               log=print)
+        # a specialization still writing its folder (between final/ and results.json) holds its lock: wait for it
+        stage = src.parent if (src.parent / runlock.LOCK).exists() else None
+        with runlock.hold(stage or src, print, enabled=stage is not None):
+            report = export_mlx_lm(load_model(src), tok, dest, quantize=args.quantize, group_size=args.group_size,
+                                   dtype=args.dtype, force=args.force, card_from=src, base_model=args.base_model,
+                                   log=print)
         print(json.dumps(report, indent=2))
         print(f"model card: {dest / 'README.md'}\ntry it: {generate_command(dest)}")
         remote = "model_file" in json.loads((dest / "config.json").read_text())
         print("\n".join(usage_lines(dest, remote=remote)))
+
+
+def run_tokenizer(model_dir: Path, default: Path) -> Path:
+    """The tokenizer of the run a model folder belongs to (RUN/specialize/DOMAIN/final -> RUN/data/tokenizer/hf:
+    the nearest enclosing folder that has one), else `default` (the config's data.dir)."""
+    for parent in list(model_dir.resolve().parents)[:5]:
+        if (parent / "data" / "tokenizer" / "hf" / "tokenizer.json").is_file():
+            return parent / "data" / "tokenizer" / "hf"
+    return default
 
 
 def check_not_routed_pretraining(src: Path, cfg) -> None:

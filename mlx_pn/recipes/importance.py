@@ -36,7 +36,7 @@ def main(argv=None):
     from mlx_pn.methods.importance import SLM_IS
 
     cfg = dataclasses.replace(cfg, method=SLM_IS.name)
-    with clear_errors():
+    with clear_errors(cfg):
         from mlx_pn.data.prepare import prepare_data
         from mlx_pn.methods.importance import pretrain as pretrain_importance
         from mlx_pn.methods.layout import pretrain_dir

@@ -54,7 +54,7 @@ def main(argv=None):
     t0 = time.time()
     corpus_dir = Path(args.corpus_dir) if args.corpus_dir else Path(cfg.out) / "corpus"
     work = Path(args.work) if args.work else Path(cfg.out) / "work"
-    with clear_errors():
+    with clear_errors(cfg):
         from mlx_pn.corpus.prepare import prepare_corpus
 
         manifest = prepare_corpus(cfg, args.corpus, corpus_dir, work, portable=args.portable, gcide=args.gcide)

@@ -22,7 +22,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     cfg, args = parse(parser, argv)
-    with clear_errors():
+    with clear_errors(cfg):
         from mlx_pn import quickstart
 
         results = quickstart.run(cfg, resume=args.resume)

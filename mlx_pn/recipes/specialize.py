@@ -28,7 +28,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     cfg, args = parse(parser, argv)
-    with clear_errors():
+    with clear_errors(cfg):
         from mlx_pn.data.prepare import prepare_data
         from mlx_pn.methods import specialize
         from mlx_pn.methods.layout import specialize_dir

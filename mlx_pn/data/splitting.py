@@ -1,0 +1,147 @@
+"""How one corpus's documents are split, checked for duplicates and written to shards: streamed, or in memory.
+
+A source of plain files, .jsonl, .parquet or a hub dataset is **streamed** (:class:`StreamedCorpus`): one pass
+builds its on-disk duplicate index (mlx_pn.data.index) and the split of every document from it; later passes read
+the source again for the tokenizer's sample, the leak report and the shards. Memory stays bounded whatever the
+corpus's size, and the splits and shards are byte for byte the ones the in-memory path gives.
+
+A source that holds an mlx-lm data folder (train/valid/test.jsonl, kept as given) is read **in memory**
+(:class:`InMemoryCorpus`, mlx_pn.data.sources.load_splits): fine-tuning sets are small.
+
+Both answer the same questions: the texts of a split, the duplicate report against a reference (the generic train
+split), the shards, and the reference they make as the generic corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mlx_pn.data import dedup
+from mlx_pn.data.index import DiskNearIndex, build_index, group, open_index, split_of
+from mlx_pn.data.shards import build_shards, write_shards
+from mlx_pn.data.sources import SPLITS, DataError, Document, is_split_folder, load_splits, read_source
+from mlx_pn.io import atomic_folder
+
+INDEX = "index"  # DATA/index/NAME: a corpus's duplicate index, split codes and the settings they were made with
+
+
+def plan_corpus(name: str, spec: str, field: str, cfg, fingerprint: str, log=print):
+    """The corpus `spec` as a StreamedCorpus, or an InMemoryCorpus when it holds an mlx-lm data folder."""
+    given = any(not p.startswith(("bundled:", "hf:")) and is_split_folder(Path(p).expanduser())
+                for p in (s.strip() for s in spec.split(",")) if p)
+    cls = InMemoryCorpus if given else StreamedCorpus
+    return cls(name, spec, field, cfg, fingerprint, log)
+
+
+class InMemoryCorpus:
+    def __init__(self, name, spec, field, cfg, fingerprint, log=print):
+        self.name, self.spec = name, spec
+        self.splits, self.how = load_splits(spec, field, cfg.data.valid_fraction, cfg.data.test_fraction,
+                                            cfg.data.max_docs)
+
+    def texts(self, split: str) -> Iterator[str]:
+        return (d.text for d in self.splits[split])
+
+    def leak_report(self, reference=None) -> dict:
+        return dedup.leak_report(self.splits, reference)
+
+    def write(self, tok, folder: Path, extra: dict) -> dict:
+        return build_shards(self.name, self.splits, tok, folder, self.spec, extra=extra)
+
+    def exact_keys(self) -> np.ndarray:
+        """Every document's normalised-text hash (mlx_pn.data.dedup.exact_key), as 12-byte strings."""
+        return np.array([dedup.exact_key(d.text) for docs in self.splits.values() for d in docs], dtype="S12")
+
+    def reference(self):
+        """The train split as the index other corpora's held-out documents are checked against."""
+        return dedup.NearIndex([d.text for d in self.splits["train"]])
+
+
+class StreamedCorpus:
+    """A corpus read from its source as a stream, split and de-duplicated through its on-disk index."""
+
+    how = ""  # split by document, as the report says when nothing else is said
+
+    def __init__(self, name, spec, field, cfg, fingerprint, log=print):
+        self.name, self.spec, self.field, self.max_docs = name, spec, field, cfg.data.max_docs
+        folder = cfg.data_dir / INDEX / name
+        settings = {"fingerprint": fingerprint, "max_docs": cfg.data.max_docs, "method": dedup.VERSION,
+                    "valid_fraction": cfg.data.valid_fraction, "test_fraction": cfg.data.test_fraction}
+        if _read_json(folder / "settings.json") != settings:
+            log(f"[data] {name}: reading {field} once to split it and find its duplicates (index in {folder})")
+
+            def build(tmp: Path):
+                index = build_index(self._documents(), tmp, desc=f"index {name}",
+                                    workers=cfg.data.workers or os.cpu_count() or 1)
+                if not len(index):
+                    raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
+                code, _ = split_of(index, cfg.data.valid_fraction, cfg.data.test_fraction)
+                np.save(tmp / "code.npy", code)
+                (tmp / "settings.json").write_text(json.dumps(settings))
+
+            atomic_folder(folder, build, kind=INDEX)
+        self.index = open_index(folder)
+        self.code = np.load(folder / "code.npy")
+
+    def _documents(self) -> Iterator[Document]:
+        return islice(read_source(self.spec, self.field), self.max_docs or None)
+
+    def _coded(self) -> Iterator[tuple[int, Document]]:
+        """(split code, document) of every document, checked against the index: a source that changed since it
+        was indexed is an error, not a silent mix of two versions."""
+        n = 0
+        for n, d in enumerate(self._documents(), 1):
+            if n > len(self.code) or len(d.text.encode("utf-8")) != self.index.nbytes[n - 1]:
+                break
+            yield int(self.code[n - 1]), d
+        else:
+            if n == len(self.code):
+                return
+        raise DataError(f"{self.field}: '{self.spec}' changed while it was being read (document {n} differs from "
+                        f"the index made a moment ago); rerun once the source is complete")
+
+    def texts(self, split: str) -> Iterator[str]:
+        c = SPLITS.index(split)
+        return (d.text for code, d in self._coded() if code == c)
+
+    def leak_report(self, reference=None) -> dict:
+        """mlx_pn.data.dedup.leak_report of the final splits, from the index (no text, except to query
+        `reference` with the held-out documents)."""
+        order = np.concatenate([np.flatnonzero(self.code == c) for c in range(len(SPLITS))])
+        groups = group(self.index, order)
+        pairs = np.unique(np.stack([groups.root, self.code[order].astype(np.int64)]), axis=1)
+        roots, counts = np.unique(pairs[0], return_counts=True)
+        out = {**groups.stats(), "groups_across_splits": int((counts > 1).sum())}
+        if reference is not None:
+            found = {"valid": 0, "test": 0}
+            for code, d in self._coded():
+                if code and reference.contains(d.text):
+                    found[SPLITS[code]] += 1
+            out["in_generic_train"] = found
+        return out
+
+    def write(self, tok, folder: Path, extra: dict) -> dict:
+        planned = {s: (int((self.code == c).sum()), int(self.index.nbytes[self.code == c].sum()))
+                   for c, s in enumerate(SPLITS)}
+        stream = ((SPLITS[code], d) for code, d in self._coded())
+        return write_shards(self.name, stream, planned, tok, folder, self.spec, extra=extra)
+
+    def exact_keys(self) -> np.ndarray:
+        """Every document's normalised-text hash (mlx_pn.data.dedup.exact_key), as 12-byte strings."""
+        return np.ascontiguousarray(self.index.exact).view("S12").ravel()
+
+    def reference(self) -> DiskNearIndex:
+        return DiskNearIndex(self.index, np.flatnonzero(self.code == 0))
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
