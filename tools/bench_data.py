@@ -63,11 +63,11 @@ def run_prepare(corpus: Path, out: Path, code: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code), "TOKENIZERS_PARALLELISM": "true"}
     cmd = [sys.executable, "-m", "recipes.prepare", "--config", "tiny", "--corpus", str(corpus), "--out", str(out),
            "--data.max_docs", "0", "--data.vocab_size", "8192"]
-    out.mkdir(parents=True)
-    log = out / "prepare.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.with_name(out.name + ".log")  # beside the run: --out must be new or the library's own folder
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        p = subprocess.Popen(cmd, cwd=out, env=env, stdout=f, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=f, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(p.pid, 0)  # this child's own peak RSS, not the largest of all children
     secs = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status):

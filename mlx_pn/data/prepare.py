@@ -132,11 +132,23 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                     f"({leaks['exact_duplicates']} exact, {leaks['near_duplicates']} near copies), "
                     f"{leaks['groups_across_splits']} groups across splits, {over} valid/test documents also in the "
                     f"generic train split (manifest.json: duplicates)")
+            if name != GENERIC and _all_in_generic(corpus, plan(GENERIC)):
+                log(f"[data] warning: {name}: every one of its documents is also in the generic text: this domain looks "
+                    f"like a part of data.generic, so the model is pretrained on it and its perplexities say little "
+                    f"about specialization; point {field} at other text, or take it out of data.generic")
         corpora[name] = Corpus(folder, tok)
         if only is not None and name in only:  # a domain about to be specialized to: every split is read
             _check_splits(corpora[name], spec, field, cfg)
     remembered.record(cfg)
     return PreparedData(tok, corpora)
+
+
+def _all_in_generic(domain, generic) -> bool:
+    """Every document of `domain` has an exact copy (same normalised text) somewhere in the generic corpus."""
+    import numpy as np
+
+    keys = domain.exact_keys()
+    return bool(len(keys)) and bool(np.isin(keys, generic.exact_keys()).all())
 
 
 def _check_splits(corpus: Corpus, spec: str, field: str, cfg: Config) -> None:

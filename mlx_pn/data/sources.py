@@ -363,6 +363,11 @@ def load_splits(spec: str, field: str, valid_fraction: float, test_fraction: flo
         folder = Path(part).expanduser()
         own = {s: load_documents(str(folder / f"{s}.jsonl"), field, max_docs, allow_empty=s != "train")
                for s in SPLITS if (folder / f"{s}.jsonl").is_file()}
+        for s, frac in (("valid", valid_fraction), ("test", test_fraction)):
+            if s in own and not own[s] and frac > 0:  # said here, not later as "too few to fill the split"
+                raise DataError(f"{field}: {folder / f'{s}.jsonl'} is empty (no non-empty records); add held-out "
+                                f"records to it, or delete it to carve {s} out of train.jsonl ({frac:.0%} of its "
+                                f"documents)")
         missing = [s for s in ("valid", "test") if s not in own]
         if missing:
             carve = split_documents(own["train"], valid_fraction if "valid" in missing else 0.0,

@@ -54,6 +54,10 @@ class InMemoryCorpus:
     def write(self, tok, folder: Path, extra: dict) -> dict:
         return build_shards(self.name, self.splits, tok, folder, self.spec, extra=extra)
 
+    def exact_keys(self) -> np.ndarray:
+        """Every document's normalised-text hash (mlx_pn.data.dedup.exact_key), as 12-byte strings."""
+        return np.array([dedup.exact_key(d.text) for docs in self.splits.values() for d in docs], dtype="S12")
+
     def reference(self):
         """The train split as the index other corpora's held-out documents are checked against."""
         return dedup.NearIndex([d.text for d in self.splits["train"]])
@@ -127,6 +131,10 @@ class StreamedCorpus:
                    for c, s in enumerate(SPLITS)}
         stream = ((SPLITS[code], d) for code, d in self._coded())
         return write_shards(self.name, stream, planned, tok, folder, self.spec, extra=extra)
+
+    def exact_keys(self) -> np.ndarray:
+        """Every document's normalised-text hash (mlx_pn.data.dedup.exact_key), as 12-byte strings."""
+        return np.ascontiguousarray(self.index.exact).view("S12").ravel()
 
     def reference(self) -> DiskNearIndex:
         return DiskNearIndex(self.index, np.flatnonzero(self.code == 0))
