@@ -2,12 +2,14 @@
 the documents.
 
 One streamed pass over a source (:func:`build_index`) keeps, per document, its split hash, its byte length, its
-exact key, its MinHash signature and its shingles (appended to a file); nothing else of the text. From it:
+exact key, its MinHash signature (a file per LSH band) and its shingles (appended to a file); nothing else of the
+text. From it:
 :func:`group` gives the duplicate groups of mlx_pn.data.dedup.duplicate_groups for the documents in any order,
 :func:`split_of` the split of every document as mlx_pn.data.sources.split_documents gives it, and
 :class:`DiskNearIndex` answers NearIndex.contains against the corpus's train split. Memory is a few arrays of one
-number per document (8-64 bytes each) and one band's keys at a time (32 bytes per document); the text and its
-shingles stay on disk, so a corpus of any size in bytes fits.
+number per document (8-12 bytes each) and one band's keys at a time (32 bytes per document); the text, the
+signatures and the shingles stay on disk and are read, not memory-mapped (a map's touched pages stay counted in
+the process's memory), so a corpus of any size in bytes fits.
 """
 
 from __future__ import annotations
@@ -37,21 +39,34 @@ def split_hash(d: Document) -> float:
 
 @dataclass
 class CorpusIndex:
-    """Per document i (source order): hash[i], nbytes[i], exact[i] (12 bytes), sig[i] (NUM_PERM uint64),
-    shingles sh_data[sh_off[i]:sh_off[i + 1]] (sorted uint64, memory-mapped)."""
+    """Per document i (source order): hash[i], nbytes[i], exact[i] (12 bytes) in memory; on disk, its MinHash
+    signature band by band (bandBB.bin: _ROWS uint64 a document) and its shingles (shingles.bin from sh_off[i]).
+
+    Nothing on disk is memory-mapped: the pages of a map stay counted in the process's memory once touched (the
+    grouping touches most of shingles.bin, which is larger than the text), so bands are read whole, one at a time
+    (32 bytes a document), and shingles by offset."""
     folder: Path
     hash: np.ndarray
     nbytes: np.ndarray
     exact: np.ndarray
-    sig: np.ndarray
     sh_off: np.ndarray
-    sh_data: np.ndarray
 
     def __len__(self) -> int:
         return len(self.hash)
 
+    def band(self, b: int) -> np.ndarray:
+        """(N, _ROWS) uint64: band b of every document's signature."""
+        return np.fromfile(self.folder / f"band{b:02d}.bin", dtype=np.uint64).reshape(-1, _ROWS)
+
     def shingles(self, i: int) -> np.ndarray:
-        return self.sh_data[self.sh_off[i]:self.sh_off[i + 1]]
+        lo, hi = int(self.sh_off[i]), int(self.sh_off[i + 1])
+        if not hasattr(self, "_fd"):
+            self._fd = os.open(self.folder / "shingles.bin", os.O_RDONLY)
+        return np.frombuffer(os.pread(self._fd, (hi - lo) * 8, lo * 8), dtype=np.uint64)
+
+    def __del__(self):
+        if hasattr(self, "_fd"):
+            os.close(self._fd)
 
 
 def _index_entry(text: str, doc_id: str, shingler) -> tuple[float, int, bytes, bytes, bytes]:
@@ -110,16 +125,21 @@ def build_index(docs: Iterable[Document], folder: Path, desc: str = "index", tot
     folder.mkdir(parents=True, exist_ok=True)
     hashes, lengths, exact = array("d"), array("q"), bytearray()  # 8 bytes a document, not a Python object
     offsets = array("q", [0])
-    with open(folder / "sig.bin", "wb") as fsig, open(folder / "shingles.bin", "wb") as fsh, \
+    bands = [open(folder / f"band{b:02d}.bin", "wb") for b in range(dedup.BANDS)]
+    row = _ROWS * 8  # bytes of one band of one signature
+    with open(folder / "shingles.bin", "wb") as fsh, \
             tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, leave=False) as bar:
         for h, n, key, sig, sh in _entries(docs, workers):
             exact += key
             fsh.write(sh)
-            fsig.write(sig)
+            for b, f in enumerate(bands):
+                f.write(sig[b * row:(b + 1) * row])
             offsets.append(offsets[-1] + len(sh) // 8)
             hashes.append(h)
             lengths.append(n)
             bar.update(n)
+    for f in bands:
+        f.close()
     arrays = {"hash": np.frombuffer(hashes, dtype=np.float64), "nbytes": np.frombuffer(lengths, dtype=np.int64),
               "exact": np.frombuffer(bytes(exact), dtype=np.uint8).reshape(-1, 12),
               "sh_off": np.frombuffer(offsets, dtype=np.int64)}
@@ -131,13 +151,7 @@ def build_index(docs: Iterable[Document], folder: Path, desc: str = "index", tot
 def open_index(folder: Path) -> CorpusIndex:
     folder = Path(folder)
     a = {n: np.load(folder / f"{n}.npy") for n in ("hash", "nbytes", "exact", "sh_off")}
-    n = len(a["hash"])
-    sig = np.memmap(folder / "sig.bin", dtype=np.uint64, mode="r", shape=(n, dedup.NUM_PERM)) if n else \
-        np.zeros((0, dedup.NUM_PERM), dtype=np.uint64)
-    total = int(a["sh_off"][-1])
-    sh = np.memmap(folder / "shingles.bin", dtype=np.uint64, mode="r", shape=(total,)) if total else \
-        np.zeros(0, dtype=np.uint64)
-    return CorpusIndex(folder, a["hash"], a["nbytes"], a["exact"], sig, a["sh_off"], sh)
+    return CorpusIndex(folder, a["hash"], a["nbytes"], a["exact"], a["sh_off"])
 
 
 def _find(parent: np.ndarray, i: int) -> int:
@@ -179,7 +193,7 @@ def group(index: CorpusIndex, order: np.ndarray | None = None, threshold: float 
     reps = np.flatnonzero(first == np.arange(n))
     near, checked = 0, set()
     for b in range(dedup.BANDS):
-        band = np.asarray(index.sig[order[reps], b * _ROWS:(b + 1) * _ROWS])  # (reps, rows)
+        band = index.band(b)[order[reps]]  # (reps, rows)
         for members in _band_buckets(band, reps):
             m = members.tolist()
             pairs = [(a, c) for x, a in enumerate(m) for c in m[x + 1:]]
@@ -247,7 +261,7 @@ class DiskNearIndex:
         self.bands = []
         pos = np.arange(len(self.members))
         for b in range(dedup.BANDS):
-            k = np.asarray(index.sig[self.members, b * _ROWS:(b + 1) * _ROWS])
+            k = index.band(b)[self.members]
             order = np.lexsort((pos,) + tuple(k[:, j] for j in reversed(range(_ROWS))))
             keys_path, pos_path = (index.folder / f"near-band{b:02d}-{part}.npy" for part in ("keys", "pos"))
             _save_replacing(keys_path, k[order])

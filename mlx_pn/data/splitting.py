@@ -28,6 +28,7 @@ from mlx_pn.data.shards import build_shards, write_shards
 from mlx_pn.data.sources import SPLITS, DataError, Document, is_split_folder, load_splits, read_source
 from mlx_pn.io import atomic_folder
 
+INDEX_LAYOUT = "bands+shingles-1"  # what the index folder holds (mlx_pn.data.index); another layout is rebuilt
 INDEX = "index"  # DATA/index/NAME: a corpus's duplicate index, split codes and the settings they were made with
 
 
@@ -72,6 +73,7 @@ class StreamedCorpus:
         self.name, self.spec, self.field, self.max_docs = name, spec, field, cfg.data.max_docs
         folder = cfg.data_dir / INDEX / name
         settings = {"fingerprint": fingerprint, "max_docs": cfg.data.max_docs, "method": dedup.VERSION,
+                    "index": INDEX_LAYOUT,
                     "valid_fraction": cfg.data.valid_fraction, "test_fraction": cfg.data.test_fraction}
         if _read_json(folder / "settings.json") != settings:
             log(f"[data] {name}: reading {field} once to split it and find its duplicates (index in {folder})")
