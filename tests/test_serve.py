@@ -19,13 +19,25 @@ QUIET = {"log": lambda *a: None}
 
 
 @pytest.fixture(scope="module")
-def served(pretrained, clustered):
-    """(cfg, data, app, base URL): the tiny run's three specialists + generic behind a server thread on a free port."""
+def served(pretrained, clustered, tmp_path_factory):
+    """(cfg, data, app, base URL): the tiny run's three specialists + generic behind a server thread on a free port.
+    On its own copy of the session's run (data, clusters, pretraining): other tests specialize the shared run with
+    other settings, and a specialization made with other settings is (rightly) refused."""
+    import copy
+    import shutil
+
+    from mlx_pn.data.prepare import prepare_data
     from mlx_pn.methods import specialize
     from mlx_pn.serve.app import build_app
     from mlx_pn.serve.server import make_server
 
-    cfg, data, _ = pretrained
+    shared, _, _ = pretrained
+    out = tmp_path_factory.mktemp("served")
+    shutil.copytree(shared.data_dir, out / "data")
+    shutil.copytree(f"{shared.out}/pretrain", out / "pretrain", ignore=shutil.ignore_patterns("checkpoints"))
+    cfg = copy.deepcopy(shared)
+    cfg.out = str(out)
+    data = prepare_data(cfg, **QUIET)
     for d in data.domain_names():
         specialize(cfg, data, d, **QUIET)
     app = build_app(cfg, data.tokenizer, k=4, **QUIET)
