@@ -131,3 +131,15 @@ def test_a_second_near_index_replaces_the_band_files_instead_of_overwriting_them
     DiskNearIndex(index, np.arange(len(texts)))
     assert os.stat(path).st_ino != inode
     assert first.contains(texts[3]) and not list((tmp_path / "idx").glob(".*.tmp"))
+
+
+def test_a_small_source_is_indexed_in_this_process(tmp_path):
+    """Spawning a worker costs about a second: below SMALL_SOURCE bytes of files one process does the index
+    (data.workers, when set, is obeyed)."""
+    from mlx_pn.data.splitting import _workers
+
+    make_corpus(tmp_path / "gen", n=20)
+    cfg = tiny_config(tmp_path / "run")
+    assert _workers(str(tmp_path / "gen"), cfg) == 1
+    cfg.data.workers = 3
+    assert _workers(str(tmp_path / "gen"), cfg) == 3

@@ -25,7 +25,8 @@ import numpy as np
 from mlx_pn.data import dedup
 from mlx_pn.data.index import DiskNearIndex, build_index, group, open_index, split_of
 from mlx_pn.data.shards import build_shards, write_shards
-from mlx_pn.data.sources import SPLITS, DataError, Document, is_split_folder, load_splits, read_source
+from mlx_pn.data.sources import (SPLITS, DataError, Document, is_split_folder, load_splits, read_source,
+                                 source_files)
 from mlx_pn.io import atomic_folder
 
 INDEX_LAYOUT = "bands+shingles-1"  # what the index folder holds (mlx_pn.data.index); another layout is rebuilt
@@ -79,8 +80,7 @@ class StreamedCorpus:
             log(f"[data] {name}: reading {field} once to split it and find its duplicates (index in {folder})")
 
             def build(tmp: Path):
-                index = build_index(self._documents(), tmp, desc=f"index {name}",
-                                    workers=cfg.data.workers or os.cpu_count() or 1)
+                index = build_index(self._documents(), tmp, desc=f"index {name}", workers=_workers(spec, cfg))
                 if not len(index):
                     raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
                 code, _ = split_of(index, cfg.data.valid_fraction, cfg.data.test_fraction)
@@ -140,6 +140,20 @@ class StreamedCorpus:
 
     def reference(self) -> DiskNearIndex:
         return DiskNearIndex(self.index, np.flatnonzero(self.code == 0))
+
+
+SMALL_SOURCE = 32e6  # bytes of files below which one process indexes faster than starting workers (~1 s each)
+
+
+def _workers(spec: str, cfg) -> int:
+    """data.workers, or one per core (0); a small local source gets one: spawning workers costs more than it saves
+    (the result is the same for any number)."""
+    if cfg.data.workers:
+        return cfg.data.workers
+    files = source_files(spec)
+    if files is not None and sum(f.stat().st_size for f in files) < SMALL_SOURCE:
+        return 1
+    return os.cpu_count() or 1
 
 
 def _read_json(path: Path):
