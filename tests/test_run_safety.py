@@ -456,7 +456,10 @@ def test_killtest_two_launches_at_once_end_as_one_run(tmp_path):
     text = format_report(reports, 0, "concurrent")
     (r,) = reports
     assert not r.problems and r.compared_files > 5, text
-    assert r.lock_refusals == 1, text  # seed 0: B starts while A is still training
+    # seed 0: B starts while A is still training and is refused by the lock (every run on an idle machine); on a
+    # loaded one B's start-up can outlast A's training, and then B must find the run done, not train it again
+    b_log = (tmp_path / "logs" / "pretrain" / "b-001.log").read_text(errors="replace")
+    assert r.lock_refusals == 1 or "already done" in b_log, text + b_log[-1500:]
 
 
 @pytest.mark.slow
