@@ -64,3 +64,4 @@ class Method:
     # a generic pretraining of its own in pretrain_dir (the grid's learning-rate sweep picks its rate by its
     # validation loss); False: none (slm-nopt), one per domain (slm-is) or others' (slm-d)
     own_pretraining: bool = True
+    select: str = ""  # the selection rule (cfg.select) that "auto" means for it; "" = it picks no starting SLM
