@@ -55,7 +55,8 @@ class GridConfig:
                              "finetune.seed: initialisation and data order); tables show the mean and a 95% interval")
     jobs: int = _f(1, "grid cells (one row at one budget and seed, with all its specializations) and learning-rate "
                       "sweep runs trained in this many processes at once, for a machine with many cores or a GPU "
-                      "(each process holds its own models; its log: OUT/logs/); 1 = one after another here")
+                      "(each process holds its own models; its log: OUT/logs/), taken row by row in grid.methods' order, "
+                      "every seed of a row before the next row; 1 = one after another here, seed by seed")
     lr_sweep: str = _f("", "comma-separated multipliers of pretrain.lr (and min_lr) tried for each row with its own "
                            "generic pretraining at the smallest budget and pretrain.seed, under OUT/sweep/; the lowest "
                            "generic validation loss wins at every budget and seed (empty = no sweep: pretrain.lr)")
@@ -248,8 +249,11 @@ def run_grid(cfg: CompareConfig, log=print) -> dict:
     cells += [(r, None, s) for s in ss for r in rows if not METHODS[r.method].budgeted]
     cells.sort(key=lambda c: ss.index(c[2]))
     if cfg.grid.jobs > 1:  # rows that reuse others' (slm-d: the llm's fine-tuned teacher) in a second wave
+        # in parallel, row by row in grid.methods' order (every seed of the first rows first), budget by budget
+        first = {m: i for i, m in enumerate(_csv(cfg.grid.methods, "methods"))}
+        ordered = sorted(cells, key=lambda c: (first.get(c[0].name, len(first)), bs.index(c[1]) if c[1] else 0))
         for wave in (False, True):
-            _in_processes(cfg, [_Cell(r, b, s, mults[r.name]) for r, b, s in cells
+            _in_processes(cfg, [_Cell(r, b, s, mults[r.name]) for r, b, s in ordered
                                 if bool(METHODS[r.method].brings) == wave], vocab, k, log, "compare")
     for i, (row, b, s) in enumerate(cells if cfg.grid.jobs == 1 else []):
         where = f"[compare {i + 1}/{len(cells)}] {row.name}" + ("" if b is None else f" @ budget {b:g}") + f" seed {s}"
