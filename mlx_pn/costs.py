@@ -128,7 +128,7 @@ def measure_train_rate(args, seq_len: int, batch_size: int, precision: str = "au
 
     from mlx_pn.config import TrainConfig
     from mlx_pn.models.build import build_model
-    from mlx_pn.train.loop import compute_dtype, make_step
+    from mlx_pn.train.step import compute_dtype, make_step
     from mlx_pn.train.losses import cross_entropy
     from mlx_pn.train.optim import make_optimizer
 

@@ -170,14 +170,14 @@ def _train(cfg, data, out, steps=8, resume=True, **t_over):
 
     from mlx_pn.data.batches import PackedBatches
     from mlx_pn.methods.slm import new_model
-    from mlx_pn.train.loop import train
+    from mlx_pn.train.loop import RunOptions, train
 
     t = dataclasses.replace(cfg.pretrain, steps=steps, save_every=4, eval_every=4, eval_batches=1, log_every=2,
                             **t_over)
     g = data.corpora["generic"]
     model = new_model(cfg, data, seed=t.seed)
     batches = PackedBatches(g.tokens("train"), t.seq_len, t.batch_size, t.seed)
-    return train(model, t, batches, out, valid_tokens=g.tokens("valid")[:2000], resume=resume, log=_quiet)
+    return train(model, t, batches, out, RunOptions(valid_tokens=g.tokens("valid")[:2000], resume=resume), log=_quiet)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from mlx_pn.data.batches import PackedBatches
 from mlx_pn.models.build import build_model
 from mlx_pn.models.transformer import ModelArgs
 from mlx_pn.train.checkpoint import list_checkpoints
-from mlx_pn.train.loop import TrainingError, TrainResult, TrainState, train
+from mlx_pn.train.loop import RunOptions, TrainingError, TrainResult, TrainState, train
 from mlx_pn.train.optim import lr_schedule, no_decay
 
 from conftest import REPO
@@ -42,7 +42,7 @@ def test_loss_falls_on_real_text(tiny_run, tmp_path):
     toks = data.corpora["generic"].tokens("train")
     model = small_model(data.tokenizer.vocab_size)
     r = train(model, tcfg(steps=30), PackedBatches(toks, 32, 4, 0), tmp_path,
-              valid_tokens=data.corpora["generic"].tokens("valid"), log=lambda *a: None)
+              RunOptions(valid_tokens=data.corpora["generic"].tokens("valid")), log=lambda *a: None)
     losses = [h["loss"] for h in r.history if "loss" in h]
     valid = [h["valid_nll"] for h in r.history if "valid_nll" in h]
     assert np.mean(losses[-5:]) < losses[0] - 0.4, losses
@@ -62,7 +62,7 @@ def test_resume_equals_uninterrupted(tiny_run, tmp_path):
     cfg, data = tiny_run
     toks = data.corpora["generic"].tokens("train")
     valid = data.corpora["generic"].tokens("valid")
-    quiet = dict(valid_tokens=valid, log=lambda *a: None)
+    quiet = dict(run=RunOptions(valid_tokens=valid), log=lambda *a: None)
 
     full = small_model(data.tokenizer.vocab_size)
     r_full = train(full, tcfg(), PackedBatches(toks, 32, 4, 1), tmp_path / "full", **quiet)
@@ -151,7 +151,7 @@ from mlx.utils import tree_flatten
 from mlx_pn.config import TrainConfig
 from mlx_pn.models.build import build_model
 from mlx_pn.models.transformer import ModelArgs
-from mlx_pn.train.loop import make_step
+from mlx_pn.train.step import make_step
 from mlx_pn.train.losses import cross_entropy
 from mlx_pn.train.optim import make_optimizer
 
@@ -250,7 +250,7 @@ def test_non_finite_loss_names_step_and_checkpoint(tiny_run, tmp_path):
 
     with pytest.raises(TrainingError, match=r"non-finite loss nan at step 1 \(batch index 0\); last good checkpoint"):
         train(small_model(data.tokenizer.vocab_size), tcfg(steps=5), PackedBatches(toks, 32, 4, 0), tmp_path,
-              loss_fn=nan_after_some_steps, log=lambda *a: None)
+              RunOptions(loss_fn=nan_after_some_steps), log=lambda *a: None)
 
 
 def test_early_stopping_keeps_best_weights(tiny_run, tmp_path):
@@ -259,7 +259,7 @@ def test_early_stopping_keeps_best_weights(tiny_run, tmp_path):
     m = small_model(data.tokenizer.vocab_size)
     # A huge constant lr makes validation loss get worse after the first evaluations.
     r = train(m, tcfg(steps=60, lr=0.3, min_lr=0.3, warmup=0, eval_every=2, patience=2, grad_clip=0),
-              PackedBatches(toks, 32, 4, 0), tmp_path, valid_tokens=data.corpora["legal"].tokens("valid"),
+              PackedBatches(toks, 32, 4, 0), tmp_path, RunOptions(valid_tokens=data.corpora["legal"].tokens("valid")),
               log=lambda *a: None)
     assert r.stopped_early and r.steps < 60
     from mlx_pn.train.evaluate import nll
