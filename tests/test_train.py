@@ -293,3 +293,56 @@ def test_resuming_with_another_architecture_names_the_folder(tmp_path):
     with pytest.raises(CheckpointError, match="another shape or kind"):
         train(build_model(ModelArgs(intermediate_size=32, **args)), t, PackedBatches(tokens, 16, 4), tmp_path,
               log=lambda *a: None)
+
+
+def test_step_loop_reports_each_step_to_the_callbacks_in_order():
+    """The loop alone (a stand-in step, no model): the hooks of every step in order, the train loss every
+    log_every steps and at the end, validations every eval_every steps, early stopping after `patience` of them
+    without a new best; the state is updated in place."""
+    from types import SimpleNamespace
+
+    import mlx.optimizers as optim
+
+    from mlx_pn.train.callbacks import TrainingCallback
+    from mlx_pn.train.loop import step_loop
+
+    cfg = TrainConfig(steps=12, batch_size=2, seq_len=4, log_every=2, eval_every=3, patience=1)
+    seen = []
+
+    class Record(TrainingCallback):
+        def on_step(self, state, batch_index):
+            seen.append(("step", state.step, batch_index))
+
+        def on_train_loss_report(self, info):
+            seen.append(("train", info["step"], info["loss"]))
+
+        def on_val_loss_report(self, info):
+            seen.append(("val", info["step"], info["new_best"]))
+
+        def on_step_end(self, state):
+            seen.append(("end", state.step, state.stopped_early))
+
+    class Source:
+        wait_s, i = 0.0, -1
+
+        def get(self):
+            self.i += 1
+            return self.i, np.zeros((1, 2, 5), np.int32)
+
+    state, callbacks = TrainState(), [Record()]
+
+    def validate(step):  # worse at every evaluation: the first is the best
+        info = {"step": step, "new_best": state.record_eval(step, float(step))}
+        for c in callbacks:
+            c.on_val_loss_report(info)
+
+    step_fn = lambda tokens: (mx.array(0.5 * state.step), mx.array(1.0))  # noqa: E731
+    step_loop(SimpleNamespace(state={}), optim.SGD(learning_rate=0.1), step_fn, Source(), cfg, state, validate,
+              callbacks)
+    assert seen == [("step", 1, 0), ("end", 1, False),
+                    ("step", 2, 1), ("train", 2, 0.5), ("end", 2, False),
+                    ("step", 3, 2), ("val", 3, True), ("end", 3, False),
+                    ("step", 4, 3), ("train", 4, 1.5), ("end", 4, False),
+                    ("step", 5, 4), ("end", 5, False),
+                    ("step", 6, 5), ("train", 6, 2.5), ("val", 6, False), ("end", 6, True)]
+    assert (state.step, state.tokens, state.best_step, state.stopped_early) == (6, 6 * 2 * 4, 3, True)
