@@ -570,7 +570,8 @@ def test_the_loop_refuses_a_window_past_the_models_positions(tok_and_model, tmp_
 
     from mlx_pn.config import TrainConfig
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.train.loop import RunOptions, TrainingError, train
+    from mlx_pn.train.loop import RunOptions, train
+    from mlx_pn.train.state import TrainingError
 
     _, model = tok_and_model
     batches = PackedBatches(np.zeros(8 * 300, np.uint16), seq_len=257, batch_size=2, seed=0)

@@ -278,7 +278,7 @@ def test_non_finite_loss_from_a_huge_learning_rate(tiny_run, tmp_path):
     """lr=1e30 through the pretrain stage: the error names the step, the batch index and the last good
     checkpoint, and no final model is written."""
     from mlx_pn.methods import pretrain
-    from mlx_pn.train.loop import TrainingError
+    from mlx_pn.train.state import TrainingError
     from conftest import tiny_config
 
     cfg, data = tiny_run

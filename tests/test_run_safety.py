@@ -200,7 +200,7 @@ def test_a_resume_with_another_config_stops_and_lists_the_keys(tiny_run, tmp_pat
 
 @pytest.mark.slow
 def test_fewer_steps_than_the_checkpoint_is_an_error_that_says_so(tiny_run, tmp_path):
-    from mlx_pn.train.loop import TrainingError
+    from mlx_pn.train.state import TrainingError
 
     cfg, data = tiny_run
     _train(cfg, data, tmp_path / "run", steps=8)
@@ -424,7 +424,7 @@ def test_a_checkpoint_without_its_sha256_map_or_with_an_edited_step_is_not_trust
 @pytest.mark.slow
 def test_an_edited_step_with_a_renamed_folder_is_refused(tiny_run, tmp_path):
     from mlx_pn.models.build import CheckpointError
-    from mlx_pn.train.loop import TrainingError
+    from mlx_pn.train.state import TrainingError
 
     cfg, data, out = _three(tiny_run, tmp_path)
     ck = out / "checkpoints"

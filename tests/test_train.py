@@ -15,7 +15,8 @@ from mlx_pn.data.batches import PackedBatches
 from mlx_pn.models.build import build_model
 from mlx_pn.models.transformer import ModelArgs
 from mlx_pn.train.checkpoint import list_checkpoints
-from mlx_pn.train.loop import RunOptions, TrainingError, TrainResult, TrainState, train
+from mlx_pn.train.loop import RunOptions, train
+from mlx_pn.train.state import TrainingError, TrainResult, TrainState
 from mlx_pn.train.optim import lr_schedule, no_decay
 
 from conftest import REPO

@@ -149,7 +149,7 @@ def _run(model, cfg: TrainConfig, batches, out: Path, run: RunOptions, log: Call
                          stopped_early=state.stopped_early, tokens=state.tokens, wall_s=time.perf_counter() - t0,
                          data_wait_s=pf.wait_s, planned_steps=cfg.steps, fingerprint=fp,
                          stopped_by="early stopping" if state.stopped_early else cap,
-                         history=metrics.rows() if metrics else [])
+                         history=metrics.rows() if metrics is not None else [])
     log(f"[{desc}] stopped by {result.stopped_by} at step {state.step} of {cfg.steps} planned"
         + (f" ({batches.epochs(state.step, cfg.grad_accum):.2f} epochs)" if hasattr(batches, "epochs") else "")
         + ("" if state.best_step is None else f"; best validation at step {state.best_step}"))
