@@ -347,3 +347,24 @@ def test_step_loop_reports_each_step_to_the_callbacks_in_order():
                     ("step", 5, 4), ("end", 5, False),
                     ("step", 6, 5), ("train", 6, 2.5), ("val", 6, False), ("end", 6, True)]
     assert (state.step, state.tokens, state.best_step, state.stopped_early) == (6, 6 * 2 * 4, 3, True)
+
+
+def test_train_runs_the_step_the_compiled_step_test_checks(tiny_run, tmp_path, monkeypatch):
+    """train() steps with train.step.make_step (what test_compiled_step_matches_eager compiles) and hands it
+    cfg.compile; the spy runs it eagerly here (the first compile costs tens of seconds)."""
+    import mlx_pn.train.loop as loop
+    from mlx_pn.train import step
+
+    assert loop.make_step is step.make_step
+    seen = []
+
+    def spy(model, optimizer, loss_fn, micro_batches, grad_clip, compile, group=None, dtype=mx.float32):
+        seen.append(compile)
+        return step.make_step(model, optimizer, loss_fn, micro_batches, grad_clip, False, group, dtype)
+
+    monkeypatch.setattr(loop, "make_step", spy)
+    _, data = tiny_run
+    toks = data.corpora["generic"].tokens("train")
+    r = train(small_model(data.tokenizer.vocab_size), tcfg(steps=2, compile=True), PackedBatches(toks, 32, 4, 0),
+              tmp_path, log=lambda *a: None)
+    assert seen == [True] and r.steps == 2
