@@ -121,14 +121,14 @@ def machine_key() -> dict:
 def measure_train_rate(args, seq_len: int, batch_size: int, precision: str = "auto", compile: bool = True,
                        steps: int = 3) -> float:
     """Training FLOP/s (train_flops_per_token counting) of `args` on this machine: the loop's own step
-    (mlx_pn.train.loop.make_step) on a random (batch_size, seq_len) batch, median of `steps` timed steps after two
+    (mlx_pn.train.step.make_step) on a random (batch_size, seq_len) batch, median of `steps` timed steps after two
     warm-up ones (the first traces and, with compile on a CPU, runs the compiler)."""
     import mlx.core as mx
     import numpy as np
 
     from mlx_pn.config import TrainConfig
     from mlx_pn.models.build import build_model
-    from mlx_pn.train.loop import compute_dtype, make_step
+    from mlx_pn.train.step import compute_dtype, make_step
     from mlx_pn.train.losses import cross_entropy
     from mlx_pn.train.optim import make_optimizer
 

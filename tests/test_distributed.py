@@ -29,7 +29,8 @@ WORKER = textwrap.dedent('''
     from mlx_pn.models.build import build_model
     from mlx_pn.models.transformer import ModelArgs
     from mlx_pn.train import distributed as dist
-    from mlx_pn.train.loop import make_step, train
+    from mlx_pn.train.loop import RunOptions, train
+    from mlx_pn.train.step import make_step
     from mlx_pn.train.losses import cross_entropy
     from mlx_pn.train.optim import make_optimizer
 
@@ -59,15 +60,15 @@ WORKER = textwrap.dedent('''
         np.savez(Path(out) / f"step-{rank}.npz", **{k: np.array(v) for k, v in tree_flatten(m.parameters())})
         # (2) the whole loop: 6 steps, sharded data, validation, checkpoints on rank 0 only
         m2 = model()
-        r = train(m2, cfg(), batches, Path(out) / "train", valid_tokens=tokens[:600], log=lambda *a: None,
-                  group=group)
+        r = train(m2, cfg(), batches, Path(out) / "train", RunOptions(valid_tokens=tokens[:600], group=group),
+                  log=lambda *a: None)
         res["train_loss"] = r.final_loss
         np.savez(Path(out) / f"train-{rank}.npz", **{k: np.array(v) for k, v in tree_flatten(m2.parameters())})
         # (3) the same command again: rank 0 resumes from the step-6 checkpoint, the others get its weights, optimizer
         # state and TrainState by broadcast (a run resumed with other steps is refused: its schedule would differ)
         c6 = cfg()
-        r6 = train(model(), c6, batches, Path(out) / "train", valid_tokens=tokens[:600], log=lambda *a: None,
-                   group=group)
+        r6 = train(model(), c6, batches, Path(out) / "train", RunOptions(valid_tokens=tokens[:600], group=group),
+                   log=lambda *a: None)
         res["resumed"] = {k: v for k, v in r6.summary().items() if k not in ("wall_s", "data_wait_s")}
         # (4) the TrainState broadcast is exact: integers past 2**24 and every bit of a float
         sent = {"tokens": 2**40 + 3, "x": 0.1, "none": None, "flag": True} if rank == 0 else {}

@@ -15,7 +15,7 @@ from mlx_pn.data.batches import PackedBatches
 from mlx_pn.models.build import build_model
 from mlx_pn.models.projected import ProjectedArgs, build_projected, expert_cosine
 from mlx_pn.models.transformer import ModelArgs
-from mlx_pn.train.loop import train
+from mlx_pn.train.loop import RunOptions, train
 from mlx_pn.train.optim import make_optimizer
 
 ARGS = ModelArgs(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4, vocab_size=97)
@@ -126,7 +126,7 @@ def _copy_slm_into(pn, slm, coefficients: str) -> None:
 def _curve(model, tokens, labels, out):
     cfg = TrainConfig(steps=30, batch_size=8, seq_len=32, lr=3e-3, min_lr=3e-4, warmup=3, eval_every=1000,
                       save_every=1000, log_every=1, compile=False, grad_clip=0.0)
-    r = train(model, cfg, PackedBatches(tokens, 32, 8, 1, labels=labels), out, resume=False, log=lambda *a: None)
+    r = train(model, cfg, PackedBatches(tokens, 32, 8, 1, labels=labels), out, RunOptions(resume=False), log=lambda *a: None)
     return np.array([h["loss"] for h in r.history if "loss" in h])
 
 

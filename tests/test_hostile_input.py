@@ -100,7 +100,7 @@ def test_memory_estimate_against_the_measured_peak(batch, seq_len):
     from mlx_pn.config import ModelConfig, TrainConfig
     from mlx_pn.memory import param_count, training_bytes
     from mlx_pn.models.build import build_model, model_args
-    from mlx_pn.train.loop import make_step
+    from mlx_pn.train.step import make_step
     from mlx_pn.train.losses import cross_entropy
     from mlx_pn.train.optim import make_optimizer
 
@@ -138,7 +138,7 @@ def test_a_training_step_too_large_is_refused_with_its_parts(pretrained, tmp_pat
     from mlx_pn import memory
     from mlx_pn.data.batches import PackedBatches
     from mlx_pn.models.build import load_model
-    from mlx_pn.train.loop import train
+    from mlx_pn.train.loop import RunOptions, train
 
     cfg, data, _ = pretrained
     model = load_model(__import__("mlx_pn.methods.layout", fromlist=["pretrain_dir"]).pretrain_dir(cfg) / "final")
@@ -148,7 +148,7 @@ def test_a_training_step_too_large_is_refused_with_its_parts(pretrained, tmp_pat
     with pytest.raises(memory.OutOfMemoryError, match=r"\[pt\] training \([\d,]+ parameters, batch_size 64 x seq_len "
                        r"256: weights .* activations [\d.]+ GB, logits [\d.]+ GB\) needs about [\d.]+ GB, more than 90% "
                        r"of the 0.50 GB available \(the cgroup memory limit\); lower batch_size"):
-        train(model, t, batches, tmp_path / "run", desc="pt", log=lambda *a: None)
+        train(model, t, batches, tmp_path / "run", RunOptions(desc="pt"), log=lambda *a: None)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -570,13 +570,14 @@ def test_the_loop_refuses_a_window_past_the_models_positions(tok_and_model, tmp_
 
     from mlx_pn.config import TrainConfig
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.train.loop import TrainingError, train
+    from mlx_pn.train.loop import RunOptions, train
+    from mlx_pn.train.state import TrainingError
 
     _, model = tok_and_model
     batches = PackedBatches(np.zeros(8 * 300, np.uint16), seq_len=257, batch_size=2, seed=0)
     with pytest.raises(TrainingError, match=r"\[llm\] seq_len=257 is longer than the model's "
                                             r"max_position_embeddings=256"):
-        train(model, TrainConfig(steps=1, batch_size=2, seq_len=257), batches, tmp_path / "r", desc="llm",
+        train(model, TrainConfig(steps=1, batch_size=2, seq_len=257), batches, tmp_path / "r", RunOptions(desc="llm"),
               log=lambda *a: None)
     assert not (tmp_path / "r" / "checkpoints").exists()
 

@@ -17,7 +17,7 @@ from mlx_pn.models.build import build_model
 from mlx_pn.models.projected import ProjectedArgs, build_projected, load_projected
 from mlx_pn.models.transformer import ModelArgs, Transformer
 from mlx_pn.train.losses import cross_entropy
-from mlx_pn.train.loop import train
+from mlx_pn.train.loop import RunOptions, train
 
 from conftest import tiny_config
 
@@ -113,7 +113,7 @@ def test_projected_training_falls_and_resumes_exactly(tiny_run, tmp_path):
     vlabels = np.arange(len(valid) // 32, dtype=np.int32) % 4
     args = ModelArgs(hidden_size=48, num_hidden_layers=2, intermediate_size=96, num_attention_heads=4,
                      vocab_size=data.tokenizer.vocab_size)
-    quiet = dict(valid_tokens=valid, valid_labels=vlabels, loss_fn=cross_entropy, log=lambda *a: None)
+    quiet = dict(run=RunOptions(valid_tokens=valid, valid_labels=vlabels, loss_fn=cross_entropy), log=lambda *a: None)
     batches = lambda: PackedBatches(toks, 32, 4, 1, labels=labels)  # noqa: E731
 
     full = build_projected(args, ProjectedArgs(k=4), seed=0)
@@ -173,8 +173,8 @@ def test_pretrain_specialize_export_each_method(clustered, tmp_path_factory, met
     cfg.projected.grouped = grouped
     calls = []
     real_train = loop.train
-    monkeypatch.setattr(loop, "train", lambda model, t, b, o, **kw: calls.append((b, o)) or real_train(
-        model, t, b, o, **kw))
+    monkeypatch.setattr(loop, "train", lambda model, t, b, o, *a, **kw: calls.append((b, o)) or real_train(
+        model, t, b, o, *a, **kw))
     stages.pretrain(cfg, data, log=lambda *a: None)
     if method == "slm-mix" and calls:  # each expert's batches hold only windows of its cluster
         labels = method_clustering(cfg).labels("generic", "train")  # cluster.k = 4
@@ -261,8 +261,8 @@ def test_mixture_experts_are_shared_out_over_ranks(clustered, tmp_path, monkeypa
     monkeypatch.setattr(dist, "world", lambda: (None, 1, 2))
     trained = []
     real_train = loop.train
-    monkeypatch.setattr(loop, "train", lambda model, t, b, o, **kw: trained.append((o.name, kw["group"])) or
-                        real_train(model, t, b, o, **kw))
+    monkeypatch.setattr(loop, "train", lambda model, t, b, o, run, **kw: trained.append((o.name, run.group)) or
+                        real_train(model, t, b, o, run, **kw))
     cfg = _method_cfg(clustered, tmp_path, "slm-mix")
     cfg.pretrain.steps = 8
     s = stages.pretrain(cfg, clustered[1], log=lambda *a: None)

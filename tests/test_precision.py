@@ -19,7 +19,8 @@ from mlx_pn.data.batches import PackedBatches
 from mlx_pn.models.build import PRESETS, build_model
 from mlx_pn.models.transformer import ModelArgs
 from mlx_pn.train.checkpoint import list_checkpoints
-from mlx_pn.train.loop import compute_dtype, train
+from mlx_pn.train.loop import train
+from mlx_pn.train.step import compute_dtype
 
 from conftest import REPO
 
@@ -143,7 +144,7 @@ from mlx.utils import tree_flatten
 from mlx_pn.config import TrainConfig
 from mlx_pn.models.build import build_model
 from mlx_pn.models.transformer import ModelArgs
-from mlx_pn.train.loop import make_step
+from mlx_pn.train.step import make_step
 from mlx_pn.train.losses import cross_entropy
 from mlx_pn.train.optim import make_optimizer
 

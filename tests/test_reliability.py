@@ -130,7 +130,7 @@ def test_crash_hook_kills_before_or_after_the_rename(tmp_path, point):
 def three_checkpoints(tiny_run, tmp_path):
     from test_train import small_model, tcfg
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.train.loop import train
+    from mlx_pn.train.loop import RunOptions, train
 
     cfg, data = tiny_run
     toks = data.corpora["generic"].tokens("train")
@@ -184,7 +184,7 @@ def test_resume_with_a_damaged_newest_checkpoint_still_matches(tiny_run, tmp_pat
     uninterrupted run's weights, bit for bit."""
     from test_train import _Interrupt, _Stop, small_model, tcfg, weights
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.train.loop import train
+    from mlx_pn.train.loop import RunOptions, train
 
     cfg, data = tiny_run
     toks = data.corpora["generic"].tokens("train")
@@ -278,7 +278,7 @@ def test_non_finite_loss_from_a_huge_learning_rate(tiny_run, tmp_path):
     """lr=1e30 through the pretrain stage: the error names the step, the batch index and the last good
     checkpoint, and no final model is written."""
     from mlx_pn.methods import pretrain
-    from mlx_pn.train.loop import TrainingError
+    from mlx_pn.train.state import TrainingError
     from conftest import tiny_config
 
     cfg, data = tiny_run
@@ -320,7 +320,7 @@ def test_non_finite_loss_through_the_recipe(pretrained, tmp_path, capsys):
 def test_resume_from_the_last_checkpoint_keeps_final_loss(tiny_run, tmp_path):
     from test_train import small_model, tcfg
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.train.loop import train
+    from mlx_pn.train.loop import RunOptions, train
 
     cfg, data = tiny_run
     toks = data.corpora["generic"].tokens("train")
@@ -337,18 +337,18 @@ def test_resume_from_the_last_checkpoint_keeps_final_loss(tiny_run, tmp_path):
 def test_resume_after_early_stop_stays_stopped(tiny_run, tmp_path):
     from test_train import small_model, tcfg
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.train.loop import train
+    from mlx_pn.train.loop import RunOptions, train
 
     cfg, data = tiny_run
     toks, valid = data.corpora["legal"].tokens("train"), data.corpora["legal"].tokens("valid")
     c = tcfg(steps=40, lr=0.3, min_lr=0.3, warmup=0, eval_every=2, patience=2, grad_clip=0, save_every=100)
     r1 = train(small_model(data.tokenizer.vocab_size), c, PackedBatches(toks, 32, 4, 0), tmp_path,
-               valid_tokens=valid, log=lambda *a: None)
+               RunOptions(valid_tokens=valid), log=lambda *a: None)
     assert r1.stopped_early and r1.steps < 40
     final = (tmp_path / "final" / "model.safetensors").read_bytes()
     shutil.rmtree(tmp_path / "final")  # killed after the early-stop checkpoint, before the final weights
     r2 = train(small_model(data.tokenizer.vocab_size), c, PackedBatches(toks, 32, 4, 0), tmp_path,
-               valid_tokens=valid, log=lambda *a: None)
+               RunOptions(valid_tokens=valid), log=lambda *a: None)
     assert (r2.steps, r2.stopped_early, r2.best_step) == (r1.steps, True, r1.best_step)
     untimed = lambda r: r.summary() | {"wall_s": 0, "data_wait_s": 0}  # noqa: E731
     assert untimed(r2) == untimed(r1)

@@ -170,14 +170,14 @@ def _train(cfg, data, out, steps=8, resume=True, **t_over):
 
     from mlx_pn.data.batches import PackedBatches
     from mlx_pn.methods.slm import new_model
-    from mlx_pn.train.loop import train
+    from mlx_pn.train.loop import RunOptions, train
 
     t = dataclasses.replace(cfg.pretrain, steps=steps, save_every=4, eval_every=4, eval_batches=1, log_every=2,
                             **t_over)
     g = data.corpora["generic"]
     model = new_model(cfg, data, seed=t.seed)
     batches = PackedBatches(g.tokens("train"), t.seq_len, t.batch_size, t.seed)
-    return train(model, t, batches, out, valid_tokens=g.tokens("valid")[:2000], resume=resume, log=_quiet)
+    return train(model, t, batches, out, RunOptions(valid_tokens=g.tokens("valid")[:2000], resume=resume), log=_quiet)
 
 
 @pytest.mark.slow
@@ -200,7 +200,7 @@ def test_a_resume_with_another_config_stops_and_lists_the_keys(tiny_run, tmp_pat
 
 @pytest.mark.slow
 def test_fewer_steps_than_the_checkpoint_is_an_error_that_says_so(tiny_run, tmp_path):
-    from mlx_pn.train.loop import TrainingError
+    from mlx_pn.train.state import TrainingError
 
     cfg, data = tiny_run
     _train(cfg, data, tmp_path / "run", steps=8)
@@ -424,7 +424,7 @@ def test_a_checkpoint_without_its_sha256_map_or_with_an_edited_step_is_not_trust
 @pytest.mark.slow
 def test_an_edited_step_with_a_renamed_folder_is_refused(tiny_run, tmp_path):
     from mlx_pn.models.build import CheckpointError
-    from mlx_pn.train.loop import TrainingError
+    from mlx_pn.train.state import TrainingError
 
     cfg, data, out = _three(tiny_run, tmp_path)
     ck = out / "checkpoints"

@@ -186,7 +186,7 @@ def test_byte_kv_cache_matches_full_forward(byte_model):
 def test_byte_model_trains_saves_and_loads(tiny_run, tmp_path):
     from mlx_pn.data.batches import PackedBatches
     from mlx_pn.train.evaluate import nll
-    from mlx_pn.train.loop import train
+    from mlx_pn.train.loop import RunOptions, train
 
     cfg, data = tiny_run
     model = build_model(byte_args(data.tokenizer.vocab_size), seed=6, tokenizer=data.tokenizer)
@@ -194,7 +194,7 @@ def test_byte_model_trains_saves_and_loads(tiny_run, tmp_path):
     t = type(t)(**{**t.__dict__, "steps": 12, "eval_every": 12, "save_every": 12, "warmup": 2, "seq_len": 32})
     toks = data.corpora["generic"].tokens("train")
     r = train(model, t, PackedBatches(toks, 32, 8, 0, "generic"), tmp_path / "run",
-              valid_tokens=data.corpora["generic"].tokens("valid"), log=lambda *a: None)
+              RunOptions(valid_tokens=data.corpora["generic"].tokens("valid")), log=lambda *a: None)
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     valid = [row["valid_nll"] for row in rows if "valid_nll" in row]
     assert valid[-1] < valid[0] and r.steps == 12

@@ -15,7 +15,8 @@ from mlx_pn.data.batches import PackedBatches
 from mlx_pn.models.build import build_model
 from mlx_pn.models.transformer import ModelArgs
 from mlx_pn.train.checkpoint import list_checkpoints
-from mlx_pn.train.loop import TrainingError, TrainResult, TrainState, train
+from mlx_pn.train.loop import RunOptions, train
+from mlx_pn.train.state import TrainingError, TrainResult, TrainState
 from mlx_pn.train.optim import lr_schedule, no_decay
 
 from conftest import REPO
@@ -42,7 +43,7 @@ def test_loss_falls_on_real_text(tiny_run, tmp_path):
     toks = data.corpora["generic"].tokens("train")
     model = small_model(data.tokenizer.vocab_size)
     r = train(model, tcfg(steps=30), PackedBatches(toks, 32, 4, 0), tmp_path,
-              valid_tokens=data.corpora["generic"].tokens("valid"), log=lambda *a: None)
+              RunOptions(valid_tokens=data.corpora["generic"].tokens("valid")), log=lambda *a: None)
     losses = [h["loss"] for h in r.history if "loss" in h]
     valid = [h["valid_nll"] for h in r.history if "valid_nll" in h]
     assert np.mean(losses[-5:]) < losses[0] - 0.4, losses
@@ -62,7 +63,7 @@ def test_resume_equals_uninterrupted(tiny_run, tmp_path):
     cfg, data = tiny_run
     toks = data.corpora["generic"].tokens("train")
     valid = data.corpora["generic"].tokens("valid")
-    quiet = dict(valid_tokens=valid, log=lambda *a: None)
+    quiet = dict(run=RunOptions(valid_tokens=valid), log=lambda *a: None)
 
     full = small_model(data.tokenizer.vocab_size)
     r_full = train(full, tcfg(), PackedBatches(toks, 32, 4, 1), tmp_path / "full", **quiet)
@@ -151,7 +152,7 @@ from mlx.utils import tree_flatten
 from mlx_pn.config import TrainConfig
 from mlx_pn.models.build import build_model
 from mlx_pn.models.transformer import ModelArgs
-from mlx_pn.train.loop import make_step
+from mlx_pn.train.step import make_step
 from mlx_pn.train.losses import cross_entropy
 from mlx_pn.train.optim import make_optimizer
 
@@ -250,7 +251,7 @@ def test_non_finite_loss_names_step_and_checkpoint(tiny_run, tmp_path):
 
     with pytest.raises(TrainingError, match=r"non-finite loss nan at step 1 \(batch index 0\); last good checkpoint"):
         train(small_model(data.tokenizer.vocab_size), tcfg(steps=5), PackedBatches(toks, 32, 4, 0), tmp_path,
-              loss_fn=nan_after_some_steps, log=lambda *a: None)
+              RunOptions(loss_fn=nan_after_some_steps), log=lambda *a: None)
 
 
 def test_early_stopping_keeps_best_weights(tiny_run, tmp_path):
@@ -259,7 +260,7 @@ def test_early_stopping_keeps_best_weights(tiny_run, tmp_path):
     m = small_model(data.tokenizer.vocab_size)
     # A huge constant lr makes validation loss get worse after the first evaluations.
     r = train(m, tcfg(steps=60, lr=0.3, min_lr=0.3, warmup=0, eval_every=2, patience=2, grad_clip=0),
-              PackedBatches(toks, 32, 4, 0), tmp_path, valid_tokens=data.corpora["legal"].tokens("valid"),
+              PackedBatches(toks, 32, 4, 0), tmp_path, RunOptions(valid_tokens=data.corpora["legal"].tokens("valid")),
               log=lambda *a: None)
     assert r.stopped_early and r.steps < 60
     from mlx_pn.train.evaluate import nll
@@ -293,3 +294,77 @@ def test_resuming_with_another_architecture_names_the_folder(tmp_path):
     with pytest.raises(CheckpointError, match="another shape or kind"):
         train(build_model(ModelArgs(intermediate_size=32, **args)), t, PackedBatches(tokens, 16, 4), tmp_path,
               log=lambda *a: None)
+
+
+def test_step_loop_reports_each_step_to_the_callbacks_in_order():
+    """The loop alone (a stand-in step, no model): the hooks of every step in order, the train loss every
+    log_every steps and at the end, validations every eval_every steps, early stopping after `patience` of them
+    without a new best; the state is updated in place."""
+    from types import SimpleNamespace
+
+    import mlx.optimizers as optim
+
+    from mlx_pn.train.callbacks import TrainingCallback
+    from mlx_pn.train.loop import step_loop
+
+    cfg = TrainConfig(steps=12, batch_size=2, seq_len=4, log_every=2, eval_every=3, patience=1)
+    seen = []
+
+    class Record(TrainingCallback):
+        def on_step(self, state, batch_index):
+            seen.append(("step", state.step, batch_index))
+
+        def on_train_loss_report(self, info):
+            seen.append(("train", info["step"], info["loss"]))
+
+        def on_val_loss_report(self, info):
+            seen.append(("val", info["step"], info["new_best"]))
+
+        def on_step_end(self, state):
+            seen.append(("end", state.step, state.stopped_early))
+
+    class Source:
+        wait_s, i = 0.0, -1
+
+        def get(self):
+            self.i += 1
+            return self.i, np.zeros((1, 2, 5), np.int32)
+
+    state, callbacks = TrainState(), [Record()]
+
+    def validate(step):  # worse at every evaluation: the first is the best
+        info = {"step": step, "new_best": state.record_eval(step, float(step))}
+        for c in callbacks:
+            c.on_val_loss_report(info)
+
+    step_fn = lambda tokens: (mx.array(0.5 * state.step), mx.array(1.0))  # noqa: E731
+    step_loop(SimpleNamespace(state={}), optim.SGD(learning_rate=0.1), step_fn, Source(), cfg, state, validate,
+              callbacks)
+    assert seen == [("step", 1, 0), ("end", 1, False),
+                    ("step", 2, 1), ("train", 2, 0.5), ("end", 2, False),
+                    ("step", 3, 2), ("val", 3, True), ("end", 3, False),
+                    ("step", 4, 3), ("train", 4, 1.5), ("end", 4, False),
+                    ("step", 5, 4), ("end", 5, False),
+                    ("step", 6, 5), ("train", 6, 2.5), ("val", 6, False), ("end", 6, True)]
+    assert (state.step, state.tokens, state.best_step, state.stopped_early) == (6, 6 * 2 * 4, 3, True)
+
+
+def test_train_runs_the_step_the_compiled_step_test_checks(tiny_run, tmp_path, monkeypatch):
+    """train() steps with train.step.make_step (what test_compiled_step_matches_eager compiles) and hands it
+    cfg.compile; the spy runs it eagerly here (the first compile costs tens of seconds)."""
+    import mlx_pn.train.loop as loop
+    from mlx_pn.train import step
+
+    assert loop.make_step is step.make_step
+    seen = []
+
+    def spy(model, optimizer, loss_fn, micro_batches, grad_clip, compile, group=None, dtype=mx.float32):
+        seen.append(compile)
+        return step.make_step(model, optimizer, loss_fn, micro_batches, grad_clip, False, group, dtype)
+
+    monkeypatch.setattr(loop, "make_step", spy)
+    _, data = tiny_run
+    toks = data.corpora["generic"].tokens("train")
+    r = train(small_model(data.tokenizer.vocab_size), tcfg(steps=2, compile=True), PackedBatches(toks, 32, 4, 0),
+              tmp_path, log=lambda *a: None)
+    assert seen == [True] and r.steps == 2

@@ -142,7 +142,7 @@ def test_budget_takes_the_lower_cap():
 
     from mlx_pn.config import TrainConfig
     from mlx_pn.data.batches import PackedBatches
-    from mlx_pn.train.loop import budget
+    from mlx_pn.train.state import budget
 
     b = PackedBatches(np.arange(64 * 40 + 1), 64, 8)  # 40 windows: 5 steps per epoch
     assert budget(TrainConfig(steps=0, max_epochs=2.0, batch_size=8, seq_len=64), b)[0].steps == 10

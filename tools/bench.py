@@ -197,10 +197,10 @@ def mlx_candidate(model, loss_fn, batch, extras=(), compile=True, plain_silu=Fal
     import mlx.nn as nn
 
     from mlx_pn.models import transformer
-    from mlx_pn.train.loop import compute_dtype
+    from mlx_pn.train.step import compute_dtype
 
     from mlx_pn.config import TrainConfig
-    from mlx_pn.train.loop import make_step
+    from mlx_pn.train.step import make_step
     from mlx_pn.train.optim import make_optimizer
 
     opt = make_optimizer(TrainConfig(steps=10_000, warmup=10))

@@ -39,7 +39,7 @@ def main(argv=None):
     from mlx_pn.models.build import build_model
     from mlx_pn.models.transformer import ModelArgs
     from mlx_pn.train.distill import TeacherCache, TeacherCacheBatches, cached_distill_loss, live_distill_loss
-    from mlx_pn.train.loop import make_step
+    from mlx_pn.train.step import make_step
 
     def model(d, seed):
         return build_model(ModelArgs(hidden_size=d, num_hidden_layers=4, intermediate_size=4 * d,

@@ -140,7 +140,7 @@ def measure(rs: list[dict], args) -> dict:
     from mlx_pn.data.batches import eval_windows
     from mlx_pn.train.evaluate import bits_per_byte
     from mlx_pn.models.build import build_model, model_args
-    from mlx_pn.train.loop import train
+    from mlx_pn.train.loop import RunOptions, train
 
     out = {}
     for r in rs:
@@ -156,7 +156,8 @@ def measure(rs: list[dict], args) -> dict:
         g = data.corpora[GENERIC]
         slug = r["variant"].replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("+", "and")
         res = train(model, t, PackedBatches(g.tokens("train"), t.seq_len, t.batch_size, t.seed, "generic"),
-                    Path(args.out) / f"{r['preset']}-{slug}-seed{args.seed}", resume=False, log=lambda *a: None)
+                    Path(args.out) / f"{r['preset']}-{slug}-seed{args.seed}", RunOptions(resume=False),
+                    log=lambda *a: None)
         nats, n = test_nll(model, eval_windows(g.tokens("test"), t.seq_len))
         # whole split: the window cut drops < seq_len tokens at the end (bits_per_byte's caveat)
         out[(r["preset"], r["variant"])] = bpb = bits_per_byte(nats / n, n, g.bytes_utf8("test"))

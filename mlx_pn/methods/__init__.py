@@ -73,7 +73,7 @@ def specialize(cfg: Config, data, domain: str, resume: bool = True, log=print, d
 
     return run_specialize(specialize_dir(cfg, domain, domain_tokens), resume, log, f"[specialize] {domain}",
                           fingerprint_of, lambda: method.specialize(cfg, data, domain, resume=resume, log=log,
-                                                                    domain_tokens=domain_tokens))
+                                                                    domain_tokens=domain_tokens).as_dict())
 
 
 def load_config(path=None, overrides: dict[str, str] | None = None, cls=Config):

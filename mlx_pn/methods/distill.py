@@ -12,9 +12,11 @@ from mlx_pn.config import Config, ConfigError
 from mlx_pn.costs import StageCost, forward_cost
 from mlx_pn.data.prepare import PreparedData
 from mlx_pn.io import file_sha256
-from mlx_pn.methods.finetune import check_vocab, domain_batches, domain_train_tokens, finetune, specialize_model
+from mlx_pn.methods.finetune import (FineTuning, check_vocab, domain_batches, domain_train_tokens, finetune,
+                                     specialize_model)
 from mlx_pn.methods.layout import as_method, pretrain_dir, read_summary, specialize_dir
 from mlx_pn.methods.method import Method
+from mlx_pn.methods.results import SpecializeResults
 from mlx_pn.methods.slm import LLM, SLM, load_start
 from mlx_pn.models.build import load_model
 
@@ -52,7 +54,7 @@ def teacher_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
 
 
 def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
-               domain_tokens: int = 0) -> dict:
+               domain_tokens: int = 0) -> SpecializeResults:
     src = pretrain_dir(as_method(cfg, STUDENT)) / "final"
     student = load_start(src, cfg)
 
@@ -84,7 +86,7 @@ def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, re
         import json
 
         parts["teacher_finetune"] = StageCost.from_dict(json.loads(teacher_results.read_text()).get("cost"))
-    from mlx_pn.train.loop import budget
+    from mlx_pn.train.state import budget
 
     # windows fine-tuning may read (fewer with early stopping); its step budget may come from finetune.max_epochs
     visits = budget(t, base)[0].steps * t.batch_size * t.grad_accum
@@ -96,11 +98,13 @@ def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, re
                "seq_len": t.seq_len, "windows": base.n_windows}
         secs = cache.build(teacher, tokens, dc.temperature, key, t.batch_size, log)
         parts["teacher_forward"] = forward_cost(teacher.args, base.n_windows * t.seq_len, t.seq_len, secs)
-        r = finetune(cfg, data, domain, student, out, resume, log, batches=TeacherCacheBatches(base, cache),
-                     loss_fn=cached_distill_loss(dc.alpha, dc.temperature), fingerprint=teacher_fp)
+        job = FineTuning(domain, out, batches=TeacherCacheBatches(base, cache),
+                         loss_fn=cached_distill_loss(dc.alpha, dc.temperature), fingerprint=teacher_fp)
+        r = finetune(cfg, data, student, job, resume, log)
     else:
-        r = finetune(cfg, data, domain, student, out, resume, log, batches=base,
-                     loss_fn=live_distill_loss(teacher, k, dc.alpha, dc.temperature), fingerprint=teacher_fp)
+        job = FineTuning(domain, out, batches=base, loss_fn=live_distill_loss(teacher, k, dc.alpha, dc.temperature),
+                         fingerprint=teacher_fp)
+        r = finetune(cfg, data, student, job, resume, log)
         parts["teacher_forward"] = forward_cost(teacher.args, r.tokens, t.seq_len, None)  # inside the steps' time
     extra = {"teacher": str(tdir), "distill": {"mode": mode, "top_k": k, "alpha": dc.alpha,
                                                "temperature": dc.temperature,

@@ -4,20 +4,25 @@ domain's and the generic test split before and after, write results.json with th
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from mlx_pn.config import Config, ConfigError, to_dict
+from mlx_pn.config import Config, ConfigError, TrainConfig, to_dict
 from mlx_pn.costs import StageCost, inference_flops_per_token, training_cost
 from mlx_pn.data.batches import PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
+from mlx_pn.fingerprint import weights_sha256
 from mlx_pn.methods.layout import specialize_dir
+from mlx_pn.methods.results import SpecializeResults
+from mlx_pn.train import loop
 from mlx_pn.train.evaluate import bits_per_byte, nll
-from mlx_pn.train.stage import write_summary
+from mlx_pn.train.loop import RunOptions
 from mlx_pn.train.losses import cross_entropy
+from mlx_pn.train.stage import write_summary
 
 
 def check_vocab(model, data: PreparedData, where: str) -> None:
@@ -97,24 +102,36 @@ def domain_batches(cfg: Config, data: PreparedData, domain: str, t=None, domain_
                          f"data.domains.{domain} (train{size})")
 
 
-def finetune(cfg: Config, data: PreparedData, domain: str, model, out: Path, resume: bool, log, t=None,
-             batches=None, loss_fn: Callable = cross_entropy, domain_tokens: int = 0, fingerprint: dict | None = None):
-    """Fine-tune one SLM on the domain (early stopping on domain validation) -> TrainResult (+ summary.json).
-    fingerprint: the caller's keys the run also depends on (slm-d: its teacher's weights)."""
-    from mlx_pn.train.loop import train  # looked up per call: tests replace it
+@dataclass(frozen=True)
+class FineTuning:
+    """One fine-tuning run on `domain` (its first domain_tokens train tokens; 0: all) into `out`. By default the
+    plain one: cfg.finetune, the domain's train split, cross-entropy. t: another TrainConfig (slm-nopt: the
+    pretraining's learning rates); batches: another batch source (slm-d: with the teacher's cached top-k); loss_fn
+    (slm-d: the distillation loss); fingerprint: the caller's keys the run also depends on (slm-d: its teacher's
+    weights)."""
 
-    t = t or cfg.finetune
-    from mlx_pn.fingerprint import weights_sha256
+    domain: str
+    out: Path
+    domain_tokens: int = 0
+    t: TrainConfig | None = None
+    batches: Any = None
+    loss_fn: Callable = cross_entropy
+    fingerprint: dict | None = None
 
-    batches = batches or domain_batches(cfg, data, domain, t, domain_tokens)
+
+def finetune(cfg: Config, data: PreparedData, model, job: FineTuning, resume: bool = True, log=print):
+    """Fine-tune one SLM on job.domain (early stopping on domain validation) -> TrainResult (+ summary.json)."""
+    t = job.t or cfg.finetune
+    batches = job.batches or domain_batches(cfg, data, job.domain, t, job.domain_tokens)
+    desc = f"finetune {job.domain}"
     # the weights it starts from (the pretrained parent): a resume after the parent changed is refused
-    r = train(model, t, batches, out, valid_tokens=data.corpora[domain].tokens("valid"), resume=resume,
-              loss_fn=loss_fn, desc=f"finetune {domain}", log=log,
-              fingerprint={"start.weights": weights_sha256(model)} | (fingerprint or {}))
-    note = step_cap_note(r, t, batches, f"finetune {domain}")
+    run = RunOptions(valid_tokens=data.corpora[job.domain].tokens("valid"), loss_fn=job.loss_fn, desc=desc,
+                     fingerprint={"start.weights": weights_sha256(model)} | (job.fingerprint or {}), resume=resume)
+    r = loop.train(model, t, batches, job.out, run, log=log)  # loop.train: the module's, which tests may replace
+    note = step_cap_note(r, t, batches, desc)
     if note:
         log(note)
-    write_summary(out, r)  # no cost: the specialization's results.json carries it
+    write_summary(job.out, r)  # no cost: the specialization's results.json carries it
     return r
 
 
@@ -140,9 +157,11 @@ def finetune_costs(args, r: dict, seq_len: int) -> tuple[StageCost, StageCost]:
     return training_cost(args, round(r["tokens"] * share), seq_len, r["wall_s"] * share), total
 
 
-def stop_fields(r: dict, t) -> dict:
-    """results.json's record of what ended fine-tuning: the cap hit first and the budget it was under."""
-    return {"stopped_by": r.get("stopped_by", ""), "planned_steps": r.get("planned_steps"),
+def run_fields(r: dict, t) -> dict:
+    """results.json's record of the fine-tuning run (r: its summary): its steps, its best step, and what ended it
+    (the cap hit first and the budget it was under)."""
+    return {"finetune_steps": r["steps"], "best_step": r["best_step"], "stopped_early": r["stopped_early"],
+            "stopped_by": r.get("stopped_by", ""), "planned_steps": r.get("planned_steps"),
             "max_epochs": t.max_epochs, "step_cap": t.steps}
 
 
@@ -158,7 +177,8 @@ def cost_fields(parts: dict[str, StageCost], args, cfg: Config, all_steps: dict[
 
 
 def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: Path | None, resume: bool, log,
-                     domain_tokens: int = 0, parts: dict | None = None, tune: Callable | None = None) -> dict:
+                     domain_tokens: int = 0, parts: dict | None = None, tune: Callable | None = None
+                     ) -> SpecializeResults:
     """Measure `model` (started from `src`; None: a new model), fine-tune it, measure again -> the results
     (methods.specialize writes them to results.json).
 
@@ -170,17 +190,14 @@ def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: P
     before = measure(model, data, domain, cfg, log, "before fine-tuning")
     parts = dict(parts or {})
     if tune is None:
-        r, extra = finetune(cfg, data, domain, model, out, resume, log, domain_tokens=domain_tokens), {}
+        r, extra = finetune(cfg, data, model, FineTuning(domain, out, domain_tokens), resume, log), {}
     else:
         r, tune_parts, extra = tune(model, out)
         parts.update(tune_parts)
     parts["finetune"], every = finetune_costs(model.args, r.summary(), cfg.finetune.seq_len)
     after = measure(model, data, domain, cfg, log, "after fine-tuning")
-    results = {
-        "domain": domain, "method": cfg.method, "pretrained_from": str(src) if src else None,
-        "domain_train_tokens": len(domain_train_tokens(data, domain, domain_tokens)) - 1,
-        "before": before, "after": after, "finetune_steps": r.steps, "best_step": r.best_step,
-        "stopped_early": r.stopped_early, **stop_fields(r.summary(), cfg.finetune), "wall_s": time.time() - t0,
-        **extra, **cost_fields(parts, model.args, cfg, {"finetune": every}), "config": to_dict(cfg),
-    }
-    return results  # methods.specialize writes it (results.json)
+    return SpecializeResults(
+        domain=domain, method=cfg.method, pretrained_from=str(src) if src else None,
+        domain_train_tokens=len(domain_train_tokens(data, domain, domain_tokens)) - 1,
+        before=before, after=after, **run_fields(r.summary(), cfg.finetune), wall_s=time.time() - t0,
+        **cost_fields(parts, model.args, cfg, {"finetune": every}), config=to_dict(cfg), extra=extra)

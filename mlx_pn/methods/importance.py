@@ -15,6 +15,7 @@ from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.methods.finetune import check_domain, specialize_model
 from mlx_pn.methods.layout import method_clustering, pretrain_dir, read_summary
 from mlx_pn.methods.method import Method
+from mlx_pn.methods.results import SpecializeResults
 from mlx_pn.methods.slm import load_start, missing_start, new_model
 from mlx_pn.train.stage import Stage, run_stage
 
@@ -69,7 +70,7 @@ def pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=print, ex
 
 
 def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
-               domain_tokens: int = 0) -> dict:
+               domain_tokens: int = 0) -> SpecializeResults:
     src = pretrain_dir(cfg, domain) / "final"
     if not (src / "model.safetensors").exists():
         raise missing_start(src, f"{recipe_command('importance')} --domain {domain}")

@@ -42,8 +42,8 @@ class Method:
     """One method of the paper (or a new one).
 
     pretrain(cfg, data, resume, log, expert) -> summary dict (expert: only where `experts` is True);
-    specialize(cfg, data, domain, resume, log, domain_tokens) -> results dict (methods.specialize writes it to
-    results.json with its fingerprint);
+    specialize(cfg, data, domain, resume, log, domain_tokens) -> SpecializeResults (mlx_pn.methods.results;
+    methods.specialize writes it to results.json with its fingerprint);
     check(cfg) raises ConfigError for settings this method cannot use;
     flops_per_token(cfg, vocab, k) -> pretraining FLOPs per token (the grid matches budgets with it);
     pretrain_summary(cfg) -> the finished pretraining's summary (its "cost"), None when there is none;

@@ -24,11 +24,11 @@ from mlx_pn.costs import StageCost, projection_flops_per_token, train_flops_per_
 from mlx_pn.data.batches import ClusterGroupedBatches, PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
-from mlx_pn.methods.finetune import (check_vocab, cost_fields, domain_train_tokens, finetune, finetune_costs, measure,
-                                     stop_fields)
+from mlx_pn.methods.finetune import check_vocab, cost_fields, domain_train_tokens, finetune_costs, measure, run_fields
 from mlx_pn.methods.importance import check_window
 from mlx_pn.methods.layout import method_clustering, pretrain_dir, specialize_dir
 from mlx_pn.methods.method import Method
+from mlx_pn.methods.results import Selection, SpecializeResults
 from mlx_pn.methods.selection import SELECTORS, Context
 from mlx_pn.methods.slm import missing_start, new_model
 from mlx_pn.models.build import load_model, model_args
@@ -46,7 +46,7 @@ def resolve_select(cfg: Config, default: str) -> str:
 
 
 def specialize_routed(cfg: Config, data: PreparedData, domain: str, load, select: str, resume: bool, log,
-                      domain_tokens: int = 0) -> dict:
+                      domain_tokens: int = 0) -> SpecializeResults:
     """Pick the starting SLM (`select`: a SELECTORS rule), then fine-tune it. load() -> make(cluster id |
     histogram) -> Transformer, called once the clustering is known to be there."""
     clusters = method_clustering(cfg)
@@ -65,16 +65,14 @@ def specialize_routed(cfg: Config, data: PreparedData, domain: str, load, select
     more_parts, more_every = rule.costs(c, model.args)
     parts.update(more_parts)
     every.update(more_every)
-    results = {
-        "domain": domain, "method": cfg.method, "select": select, "selected_cluster": pick.choice,
-        "k": clusters.k, "domain_histogram": c.hist.tolist(), "top_cluster_share": float(c.hist.max()),
-        "candidates_valid_nll": {str(i): v for i, v in pick.valid_nll.items()}, "pretrained_from": str(root),
-        "domain_train_tokens": len(domain_train_tokens(data, domain, domain_tokens)) - 1,
-        "before": before, "after": after, "finetune_steps": r["steps"], "best_step": r["best_step"],
-        "stopped_early": r["stopped_early"], **stop_fields(r, t), "wall_s": time.time() - t0,
-        **cost_fields(parts, model.args, cfg, every), "config": to_dict(cfg),
-    }
-    return results  # methods.specialize writes it (results.json)
+    chosen = Selection(select=select, selected_cluster=pick.choice, k=clusters.k, domain_histogram=c.hist.tolist(),
+                       top_cluster_share=float(c.hist.max()),
+                       candidates_valid_nll={str(i): v for i, v in pick.valid_nll.items()})
+    return SpecializeResults(
+        domain=domain, method=cfg.method, pretrained_from=str(root),
+        domain_train_tokens=len(domain_train_tokens(data, domain, domain_tokens)) - 1,
+        before=before, after=after, **run_fields(r, t), wall_s=time.time() - t0,
+        **cost_fields(parts, model.args, cfg, every), config=to_dict(cfg), selection=chosen)
 
 
 def routed_check(cfg: Config) -> None:
@@ -155,7 +153,7 @@ def projected_method(name: str, coefficients: str, default_select: str) -> Metho
         return run_stage(stage(cfg, data), resume, log)
 
     def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
-                   domain_tokens: int = 0) -> dict:
+                   domain_tokens: int = 0) -> SpecializeResults:
         from mlx_pn.models.projected import load_projected
 
         def load():
@@ -286,7 +284,7 @@ def mixture_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=p
 
 
 def mixture_specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
-                       domain_tokens: int = 0) -> dict:
+                       domain_tokens: int = 0) -> SpecializeResults:
     root = pretrain_dir(cfg)
     return specialize_routed(cfg, data, domain, lambda: (lambda i: load_expert(root, int(i), cfg.method)),
                              resolve_select(cfg, "most-frequent"), resume, log, domain_tokens)

@@ -16,7 +16,7 @@ import numpy as np
 from mlx_pn.config import Config
 from mlx_pn.costs import StageCost, forward_cost
 from mlx_pn.data.prepare import PreparedData
-from mlx_pn.methods.finetune import finetune, finetune_costs
+from mlx_pn.methods.finetune import FineTuning, finetune, finetune_costs
 from mlx_pn.methods.layout import read_summary
 from mlx_pn.models.build import load_model, save_model
 from mlx_pn.train.evaluate import nll
@@ -85,15 +85,15 @@ def pick_best_loss(c: Context) -> Pick:
 
 def pick_all(c: Context) -> Pick:
     """Fine-tune every cluster's SLM under candidates/ and keep the best domain validation (k times the cost)."""
-    valid_nll = {i: finetune(c.cfg, c.data, c.domain, c.make(i), c.candidate_dir(i), c.resume, c.log,
-                             domain_tokens=c.domain_tokens).best_valid_nll for i in range(c.k)}
+    valid_nll = {i: finetune(c.cfg, c.data, c.make(i), FineTuning(c.domain, c.candidate_dir(i), c.domain_tokens),
+                             c.resume, c.log).best_valid_nll for i in range(c.k)}
     return _lowest(c, "all", valid_nll)
 
 
 def tune_picked(c: Context, model, pick: Pick):
     """Fine-tune the picked SLM in the specialization's folder -> (the model, its run summary)."""
-    return model, finetune(c.cfg, c.data, c.domain, model, c.out, c.resume, c.log,
-                           domain_tokens=c.domain_tokens).summary()
+    return model, finetune(c.cfg, c.data, model, FineTuning(c.domain, c.out, c.domain_tokens), c.resume,
+                           c.log).summary()
 
 
 def tune_all(c: Context, model, pick: Pick):

@@ -11,9 +11,10 @@ from mlx_pn.config import Config, ConfigError
 from mlx_pn.costs import StageCost, train_flops_per_token, training_cost
 from mlx_pn.data.batches import PackedBatches
 from mlx_pn.data.prepare import GENERIC, PreparedData
-from mlx_pn.methods.finetune import finetune, specialize_model
+from mlx_pn.methods.finetune import FineTuning, finetune, specialize_model
 from mlx_pn.methods.layout import BASE_METHOD, pretrain_dir
 from mlx_pn.methods.method import Method
+from mlx_pn.methods.results import SpecializeResults
 from mlx_pn.models.build import build_model, load_model, model_args
 from mlx_pn.train.stage import Stage, run_stage
 
@@ -81,7 +82,7 @@ def _pretrain_plain(section: str):
 
 def _specialize_plain(section: str):
     def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
-                   domain_tokens: int = 0) -> dict:
+                   domain_tokens: int = 0) -> SpecializeResults:
         """Fine-tune the method's own pretrained model (OUT/pretrain[-METHOD]/final, cfg.<section>) on the domain."""
         src = pretrain_dir(cfg) / "final"
         return specialize_model(cfg, data, domain, load_start(src, cfg, section), src, resume, log, domain_tokens)
@@ -118,12 +119,12 @@ def _nopt_pretrain(cfg: Config, data: PreparedData, resume: bool = True, log=pri
 
 
 def _nopt_specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
-                     domain_tokens: int = 0) -> dict:
+                     domain_tokens: int = 0) -> SpecializeResults:
     model = new_model(cfg, data, seed=cfg.finetune.seed)
 
     def tune(model, out):
-        return finetune(cfg, data, domain, model, out, resume, log, t=nopt_train_config(cfg),
-                        domain_tokens=domain_tokens), {}, {}
+        job = FineTuning(domain, out, domain_tokens, t=nopt_train_config(cfg))
+        return finetune(cfg, data, model, job, resume, log), {}, {}
 
     return specialize_model(cfg, data, domain, model, None, resume, log, domain_tokens, tune=tune)
 

@@ -17,7 +17,7 @@ from mlx_pn.config import PRESETS as CONFIGS  # noqa: E402 (the preset files: ml
 # Error classes of heavier modules, looked up only when something was raised: importing mlx_pn.export
 # (mlx_lm, transformers) costs ~2 s, and an error of a module never imported cannot have been raised.
 _LAZY = {"mlx_pn.export": "ExportError", "mlx_pn.models.build": "CheckpointError",
-         "mlx_pn.train.loop": "TrainingError", "mlx_pn.runlock": "RunLockError"}
+         "mlx_pn.train.state": "TrainingError", "mlx_pn.runlock": "RunLockError"}
 
 
 def add_resume(p: argparse.ArgumentParser) -> None:

@@ -1,1 +1,1 @@
-"""The one training loop (loop.py) and what it needs: losses, optimizer, checkpoints."""
+"""The one training loop (loop.py) and what it needs: the compiled step, callbacks, losses, optimizer, checkpoints."""

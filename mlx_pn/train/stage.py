@@ -22,7 +22,8 @@ from mlx_pn.fingerprint import check_same
 from mlx_pn.io import write_json_atomic
 from mlx_pn.train import distributed as dist
 from mlx_pn.train import loop
-from mlx_pn.train.loop import TrainResult, run_fingerprint
+from mlx_pn.train.loop import RunOptions, run_fingerprint
+from mlx_pn.train.state import TrainResult
 from mlx_pn.train.losses import cross_entropy
 
 
@@ -66,9 +67,10 @@ def run_stage(stage: Stage, resume: bool = True, log=print) -> dict:
     if done:
         return done
     extras = stage.before(model, batches, log) or {}
-    r = loop.train(model, stage.t, batches, stage.out, valid_tokens=valid, valid_labels=labels,
-                   loss_fn=stage.loss_fn, resume=resume, desc=stage.desc, extra_config=stage.extra_config(model), log=log, group=stage.group,
-              fingerprint=stage.fingerprint or None)
+    run = RunOptions(valid_tokens=valid, valid_labels=labels, loss_fn=stage.loss_fn, desc=stage.desc,
+                     extra_config=stage.extra_config(model), fingerprint=stage.fingerprint or None, resume=resume,
+                     group=stage.group)
+    r = loop.train(model, stage.t, batches, stage.out, run, log=log)
     return write_summary(stage.out, r, stage.cost(model, r), group=stage.group, **(stage.after(model) | extras))
 
 
