@@ -100,6 +100,7 @@ def test_no_difference_when_intervals_overlap(tmp_path):
     # the same cost: the narrower interval is recommended, and the reason says there is no difference
     assert set(rec["tied"]) == {"slm", "slm-pn"}
     assert rec["method"] == "slm" and "no difference from the best expected perplexity (slm-pn" in rec["reason"]
+    assert "the lowest upper bound, 100.00 [98.00, 102.00]" in rec["reason"]
     # apart: the best is recommended for its perplexity
     rows[1] = row("slm-pn", 1, 1e12, 90.0, 2.0, 1e11)
     _, p = plan_of(tmp_path, rows)
@@ -111,6 +112,18 @@ def test_among_equals_the_cheaper_total_is_recommended(tmp_path):
     _, p = plan_of(tmp_path, rows, specialize_flops=5e11, n_domains=10)
     rec = p["recommendation"]
     assert rec["method"] == "slm" and "cheaper for N=10: C_total 2e+12 vs 5e+12" in rec["reason"]
+
+
+def test_a_wide_interval_does_not_win_by_overlapping(tmp_path):
+    """A cheap method whose interval spans everything (one seed of three stalled) is "no difference" from the best,
+    but the one recommended is the one whose interval reaches least far up."""
+    rows = [row("slm-hn", 1, 5e11, 175.0, 228.0, 1e11), row("slm-is", 1, 0.0, 75.0, 3.0, 9e11),
+            row("slm", 1, 5e11, 135.0, 4.0, 1e11)]
+    _, p = plan_of(tmp_path, rows, pretrain_flops=5e11, specialize_flops=9e11)
+    m, rec = p["methods"], p["recommendation"]
+    assert m["slm-hn"]["verdict"] == "no difference (intervals overlap)" and m["slm"]["verdict"].startswith("worse")
+    assert rec["method"] == "slm-is" and "no difference from slm-hn" in rec["reason"]
+    assert "costs more in total from the first domain on" in plan_text(load_grid(tmp_path / "results.json"), p)
 
 
 def test_slm_is_pays_per_domain_and_the_crossover(tmp_path):

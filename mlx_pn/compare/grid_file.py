@@ -56,7 +56,8 @@ def load_grid(path: str | Path | None = None) -> dict:
                 raise _fail(path, "cells", "no cell says how many tokens 'the whole split' (size 0) is",
                             f"{fix} (its cells carry domain_tokens)")
             tokens[s] = float(s)  # a size in tokens is its own count
-    return {"path": str(path), "rows": data["rows"], "sizes": sizes, "tokens_per_size": tokens,
+    shown = f"the packaged {path.name}, packed from {data.get('source')}" if path == DEFAULT_GRID else str(path)
+    return {"path": str(path), "shown": shown, "rows": data["rows"], "sizes": sizes, "tokens_per_size": tokens,
             "axis": spec_axis(data["rows"], path), "domains": data.get("domains", []), "seeds": data.get("seeds", []),
             "config": data.get("config", {})}
 

@@ -200,10 +200,16 @@ def overlap(a: dict, b: dict) -> bool:
     return a["lo"] <= b["hi"] and b["lo"] <= a["hi"]
 
 
+def worst(e: dict) -> float:
+    """The upper end of an estimate's 95% interval (the mean for one seed): how bad it plausibly is."""
+    return e["ppl"] if e["hi"] is None else e["hi"]
+
+
 def recommend(methods: dict[str, dict], n: int) -> dict:
-    """The best expected perplexity among the methods that fit; the others' verdicts against it ("no
-    difference" where the intervals overlap); among the best and those not told apart from it, the cheapest
-    C_total(N) is the one recommended."""
+    """Verdicts against the best expected perplexity among the methods that fit ("no difference" where the
+    intervals overlap), and the recommendation: the method whose interval reaches least far up (the lowest
+    plausible worst case, so a mean made good by one lucky seed does not win), or one not told apart from it whose
+    worst case is within SAME_COST of its own and whose C_total(N) is cheaper beyond SAME_COST."""
     fit = {k: e for k, e in methods.items() if e["fits"] and e["ppl"] is not None}
     for k, e in methods.items():
         e["verdict"] = "" if e["fits"] else e["why"] if e["why"].startswith("not measured") else \
@@ -216,29 +222,30 @@ def recommend(methods: dict[str, dict], n: int) -> dict:
         e["verdict"] = ("best expected perplexity" if k == best else
                         ("no difference (one seed: no interval)" if e["ci"] is None or fit[best]["ci"] is None
                          else "no difference (intervals overlap)") if k in tied else "worse (intervals apart)")
-    # among those not told apart: the cheapest for N domains (costs within SAME_COST count as equal), then the
-    # narrowest interval (the most predictable), then the lower perplexity
-    cheapest = min(fit[k]["c_total"] for k in tied)
-    width = {k: math.inf if fit[k]["ci"] is None else fit[k]["ci"] for k in tied}
-    pick = min(tied, key=lambda k: (fit[k]["c_total"] > cheapest * (1 + SAME_COST), width[k], fit[k]["ppl"]))
-    others = [k for k in tied if k != best]
-    why = (f"cheaper for N={n}: C_total {fit[pick]['c_total']:.3g} vs {fit[best]['c_total']:.3g} FLOPs"
-           if fit[best]["c_total"] > fit[pick]["c_total"] * (1 + SAME_COST) else
-           f"the same cost for N={n} and the narrowest interval (+-{fit[pick]['ci']:.2f} vs +-{fit[best]['ci']:.2f}: "
-           f"the most predictable)" if fit[pick]["ci"] is not None and fit[best]["ci"] is not None else
-           f"the same cost for N={n}")
-    if pick == best and not others:
-        reason = f"lowest expected macro perplexity, {fit[best]['ppl']:.2f}; every other method that fits is worse " \
-                 f"beyond its interval"
+    safe = min(fit, key=lambda k: (worst(fit[k]), fit[k]["ppl"]))
+    cheaper = [k for k in fit if overlap(fit[k], fit[safe]) and worst(fit[k]) <= worst(fit[safe]) * (1 + SAME_COST)
+               and fit[k]["c_total"] * (1 + SAME_COST) < fit[safe]["c_total"]]
+    pick = min(cheaper, key=lambda k: fit[k]["c_total"]) if cheaper else safe
+    e, others = fit[pick], [k for k in tied if k != pick]
+    if pick != safe:
+        reason = (f"no difference from {safe} ({_ci(fit[safe])} vs {_ci(e)}: intervals overlap, worst cases within "
+                  f"{SAME_COST:.0%}) and cheaper for N={n}: C_total {e['c_total']:.3g} vs {fit[safe]['c_total']:.3g} "
+                  f"FLOPs")
+    elif pick == best and not others:
+        reason = f"lowest expected macro perplexity, {_ci(e)}; every other method that fits is worse beyond its interval"
     elif pick == best:
-        reason = (f"lowest expected macro perplexity ({fit[best]['ppl']:.2f}); no difference from "
-                  f"{', '.join(others)} (intervals overlap), and none of them is cheaper or more predictable")
+        reason = (f"lowest expected macro perplexity, {_ci(e)}, and the lowest upper bound; no difference from "
+                  f"{', '.join(others)} (intervals overlap)")
     else:
-        reason = (f"no difference from the best expected perplexity ({best}: {fit[best]['ppl']:.2f} vs "
-                  f"{fit[pick]['ppl']:.2f}, intervals overlap) and {why}")
-    if fit[pick]["outside"]:
+        reason = (f"no difference from the best expected perplexity ({best}: {_ci(fit[best])}) and the lowest upper "
+                  f"bound, {_ci(e)}: the safest of the methods that fit")
+    if e["outside"]:
         reason += "; its figure lies outside the measured range (see its notes)"
     return {"method": pick, "best_ppl": best, "tied": tied, "reason": reason}
+
+
+def _ci(e: dict) -> str:
+    return f"{e['ppl']:.2f}" + ("" if e["ci"] is None else f" [{e['lo']:.2f}, {e['hi']:.2f}]")
 
 
 def crossovers(methods: dict[str, dict]) -> list[dict]:

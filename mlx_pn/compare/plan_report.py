@@ -20,9 +20,10 @@ def budgets_text(b: dict, grid: dict, tokens_default: float) -> list[str]:
     cap = "no cap" if not b["max_params"] else f"{b['max_params']:,} parameters"
     seeds = len(grid["seeds"]) or "?"
     many = "s" if b["n_domains"] > 1 else ""
-    return [f"Plan for N={b['n_domains']} domain{many} of {tok:,.0f} train tokens each: pretraining {b['pretrain_flops']:.3g} "
+    whose = "" if b["domain_tokens"] else " (the grid's largest data size)"
+    return [f"Plan for N={b['n_domains']} domain{many} of {tok:,.0f} train tokens each{whose}: pretraining {b['pretrain_flops']:.3g} "
             f"FLOPs, specialization {b['specialize_flops']:.3g} FLOPs per domain, inference cap: {cap}.",
-            f"Grid: {grid['path']} ({len(grid['domains'])} domains, {seeds} seeds; macro perplexity after fine-tuning, "
+            f"Grid: {grid['shown']} ({len(grid['domains'])} domains, {seeds} seeds; macro perplexity after fine-tuning, "
             "mean and 95% interval over the seeds)."]
 
 
@@ -49,9 +50,12 @@ def plan_text(grid: dict, result: dict) -> str:
     for c in result["crossovers"]:
         if c["shared"] != result["crossover_ref"]:
             continue
-        lines.append(f"{c['per_domain']} vs {c['shared']}: " + (
-            f"{c['per_domain']} is cheaper in total below N = {c['n']:.1f} domains and stops paying beyond it"
-            if c["n"] is not None else f"{c['per_domain']} costs less per domain: it stays cheaper at every N"))
+        d = c["per_domain"]
+        lines.append(f"{d} vs {c['shared']}: " + (
+            f"{d} costs less per domain: it stays cheaper at every N" if c["n"] is None else
+            f"{d} costs more in total from the first domain on (its cost per domain exceeds {c['shared']}'s total "
+            f"for N = {c['n']:.2f})" if c["n"] < 1 else
+            f"{d} is cheaper in total below N = {c['n']:.1f} domains and stops paying beyond it"))
     return "\n".join(lines) + "\n"
 
 
