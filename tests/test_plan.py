@@ -272,3 +272,24 @@ def test_hours_use_the_rate_measured_here(tmp_path):
     assert grid_rate(grid, tmp_path) == rate  # cached: the same figure, not a second measurement
     assert parse_budget("2h", "--x", lambda: rate) == pytest.approx(7200 * rate)
     assert parse_budget("8e11", "--x", lambda: 1 / 0) == 8e11  # FLOPs never ask for a rate
+
+
+def test_cells_stopped_by_the_step_cap_are_counted(tmp_path):
+    """A cell whose fine-tuning ended at its step cap at its best evaluation (validation still falling) is
+    counted, from stopped_by or, without it, from the steps against the cell config's cap; plan_text says so."""
+    cells = [{"row": "slm", "budget": 1, "size": 0, "domain_tokens": 1000, "stopped_by": "steps", "finetune_steps": 100,
+              "best_step": 100},
+             {"row": "slm", "budget": 1, "size": 0, "domain_tokens": 1000, "stopped_by": "early stopping",
+              "finetune_steps": 60, "best_step": 30},
+             {"row": "slm", "budget": 1, "size": 0, "domain_tokens": 1000, "finetune_steps": 100, "best_step": 100,
+              "config": {"finetune": {"steps": 100}}},
+             {"row": "slm", "budget": 1, "size": 0, "domain_tokens": 1000, "stopped_by": "steps", "finetune_steps": 100,
+              "best_step": 80}]  # the cap, but validation had turned: not counted
+    p = tmp_path / "results.json"
+    p.write_text(json.dumps({"sizes": [0], "rows": [row("slm", 1, 1e12, 100.0, 2.0, 1e11)], "cells": cells}))
+    grid = load_grid(p)
+    assert grid["rows"][0]["cap_hit"] == {"0": [2, 4]}
+    res = plan(grid, Budgets(n_domains=1, pretrain_flops=1e12, specialize_flops=1e11))
+    assert res["methods"]["slm"]["cap_hit"] == [2, 4] and "slm 2/4" in plan_text(grid, res)
+    packed = pack(json.loads(p.read_text()), "x")
+    assert packed["rows"][0]["cap_hit"] == {"0": [2, 4]} and "cells" not in packed

@@ -24,7 +24,7 @@ SPEC_AXIS_KEYS = ("spec_budget", "specialization_budget", "specialize_budget", "
 
 _ROW_KEYS = ("row", "after", "pretrain_flops", "specialize_flops")  # what every row must have
 _KEEP = ("row", "method", "budget", "params", "pretrain_flops", "after", "after_ci", "after_n", "specialize_flops",
-         "seeds", "stopped_by") + SPEC_AXIS_KEYS  # what pack() keeps of a row
+         "seeds", "cap_hit") + SPEC_AXIS_KEYS  # what pack() keeps of a row
 
 
 def _fail(path, field: str, what: str, fix: str) -> ConfigError:
@@ -56,9 +56,11 @@ def load_grid(path: str | Path | None = None) -> dict:
                 raise _fail(path, "cells", "no cell says how many tokens 'the whole split' (size 0) is",
                             f"{fix} (its cells carry domain_tokens)")
             tokens[s] = float(s)  # a size in tokens is its own count
+    axis = spec_axis(data["rows"], path)
+    with_cap_hits(data["rows"], data.get("cells") or [], axis)
     shown = f"the packaged {path.name}, packed from {data.get('source')}" if path == DEFAULT_GRID else str(path)
     return {"path": str(path), "shown": shown, "rows": data["rows"], "sizes": sizes, "tokens_per_size": tokens,
-            "axis": spec_axis(data["rows"], path), "domains": data.get("domains", []), "seeds": data.get("seeds", []),
+            "axis": axis, "domains": data.get("domains", []), "seeds": data.get("seeds", []),
             "config": data.get("config", {})}
 
 
@@ -70,6 +72,26 @@ def _tokens_per_size(cells: list[dict], sizes: list[str]) -> dict[str, float]:
         if got:
             out[s] = float(np.mean(got))
     return out
+
+
+def with_cap_hits(rows: list[dict], cells: list[dict], axis: str | None) -> None:
+    """Each row's `cap_hit` {size: [cells whose fine-tuning stopped at its step cap at its best evaluation, cells]}:
+    there the cap, not the method, set the figure (validation was still falling). From `stopped_by` where cells
+    record it, else from the steps run against the cell config's finetune.steps. Rows that have it keep theirs."""
+    hits: dict[tuple, list[int]] = {}
+    for c in cells:
+        steps, best = c.get("finetune_steps"), c.get("best_step")
+        cap = c.get("step_cap", ((c.get("config") or {}).get("finetune") or {}).get("steps"))
+        capped = c["stopped_by"] == "steps" if c.get("stopped_by") else bool(cap) and steps == cap
+        h = hits.setdefault((c.get("row"), c.get("budget"), c.get(axis) if axis else None, str(c.get("size"))), [0, 0])
+        h[0] += bool(capped and best == steps)
+        h[1] += 1
+    for r in rows:
+        if "cap_hit" not in r:
+            key = (r["row"], r.get("budget"), r.get(axis) if axis else None)
+            got = {s: h for (*k, s), h in hits.items() if tuple(k) == key}
+            if got:
+                r["cap_hit"] = got
 
 
 def spec_axis(rows: list[dict], path="results.json") -> str | None:
@@ -94,7 +116,9 @@ def spec_axis(rows: list[dict], path="results.json") -> str | None:
 def pack(results: dict, source: str) -> dict:
     """The part of a results.json the planner reads (no per-cell configs): a few kB instead of MBs, to ship."""
     cfg = results.get("config", {})
-    rows = [{k: r[k] for k in _KEEP if k in r} for r in results["rows"]]
+    rows = [dict(r) for r in results["rows"]]
+    with_cap_hits(rows, results.get("cells", []), spec_axis(rows, source))
+    rows = [{k: r[k] for k in _KEEP if k in r} for r in rows]
     sizes = [str(s) for s in results["sizes"]]
     return {"source": source, "domains": results.get("domains", []), "sizes": sizes,
             "budgets": results.get("budgets", []), "seeds": results.get("seeds", []), "rows": rows,

@@ -59,7 +59,8 @@ def _points(rows: list[dict], size: str) -> list[dict]:
             ci = (r.get("after_ci") or {}).get(size)
             pts.append({"x": r["specialize_flops"][size] if own else r["pretrain_flops"], "ppl": r["after"][size],
                         "ci": ci, "n": (r.get("after_n") or {}).get(size, 1), "spec": r["specialize_flops"][size],
-                        "pre": r["pretrain_flops"], "params": r.get("params"), "budget": r.get("budget")})
+                        "pre": r["pretrain_flops"], "params": r.get("params"), "budget": r.get("budget"),
+                        "cap_hit": (r.get("cap_hit") or {}).get(size, [0, 0])})
     return sorted(pts, key=lambda p: p["x"])
 
 
@@ -69,6 +70,7 @@ def _mix(pts: list[dict], weights: list[tuple[int, float]]) -> dict:
     out["ci"] = None if None in cis else sum(w * c for (_, w), c in zip(weights, cis))
     out["n"] = min(pts[i]["n"] for i, _ in weights)
     out["params"] = max((pts[i]["params"] or 0 for i, _ in weights), default=0) or None
+    out["cap_hit"] = [sum(pts[i]["cap_hit"][j] for i, _ in weights) for j in (0, 1)]
     # the grid budgets it came from (a mix of mixes: across data sizes, of their budgets)
     out["budgets"] = list(dict.fromkeys(b for i, _ in weights for b in pts[i].get("budgets", [pts[i].get("budget")])))
     return out
@@ -134,6 +136,7 @@ def estimate(rows: list[dict], sizes: list[str], tokens: dict[str, float], b: Bu
     elif s_where == "between":
         out["notes"].append(f"interpolated between the measured data sizes {have_tok[sw[0][0]]:,.0f} and "
                             f"{have_tok[sw[1][0]]:,.0f} tokens")
+    out["cap_hit"] = est["cap_hit"]  # [cells stopped by the fine-tuning step cap at their best evaluation, cells]
     out["outside"] = where == "above" or s_where in ("below", "above")
     pre = 0.0 if own else (budget if where == "between" else est["pre"])
     out.update(ppl=est["ppl"], ci=est["ci"], n=est["n"], c_pretrain=pre, c_specialize=est["spec"],

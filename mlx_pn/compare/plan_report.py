@@ -45,6 +45,10 @@ def plan_text(grid: dict, result: dict) -> str:
     for k, e in ms.items():
         setting = "" if e.get("spec_setting") is None else f" [{result['axis']} = {e['spec_setting']}]"
         lines.append(f"  {k}{setting}: " + ("; ".join(e["notes"]) if e["fits"] or e["notes"] else e["why"]))
+    capped = [f"{k} {e['cap_hit'][0]}/{e['cap_hit'][1]}" for k, e in ms.items() if (e.get("cap_hit") or [0])[0]]
+    if capped:
+        lines.append("  Fine-tuning stopped at its step cap with validation still falling (the cap, not the method, "
+                     "may have set these figures; cells): " + ", ".join(capped))
     rec = result["recommendation"]
     lines += ["", f"Recommendation: {rec['method'] or 'none'}: {rec['reason']}."]
     for c in result["crossovers"]:
