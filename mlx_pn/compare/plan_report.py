@@ -54,12 +54,14 @@ def plan_text(grid: dict, result: dict) -> str:
     for c in result["crossovers"]:
         if c["shared"] != result["crossover_ref"]:
             continue
-        d = c["per_domain"]
-        lines.append(f"{d} vs {c['shared']}: " + (
+        d, sh = c["per_domain"], c["shared"]
+        one = (ms[d]["c_total"] / b["n_domains"], ms[sh]["c_pretrain"] + ms[sh]["c_specialize"])
+        lines.append(f"{d} vs {sh}: " + (
             f"{d} costs less per domain: it stays cheaper at every N" if c["n"] is None else
-            f"{d} costs more in total from the first domain on (its cost per domain exceeds {c['shared']}'s total "
-            f"for N = {c['n']:.2f})" if c["n"] < 1 else
-            f"{d} is cheaper in total below N = {c['n']:.1f} domains and stops paying beyond it"))
+            f"{d} costs more in total already for one domain ({one[0]:.3g} vs {one[1]:.3g} FLOPs): it pays in "
+            f"perplexity, never in cost" if c["n"] < 1 else
+            f"{d} is cheaper in total below N = {c['n']:.1f} domains and stops paying beyond it")
+            + ("" if ms[d]["fits"] else f" ({d} at its cheapest measured cost; it does not fit your budgets)"))
     return "\n".join(lines) + "\n"
 
 
