@@ -184,6 +184,14 @@ def test_one_seed_has_no_interval_and_is_not_told_apart(tmp_path):
     ({"rows": [{"row": "slm", "after": {}}]}, "rows[0].pretrain_flops: missing"),
     ({"rows": [{"row": "slm", "after": {"0": 1}, "pretrain_flops": 1, "specialize_flops": {}}], "sizes": [0]},
      "cells: no cell says how many tokens"),
+    ({"rows": [{"row": "slm", "after": {"0": "89"}, "pretrain_flops": 1, "specialize_flops": {}}]},
+     "rows[0].after.0: '89' is not a number > 0"),
+    ({"rows": [{"row": "slm", "after": {"0": 89}, "pretrain_flops": -1, "specialize_flops": {}}]},
+     "rows[0].pretrain_flops: -1 is not a FLOP count >= 0"),
+    ({"rows": [{"row": "slm", "after": {"0": 89}, "pretrain_flops": 1, "specialize_flops": {"0": 0}}]},
+     "rows[0].specialize_flops.0: 0 is not a number > 0"),
+    ({"rows": [{"row": "slm", "after": {"0": 89}, "pretrain_flops": 1, "specialize_flops": {}, "params": 2.5}]},
+     "rows[0].params: 2.5 is not a parameter count"),
 ])
 def test_bad_grid_files_name_the_file_field_and_fix(tmp_path, content, field):
     p = tmp_path / "results.json"
@@ -310,3 +318,13 @@ def test_the_docs_examples_are_this_codes_output(tmp_path, monkeypatch, capsys):
     for cmd, shown in examples:
         main(shlex.split(cmd)[2:])
         assert capsys.readouterr().out.rstrip() == shown.rstrip(), cmd
+
+
+def test_a_budget_without_finished_pretraining_is_not_a_measurement(tmp_path):
+    """recipes.compare's rows carry pretrain_flops 0 where a budget's pretraining has not finished: the planner
+    reads only the finished budget (here: the larger one, so a smaller budget is below the measured range)."""
+    rows = [row("slm", 1, 0.0, 120.0, 2.0, 1e11), row("slm", 2, 2e12, 90.0, 2.0, 1e11)]
+    _, p = plan_of(tmp_path, rows, pretrain_flops=1e12)
+    assert not p["methods"]["slm"]["fits"] and "below the measured range" in p["methods"]["slm"]["why"]
+    _, p = plan_of(tmp_path, rows, pretrain_flops=2e12)
+    assert p["methods"]["slm"]["ppl"] == 90.0

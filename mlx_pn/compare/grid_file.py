@@ -48,6 +48,7 @@ def load_grid(path: str | Path | None = None) -> dict:
         missing = [k for k in _ROW_KEYS if not isinstance(r, dict) or k not in r]
         if missing:
             raise _fail(path, f"rows[{i}].{missing[0]}", "missing", f"{fix} (rebuild it with --report-only)")
+        check_row(r, f"rows[{i}]", path, fix)
     sizes = [str(s) for s in data.get("sizes") or sorted({s for r in data["rows"] for s in r["after"]}, key=int)]
     tokens = data.get("tokens_per_size") or _tokens_per_size(data.get("cells") or [], sizes)
     for s in sizes:
@@ -62,6 +63,29 @@ def load_grid(path: str | Path | None = None) -> dict:
     return {"path": str(path), "shown": shown, "rows": data["rows"], "sizes": sizes, "tokens_per_size": tokens,
             "axis": axis, "domains": data.get("domains", []), "seeds": data.get("seeds", []),
             "config": data.get("config", {})}
+
+
+def _number(v, positive: bool = False) -> bool:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+    return ok and (v > 0 if positive else v >= 0)
+
+
+def check_row(r: dict, where: str, path, fix: str) -> None:
+    """A row's numbers are numbers: perplexities and specialization costs > 0, pretraining cost >= 0, intervals
+    >= 0 or null (one seed), parameters a count or null."""
+    if not _number(r["pretrain_flops"]):
+        raise _fail(path, f"{where}.pretrain_flops", f"{r['pretrain_flops']!r} is not a FLOP count >= 0", fix)
+    for key, positive, nullable in (("after", True, False), ("specialize_flops", True, False),
+                                    ("after_ci", False, True)):
+        d = r.get(key, {})
+        if not isinstance(d, dict):
+            raise _fail(path, f"{where}.{key}", f"{d!r} is not a mapping of data size -> value", fix)
+        for size, v in d.items():
+            if not (v is None and nullable) and not _number(v, positive):
+                raise _fail(path, f"{where}.{key}.{size}", f"{v!r} is not a number {'> 0' if positive else '>= 0'}",
+                            fix)
+    if r.get("params") is not None and not (isinstance(r["params"], int) and r["params"] > 0):
+        raise _fail(path, f"{where}.params", f"{r['params']!r} is not a parameter count", fix)
 
 
 def _tokens_per_size(cells: list[dict], sizes: list[str]) -> dict[str, float]:

@@ -55,6 +55,8 @@ def _points(rows: list[dict], size: str) -> list[dict]:
     own = per_domain(rows)
     pts = []
     for r in rows:
+        if not own and not r["pretrain_flops"]:
+            continue  # a budget whose pretraining is not finished (aggregate's 0): nothing measured there
         if size in r["after"] and size in r["specialize_flops"]:
             ci = (r.get("after_ci") or {}).get(size)
             pts.append({"x": r["specialize_flops"][size] if own else r["pretrain_flops"], "ppl": r["after"][size],
