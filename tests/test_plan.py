@@ -43,7 +43,9 @@ SLM = [row("slm", 1, 1e12, 100.0, 2.0, 1e11), row("slm", 4, 4e12, 80.0, 4.0, 1e1
 
 def test_bracket_reads_measured_points_and_weights_log_linearly():
     xs = [1e12, 4e12]
-    assert bracket(xs, 1.05e12) == ([(0, 1.0)], "at")  # within 10%: the measurement itself
+    assert bracket(xs, 1.05e12) == ([(0, 1.0)], "at")  # up to 10% above: the measurement itself
+    assert bracket(xs, 0.95e12)[1] == "below"  # never a measurement that costs more than the budget
+    assert bracket(xs, 3.9e12)[1] == "between" and bracket(xs, 4.3e12)[1] == "at"
     (i, wi), (j, wj) = bracket(xs, 2e12)[0]
     assert (i, j) == (0, 1) and wi == pytest.approx(0.5) and wj == pytest.approx(0.5)  # log-midpoint of 1 and 4
     assert bracket(xs, 1e11) == ([(0, 1.0)], "below") and bracket(xs, 1e13) == ([(1, 1.0)], "above")

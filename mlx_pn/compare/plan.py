@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from mlx_pn.costs import c_total
 
-NEAR = 0.10  # a budget within 10% of a measured one is read as that measurement, not interpolated
+NEAR = 0.10  # a budget up to 10% above a measured one is read as that measurement (it affords it), not interpolated
 SAME_COST = 0.05  # totals within 5% are the same cost (the grid matches FLOPs to whole steps, not exactly)
 
 
@@ -32,10 +32,11 @@ class Budgets:
 
 def bracket(xs: list[float], x: float) -> tuple[list[tuple[int, float]], str]:
     """Where x lies among the sorted measured xs -> ([(index, weight)], "at" | "between" | "below" | "above");
-    "between" weights are linear in log x."""
-    near = min(range(len(xs)), key=lambda i: abs(math.log(x / xs[i])))
-    if abs(x - xs[near]) <= NEAR * xs[near]:
-        return [(near, 1.0)], "at"
+    "at" a measurement x affords (x in [xs_i, xs_i (1 + NEAR)]: never one that costs more than x), "between"
+    weights linear in log x."""
+    for i in reversed(range(len(xs))):
+        if xs[i] <= x <= xs[i] * (1 + NEAR):
+            return [(i, 1.0)], "at"
     if x < xs[0]:
         return [(0, 1.0)], "below"
     if x > xs[-1]:
@@ -110,9 +111,10 @@ def estimate(rows: list[dict], sizes: list[str], tokens: dict[str, float], b: Bu
     have.sort(key=lambda s: tokens[s])
     want = b.domain_tokens or tokens[have[-1]]
     sw, s_where = bracket([tokens[s] for s in have], want)
-    parts, where = [], ""
+    parts, wheres = [], []
     for i, w in sw:
         est, where, why = _at_budget(rows, have[i], b)
+        wheres.append(where)
         if est is None:
             out["why"] = why
             cheapest = _points(rows, have[i])
@@ -122,10 +124,11 @@ def estimate(rows: list[dict], sizes: list[str], tokens: dict[str, float], b: Bu
             return out
         parts.append((est, w))
     est = _mix([p for p, _ in parts], [(i, w) for i, (_, w) in enumerate(parts)])
+    where = next(w for w in ("above", "between", "at") if w in wheres)  # the least measured of the sizes' readings
     lo, hi = parts[0][0]["range"]
     name, budget = ("specialization", b.specialize_flops) if own else ("pretraining", b.pretrain_flops)
     basis = {"at": f"measured at {name} {est['x']:.3g} FLOPs" + ("" if est["x"] == budget else
-                                                                  f" (your {budget:.3g}: within {NEAR:.0%})"),
+                                                                  f" (your {budget:.3g}: at most {NEAR:.0%} more)"),
              "between": f"interpolated between the measured {name} budgets {lo:.3g} and {hi:.3g} FLOPs",
              "above": f"{name} {budget:.3g} FLOPs is outside the measured range (largest measured {hi:.3g}): the "
                       f"figure is the one measured there"}[where]
