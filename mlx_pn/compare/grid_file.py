@@ -22,6 +22,9 @@ DEFAULT_GRID = Path(__file__).resolve().parent / "grids" / "compare-cpu.json"
 # repeat a (row, budget) pair are told apart by whichever scalar field differs between them.
 SPEC_AXIS_KEYS = ("spec_budget", "specialization_budget", "specialize_budget", "finetune_budget", "finetune_cap")
 
+# measurements, never the axis (recipes.compare's results.aggregate: they may differ between two rows of one setting)
+_MEASURED = {"pretrain_flops", "pretrain_wall_s", "generic_valid_ppl", "expert_cosine", "params", "seeds", "before",
+             "after", "bpb_after", "specialize_flops", "specialize_wall_s", "cap_hit"}
 _ROW_KEYS = ("row", "after", "pretrain_flops", "specialize_flops")  # what every row must have
 _KEEP = ("row", "method", "budget", "params", "pretrain_flops", "after", "after_ci", "after_n", "specialize_flops",
          "seeds", "cap_hit") + SPEC_AXIS_KEYS  # what pack() keeps of a row
@@ -130,9 +133,11 @@ def spec_axis(rows: list[dict], path="results.json") -> str | None:
     dup = next((g for g in groups.values() if len(g) > 1), None)
     if dup is None:
         return None
-    for k, v in dup[0].items():
-        if isinstance(v, (str, int, float)) and not isinstance(v, bool) and any(o.get(k) != v for o in dup[1:]):
-            return k
+    differ = [k for k, v in dup[0].items() if k not in _MEASURED and not k.endswith(("_ci", "_n"))
+              and (v is None or isinstance(v, (str, int, float))) and not isinstance(v, bool)
+              and any(o.get(k) != v for o in dup[1:])]
+    if differ:  # a setting (a name, a step count) before a float that may be a measurement under another name
+        return min(differ, key=lambda k: isinstance(dup[0][k], float))
     raise _fail(path, "rows", f"row {dup[0]['row']!r} appears twice at budget {dup[0].get('budget')} with nothing "
                 "that tells the two apart", f"give each a '{SPEC_AXIS_KEYS[0]}' field")
 
