@@ -240,7 +240,8 @@ def recommend(methods: dict[str, dict], n: int) -> dict:
                   f"{SAME_COST:.0%}) and cheaper for N={n}: C_total {e['c_total']:.3g} vs {fit[safe]['c_total']:.3g} "
                   f"FLOPs")
     elif pick == best and not others:
-        reason = f"lowest expected macro perplexity, {_ci(e)}; every other method that fits is worse beyond its interval"
+        reason = (f"lowest expected macro perplexity, {_ci(e)}; every other method that fits is worse beyond its "
+                  f"interval")
     elif pick == best:
         reason = (f"lowest expected macro perplexity, {_ci(e)}, and the lowest upper bound; no difference from "
                   f"{', '.join(others)} (intervals overlap)")

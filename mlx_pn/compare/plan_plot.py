@@ -19,7 +19,8 @@ def plot_plan(result: dict, path: str | Path, max_n: int | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     b, ms = result["budgets"], result["methods"]
-    cross = [c for c in result["crossovers"] if c["shared"] == result["crossover_ref"] and c["n"] is not None and c["n"] >= 1]
+    cross = [c for c in result["crossovers"]
+             if c["shared"] == result["crossover_ref"] and c["n"] is not None and c["n"] >= 1]
     top = max([2 * b["n_domains"], 10] + [2 * c["n"] for c in cross])
     max_n = max_n or int(min(top, 1000))
     n = list(range(1, max_n + 1))

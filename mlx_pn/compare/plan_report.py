@@ -21,10 +21,11 @@ def budgets_text(b: dict, grid: dict, tokens_default: float) -> list[str]:
     seeds = len(grid["seeds"]) or "?"
     many = "s" if b["n_domains"] > 1 else ""
     whose = "" if b["domain_tokens"] else " (the grid's largest data size)"
-    return [f"Plan for N={b['n_domains']} domain{many} of {tok:,.0f} train tokens each{whose}: pretraining {b['pretrain_flops']:.3g} "
-            f"FLOPs, specialization {b['specialize_flops']:.3g} FLOPs per domain, inference cap: {cap}.",
-            f"Grid: {grid['shown']} ({len(grid['domains'])} domains, {seeds} seeds; macro perplexity after fine-tuning, "
-            "mean and 95% interval over the seeds)."]
+    return [f"Plan for N={b['n_domains']} domain{many} of {tok:,.0f} train tokens each{whose}: pretraining "
+            f"{b['pretrain_flops']:.3g} FLOPs, specialization {b['specialize_flops']:.3g} FLOPs per domain, inference "
+            f"cap: {cap}.",
+            f"Grid: {grid['shown']} ({len(grid['domains'])} domains, {seeds} seeds; macro perplexity after "
+            "fine-tuning, mean and 95% interval over the seeds)."]
 
 
 def plan_text(grid: dict, result: dict) -> str:
