@@ -333,3 +333,16 @@ def test_a_budget_without_finished_pretraining_is_not_a_measurement(tmp_path):
     assert not p["methods"]["slm"]["fits"] and "below the measured range" in p["methods"]["slm"]["why"]
     _, p = plan_of(tmp_path, rows, pretrain_flops=2e12)
     assert p["methods"]["slm"]["ppl"] == 90.0
+
+
+def test_the_plot_draws_one_line_per_cost(tmp_path):
+    """Methods whose costs agree within 5% share a line (FLOP matching leaves them a fraction apart); one that
+    does not fit never shares a line with one that does."""
+    from mlx_pn.compare.plan_plot import plot_plan, same_cost
+
+    rows = [row("slm", 1, 1e12, 100.0, 2.0, 1e11), row("slm-pn", 1, 0.999e12, 95.0, 9.0, 1e11),
+            row("llm", 1, 1e12, 80.0, 2.0, 3e11), row("slm-is", 1, 0.0, 60.0, 3.0, 5e11)]
+    _, p = plan_of(tmp_path, rows, n_domains=4)
+    assert same_cost(p["methods"]) == [["slm", "slm-pn"], ["llm"], ["slm-is"]]
+    png = plot_plan(p, tmp_path / "c.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
