@@ -38,6 +38,7 @@ COMMANDS = {  # name -> what it does (the module mlx_pn.recipes.NAME runs it)
     "export": "export a specialized model to an mlx-lm folder (with a model card), verified by reloading",
     "serve": "serve a run's specialists on one OpenAI-style endpoint, each request routed by its clusters",
     "compare": "every method at matched pretraining FLOPs: results tables and plots",
+    "plan": "which method to train for your budgets and number of domains, read off a grid's results.json",
     "lm": "mlx-lm's own command line (generate, perplexity, lora, server, upload, ...) with the BLAS set up",
 }
 USAGE = f"usage: mlx-pn {{{','.join(COMMANDS)}}} [--help] [ARGS ...]"
