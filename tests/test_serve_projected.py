@@ -81,6 +81,18 @@ def test_expert_cache_is_lru_and_experts_share_the_trunks_arrays(clustered, tmp_
         ExpertCache(trunk, {}, size=0)
 
 
+def test_an_unreadable_trunk_is_each_on_demand_models_error(clustered, tmp_path):
+    from mlx_pn.serve.models import load_run_models
+
+    cfg, data = _pn_run(clustered, tmp_path / "run", "slm-pn")
+    weights = tmp_path / "run" / "pretrain-slm-pn" / "final" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    models = load_run_models(cfg, **QUIET)  # no exception: the server would still start and answer /health
+    assert list(models) == [*data.domain_names(), "generic"]
+    for m in models.values():
+        assert m.model is None and "cannot serve from the projected network" in m.error and str(weights.parent) in m.error
+
+
 def test_projected_run_serves_fine_tuned_specialists_from_their_folders_over_http(clustered, tmp_path):
     from mlx_lm.generate import generate
 
