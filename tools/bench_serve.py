@@ -100,7 +100,7 @@ def main(argv=None):
     if "http" not in skip:
         concurrency(cfg, data, [t for _, t in prompts], args.k, args.min_confidence)
     if args.peer:
-        peer_latency(cfg, args, parser, prompts)
+        peer_latency(cfg, args)
     if args.memory:
         memory(cfg, data, models, args.expert_cache)
 
@@ -239,8 +239,9 @@ def _start(cmd: list[str], url: str, log: Path, timeout: float = 300) -> subproc
     raise SystemExit(f"error: {' '.join(cmd[:4])} did not come up:\n{log.read_text()[-2000:]}")
 
 
-def _timed(url: str, body: dict) -> tuple[float, float, int]:
-    """(time to the first streamed text, s; tokens/s of the whole non-streamed request; its completion tokens)."""
+def _timed(url: str, body: dict, prompts: tuple[str, str]) -> tuple[float, float, int]:
+    """(time to the first streamed text of prompts[0], s; tokens/s of the whole non-streamed request of prompts[1];
+    its completion tokens)."""
     import urllib.request
 
     def post(b):
@@ -249,19 +250,19 @@ def _timed(url: str, body: dict) -> tuple[float, float, int]:
 
     t0 = time.perf_counter()
     ttft = None
-    with post(body | {"stream": True}) as r:
+    with post(body | {"stream": True, "prompt": prompts[0]}) as r:
         for line in r:
             if ttft is None and line.startswith(b"data: {"):
                 choice = (json.loads(line[6:]).get("choices") or [{}])[0]
                 if choice.get("text") or (choice.get("delta") or {}).get("content"):
                     ttft = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with post(body) as r:
+    with post(body | {"prompt": prompts[1]}) as r:
         n = json.loads(r.read())["usage"]["completion_tokens"]
     return ttft if ttft is not None else float("nan"), n / (time.perf_counter() - t0), n
 
 
-def peer_latency(cfg, args, parser, prompts, max_tokens: int = 32) -> None:
+def peer_latency(cfg, args, max_tokens: int = 32) -> None:
     """The same prompt through mlx-pn serve (named, and "auto") and mlx_lm.server on the domain's export."""
     from mlx_pn.serve.models import export_folder
 
@@ -269,14 +270,22 @@ def peer_latency(cfg, args, parser, prompts, max_tokens: int = 32) -> None:
     if not (folder / "config.json").exists():
         raise SystemExit(f"error: --peer {args.peer}: no export at {folder}; run `mlx-pn export --domain {args.peer}` "
                          f"with the same --config/--out first")
-    texts = [t for d, t in prompts if d == args.peer]
-    if not texts:
+    from mlx_pn.data.prepare import prepare_data
+    from mlx_pn.serve.accuracy import heldout_prompts
+
+    if args.peer not in cfg.data.domains:
         raise SystemExit(f"error: --peer {args.peer}: not one of the run's domains ({', '.join(cfg.data.domains)})")
     overrides = {k[3:]: v for k, v in vars(args).items() if k.startswith("ov:") and v is not None}
     serve_argv = (["--config", args.config] if args.config else []) + [
         x for k, v in overrides.items() for x in (f"--{k}", str(v))]
     if args.k:
         serve_argv += ["--k", str(args.k)]
+    # no server sees a prompt twice: mlx_lm.server's prompt cache would skip a repeated prompt's processing. Set A
+    # goes to mlx_lm.server and mlx-pn serve's named model, set B to the other two kinds; 2 prompts per request
+    texts = heldout_prompts(prepare_data(cfg, log=lambda *a: None), args.peer, args.ppl_tokens)
+    if len(texts) < 4 * args.requests + 2:
+        raise SystemExit(f"error: --requests {args.requests}: {args.peer}'s test split has {len(texts)} prompts of "
+                         f"{args.ppl_tokens} tokens, {4 * args.requests + 2} needed; lower --requests or --ppl-tokens")
     ours_port, peer_port = _free_port(), _free_port()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     ours = _start([sys.executable, "-m", "recipes.serve", *serve_argv, "--port", str(ours_port),
@@ -288,19 +297,22 @@ def peer_latency(cfg, args, parser, prompts, max_tokens: int = 32) -> None:
         ours.terminate()
         raise
     body = {"max_tokens": max_tokens, "temperature": 0.0}
+    # mlx_lm.server generates through its BatchGenerator unless a request has a seed: then through stream_generate,
+    # as mlx-pn serve always does (it seeds every request); both are timed
     kinds = {"mlx_lm.server": (f"http://127.0.0.1:{peer_port}/v1/completions", body),
+             "mlx_lm.server, seeded (stream_generate)": (f"http://127.0.0.1:{peer_port}/v1/completions",
+                                                         body | {"seed": 0}),
              f"mlx-pn serve, model {args.peer}": (f"http://127.0.0.1:{ours_port}/v1/completions",
                                                    body | {"model": args.peer}),
              "mlx-pn serve, model auto": (f"http://127.0.0.1:{ours_port}/v1/completions", body | {"model": "auto"})}
     res = {k: [] for k in kinds}
+    sets = {k: texts[(j % 2) * 2 * args.requests:] for j, k in enumerate(kinds)}  # A, B, A, B
     try:
-        for k, (url, b) in kinds.items():  # warm-up: first-request compilation and caches
-            _timed(url, b | {"prompt": texts[-1]})
-        # request i sends test prompt i to every server in turn (the machine's load falls on each alike); a new
-        # prompt per request, so that mlx_lm.server's prompt cache does not skip the prompt's processing
-        for i in range(args.requests):
+        for k, (url, b) in kinds.items():  # warm-up (first-request compilation) on the two spare prompts
+            _timed(url, b, (texts[-1], texts[-2]))
+        for i in range(args.requests):  # in turn: the machine's load falls on every kind alike
             for k, (url, b) in kinds.items():
-                res[k].append(_timed(url, b | {"prompt": texts[i % len(texts)]}))
+                res[k].append(_timed(url, b, (sets[k][2 * i], sets[k][2 * i + 1])))
     finally:
         for p in (ours, peer):
             p.terminate()
@@ -308,9 +320,9 @@ def peer_latency(cfg, args, parser, prompts, max_tokens: int = 32) -> None:
     med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), statistics.median(
         r[2] for r in v)) for k, v in res.items()}
     ttft0, tps0, _ = med["mlx_lm.server"]
-    print(f"\n## Latency against mlx_lm.server on {folder} ({args.requests} requests each, in turn, of "
-          f"{min(args.requests, len(texts))} {args.ppl_tokens}-token {args.peer} test prompts, {max_tokens} greedy "
-          f"tokens; medians; load {os.getloadavg()[0]:.2f})\n")
+    print(f"\n## Latency against mlx_lm.server on {folder} ({args.requests} streamed and {args.requests} whole "
+          f"requests per row, in turn, each a {args.ppl_tokens}-token {args.peer} test prompt its server has not seen, "
+          f"{max_tokens} greedy tokens; medians; load {os.getloadavg()[0]:.2f})\n")
     print("| server | time to first token (ms) | tokens/s | completion tokens | TTFT ratio | tokens/s ratio |")
     print("|---|---|---|---|---|---|")
     for k, (ttft, tps, n) in med.items():
