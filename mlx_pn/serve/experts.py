@@ -18,7 +18,7 @@ PROJECTED_METHODS = ("slm-pn", "slm-hn")
 
 class ExpertCache:
     """{name: cluster id | (k,) histogram} -> materialised Transformers, the `size` most recently used kept.
-    Not thread-safe by itself: the server calls it under its generation lock."""
+    Not thread-safe by itself: the server calls it from its one worker thread."""
 
     def __init__(self, trunk, selects: dict, size: int = 4):
         if size < 1:

@@ -13,8 +13,8 @@ APIHandler is not reused as a class: it is bound to its ModelProvider (one model
 its batching ResponseGenerator; this handler keeps every model resident and only routes.
 
 Errors: an unknown model -> 404 listing the known ones; a prompt longer than the model's context, or a field of
-the wrong type -> 400; a model that failed to load or to generate -> 500 for that request only. Generation is serialized by a lock
-(one MLX evaluation at a time); connections are threads (ThreadingHTTPServer).
+the wrong type -> 400; a model that failed to load or to generate -> 500 for that request only. Connections are
+threads (ThreadingHTTPServer); routing and generation run on one worker thread, one request at a time.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import math
 import signal
-import threading
 import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from mlx_pn.serve.worker import Worker
 
 AUTO = "auto"
 ROUTE_HEADER = "X-MLX-PN-Route"
@@ -52,14 +53,14 @@ def chat_prompt(messages: list[dict], tokenizer, use_template: bool) -> str:
 
 
 class App:
-    """The served models, the router and the generation lock. models: {name: Served}; router: a Router or
-    None (then "auto" goes to the generic model); generic: the fallback name."""
+    """The served models, the router and the one thread that runs their MLX work (mlx_pn.serve.worker). models:
+    {name: Served}; router: a Router or None (then "auto" goes to the generic model); generic: the fallback name."""
 
     def __init__(self, models: dict, router=None, generic: str = "generic", ensemble: int = 1):
         if ensemble not in (1, 2):
             raise ValueError(f"--ensemble {ensemble}: 1 (the best-routed model) or 2 (c-BTM's top-2 mixture)")
         self.models, self.router, self.generic, self.ensemble = models, router, generic, ensemble
-        self.lock = threading.Lock()
+        self.worker = Worker()
 
     def known(self) -> list[str]:
         return [*self.models, AUTO]
@@ -72,8 +73,7 @@ class App:
             if self.router is None:
                 target, route = self.generic, {"rule": "none", "score": 0.0, "confident": False, "best": self.generic}
             else:
-                with self.lock:  # the minilm embedder evaluates MLX graphs: one evaluation at a time
-                    r = self.router.route(text).as_dict()
+                r = self.worker.call(lambda: self.router.route(text).as_dict())  # the embedder may run MLX
                 target, route = r["domain"], r
             if target not in self.models:  # the best domain has no specialist: the generic model answers
                 target = self.generic
@@ -89,8 +89,7 @@ class App:
         """c-BTM's top-2 route: the two best corpora that have a usable model, weighted by their scores."""
         from mlx_pn.serve.ensemble import top2
 
-        with self.lock:
-            p = self.router.scores(text)[self.router.rule]
+        p = self.worker.call(lambda: self.router.scores(text)[self.router.rule])
         usable = [i for i, n in enumerate(self.router.names) if n in self.models and not self.models[n].error]
         if not usable:
             raise RequestError(500, f"no usable model to answer with (known: {', '.join(self.models)})")
@@ -102,7 +101,7 @@ class App:
 
     def generate(self, target: str, prompt: str, body: dict, ensemble: list[dict] | None = None):
         """Yield mlx-lm GenerationResponses of model `target` (or of the mixture of the `ensemble` route's models)
-        for `prompt`, the lock held while generating."""
+        for `prompt`, generated on the worker thread."""
         import mlx.core as mx
         from mlx_lm.generate import stream_generate
         from mlx_lm.sample_utils import make_sampler
@@ -127,7 +126,8 @@ class App:
         if temperature < 0 or not 0 < top_p <= 1:
             raise RequestError(400, f"'temperature' must be >= 0 and 'top_p' in (0, 1], got {temperature} and {top_p}")
         sampler, seed = make_sampler(temperature, top_p), _number(body, "seed", 0, int)
-        with self.lock:
+
+        def run():
             mx.random.seed(seed)
             if len(members) > 1:
                 from mlx_pn.serve.ensemble import Mixture
@@ -136,6 +136,8 @@ class App:
             else:
                 model = served.load()  # resident, or materialised now from a projected trunk
             yield from stream_generate(model, served.tokenizer, ids, max_tokens=max_tokens, sampler=sampler)
+
+        yield from self.worker.stream(run)
 
 
 def _number(body: dict, key: str, default, cast):
@@ -224,7 +226,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self._respond(gen, first, meta, chat, stops, bool(body.get("stream")))
         finally:
-            gen.close()  # a client gone mid-stream must not keep the generation lock
+            gen.close()  # a client gone mid-stream (or a stop string met) stops the generation
 
     def _respond(self, gen, first, meta, chat, stops, stream):
         route = meta["route"]
