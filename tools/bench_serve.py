@@ -388,12 +388,12 @@ def memory(cfg, data, models, cache_size: int) -> None:
     from mlx_pn.methods.layout import pretrain_dir
     from mlx_pn.models.build import save_model
     from mlx_pn.models.projected import load_projected
-    from mlx_pn.serve.experts import PROJECTED_METHODS
+    from mlx_pn.serve.experts import is_projected
 
-    if cfg.method not in PROJECTED_METHODS:
-        raise SystemExit(f"error: --memory compares serving from a projected trunk: use a run of --method "
-                         f"{' or '.join(PROJECTED_METHODS)} (this one is {cfg.method})")
     trunk_dir = pretrain_dir(cfg) / "final"
+    if not is_projected(trunk_dir):
+        raise SystemExit(f"error: --memory compares serving from a projected trunk, and {trunk_dir} is not one: use "
+                         f"a slm-pn or slm-hn run (this one is {cfg.method})")
     trunk = load_projected(trunk_dir)
     run_selects = {n: m.extra["select"] for n, m in models.items() if m.experts is not None}
     sets = {f"the run's on-demand models ({', '.join(run_selects)})": run_selects,

@@ -9,11 +9,22 @@ materialising are separate folders and load as such (mlx_pn.serve.models).
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
-PROJECTED_METHODS = ("slm-pn", "slm-hn")
+
+
+def is_projected(folder: Path) -> bool:
+    """A model folder holding a projected network (slm-pn / slm-hn pretraining): its config has a "projected"
+    section (mlx_pn.models.projected.projected_config)."""
+    f = Path(folder) / "config.json"
+    try:
+        return "projected" in json.loads(f.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 class ExpertCache:

@@ -18,7 +18,7 @@ import numpy as np
 
 from mlx_pn.data.prepare import GENERIC
 from mlx_pn.methods.layout import BASE_METHOD, pretrain_dir, specialize_dir
-from mlx_pn.serve.experts import PROJECTED_METHODS
+from mlx_pn.serve.experts import is_projected
 
 
 @dataclass
@@ -96,7 +96,7 @@ def load_run_models(cfg, log=print, expert_cache: int = 4) -> dict[str, Served]:
                          f"{pretrain_dir(cfg)}/final); run `mlx-pn pretrain` and `mlx-pn specialize` first")
     tok_dir = cfg.data_dir / "tokenizer" / "hf"
     out = {}
-    if cfg.method in PROJECTED_METHODS and GENERIC in sources:
+    if GENERIC in sources and is_projected(sources[GENERIC]):  # slm-pn / slm-hn: serve from the trunk
         names = [d for d in cfg.data.domains if d not in sources] + [GENERIC]
         out.update(projected_served(cfg, sources[GENERIC], names, tok_dir, expert_cache, log))
     for name, folder in sources.items():
@@ -114,6 +114,7 @@ def projected_served(cfg, trunk_dir: Path, names: list[str], tokenizer_dir: Path
     error."""
     from mlx_lm.utils import load_tokenizer
 
+    from mlx_pn.methods import get
     from mlx_pn.methods.layout import method_clustering
     from mlx_pn.methods.routed import resolve_select
     from mlx_pn.models.projected import load_projected
@@ -125,7 +126,7 @@ def projected_served(cfg, trunk_dir: Path, names: list[str], tokenizer_dir: Path
     except Exception as e:  # noqa: BLE001 - the run's exports and fine-tuned folders are still served
         error = f"{trunk_dir}: cannot serve from the projected network ({type(e).__name__}: {e})"
         return {n: Served(n, trunk_dir, error=error) for n in names}
-    select = resolve_select(cfg, "histogram" if cfg.method == "slm-hn" else "most-frequent")
+    select = resolve_select(cfg, get(cfg.method).default_select or "most-frequent")
     if select in ("best-loss", "all"):
         log(f"[serve] select={select} needs a fine-tuning run per domain; domains served from the trunk use their "
             f"top cluster (most-frequent)")
