@@ -334,7 +334,8 @@ def peer_latency(cfg, args, max_tokens: int = 32) -> None:
 
 def memory_child(spec_path: str) -> None:
     """Run in a child process: serve spec["names"] one after the other (one 64-token forward each) either from the
-    trunk (mode "trunk": ExpertCache of spec["cache"]) or from separate folders (mode "separate"); print JSON."""
+    trunk (mode "trunk": ExpertCache of spec["cache"]; the median time to materialise an expert) or from separate
+    folders (mode "separate"); print JSON."""
     import mlx.core as mx
 
     from mlx_pn.serve.experts import ExpertCache, weights_bytes
@@ -347,18 +348,25 @@ def memory_child(spec_path: str) -> None:
         trunk = load_projected(spec["trunk"])
         selects = {n: (np.asarray(s, np.float32) if isinstance(s, list) else s) for n, s in spec["selects"].items()}
         cache = ExpertCache(trunk, selects, spec["cache"])
+        made = []
         for n in selects:
-            mx.eval(cache.get(n)(x))
+            t0, misses = time.perf_counter(), cache.misses
+            expert = cache.get(n)  # specialize() evaluates the materialised weights
+            if cache.misses > misses:
+                made.append(1e3 * (time.perf_counter() - t0))
+            mx.eval(expert(x))
         resident = [trunk, *[cache.get(n) for n in cache.cached()]]
+        extra = {"materialise_ms": statistics.median(made)}
     elif spec["mode"] == "separate":
         from mlx_pn.models.build import load_model
 
         resident = [load_model(f) for f in spec["folders"]]
         for m in resident:
             mx.eval(m(x))
+        extra = {}
     else:  # "none": the process's own footprint (python, mlx, mlx_pn), to read the others against
-        resident = []
-    print(json.dumps({"weights": weights_bytes(resident), **_rss()}))
+        resident, extra = [], {}
+    print(json.dumps({"weights": weights_bytes(resident), **_rss(), **extra}))
 
 
 def _rss() -> dict:
@@ -406,8 +414,8 @@ def memory(cfg, data, models, cache_size: int) -> None:
           f"expert; a process that loads no model peaks at {base['peak_rss'] / 2**20:.0f} MB RSS; load "
           f"{os.getloadavg()[0]:.2f})\n")
     print("| experts served | N | trunk + LRU: weights MB | RSS / peak RSS MB | N separate models: weights MB "
-          "| RSS / peak RSS MB | weights ratio (trunk / separate) | peak RSS ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| RSS / peak RSS MB | weights ratio (trunk / separate) | peak RSS ratio | materialising an expert (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, selects in sets.items():
         folders = []
         for n, sel in selects.items():  # each expert materialised once and saved: the folders N models would be
@@ -420,7 +428,8 @@ def memory(cfg, data, models, cache_size: int) -> None:
         b = _child({"mode": "separate", "folders": folders}, tmp)
         print(f"| {label} | {len(selects)} | {a['weights'] / 2**20:.2f} | {a['rss'] / 2**20:.0f} / "
               f"{a['peak_rss'] / 2**20:.0f} | {b['weights'] / 2**20:.2f} | {b['rss'] / 2**20:.0f} / "
-              f"{b['peak_rss'] / 2**20:.0f} | {a['weights'] / b['weights']:.2f} | {a['peak_rss'] / b['peak_rss']:.2f} |")
+              f"{b['peak_rss'] / 2**20:.0f} | {a['weights'] / b['weights']:.2f} | {a['peak_rss'] / b['peak_rss']:.2f} | "
+              f"{a['materialise_ms']:.1f} |")
 
 
 if __name__ == "__main__":
