@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-
 from mlx_pn.models.build import save_model
 from mlx_pn.models.projected import ProjectedArgs, build_projected, projected_config
 from mlx_pn.models.transformer import ModelArgs
