@@ -45,6 +45,8 @@ import numpy as np
 from mlx_pn.cli import build_parser as cli_parser, parse
 from mlx_pn.data.prepare import GENERIC
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout: the child processes run from it
+
 
 def extra(p):
     g = p.add_argument_group("bench")
@@ -212,6 +214,11 @@ def concurrency(cfg, data, texts: list[str], k, min_confidence, requests: int = 
 # --- 5. latency against mlx_lm.server on the same export ---------------------------------------------------------
 
 
+def _child_env() -> dict:
+    """This environment with the checkout first on PYTHONPATH: the children import this tree's mlx_pn and tools."""
+    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
 def _free_port() -> int:
     import socket
 
@@ -224,7 +231,7 @@ def _start(cmd: list[str], url: str, log: Path, timeout: float = 300) -> subproc
     """A server child process, once GET url answers 200 (SystemExit with its log's tail if it never does)."""
     import urllib.request
 
-    p = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=os.environ | {"PYTHONPATH": os.getcwd()})
+    p = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=REPO, env=_child_env())
     t0 = time.time()
     while time.time() - t0 < timeout:
         if p.poll() is not None:
@@ -289,7 +296,8 @@ def peer_latency(cfg, args, max_tokens: int = 32) -> None:
     ours_port, peer_port = _free_port(), _free_port()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     ours = _start([sys.executable, "-m", "recipes.serve", *serve_argv, "--port", str(ours_port),
-                   "--min-confidence", str(args.min_confidence)], f"http://127.0.0.1:{ours_port}/health", tmp / "ours.log")
+                   "--min-confidence", str(args.min_confidence)], f"http://127.0.0.1:{ours_port}/health",
+                  tmp / "ours.log")
     try:
         peer = _start([sys.executable, "-m", "mlx_pn.lm", "server", "--model", str(folder), "--host", "127.0.0.1",
                        "--port", str(peer_port)], f"http://127.0.0.1:{peer_port}/v1/models", tmp / "peer.log")
@@ -384,8 +392,8 @@ def _rss() -> dict:
 def _child(spec: dict, tmp: Path) -> dict:
     f = tmp / f"spec-{spec['mode']}-{len(spec.get('selects') or spec.get('folders') or [])}.json"
     f.write_text(json.dumps(spec))
-    out = subprocess.run([sys.executable, "-c", f"from tools.bench_serve import memory_child; memory_child({str(f)!r})"],
-                         capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()})
+    code = f"from tools.bench_serve import memory_child; memory_child({str(f)!r})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=_child_env())
     if out.returncode:
         raise SystemExit(f"error: memory child ({spec['mode']}) failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -428,8 +436,8 @@ def memory(cfg, data, models, cache_size: int) -> None:
         b = _child({"mode": "separate", "folders": folders}, tmp)
         print(f"| {label} | {len(selects)} | {a['weights'] / 2**20:.2f} | {a['rss'] / 2**20:.0f} / "
               f"{a['peak_rss'] / 2**20:.0f} | {b['weights'] / 2**20:.2f} | {b['rss'] / 2**20:.0f} / "
-              f"{b['peak_rss'] / 2**20:.0f} | {a['weights'] / b['weights']:.2f} | {a['peak_rss'] / b['peak_rss']:.2f} | "
-              f"{a['materialise_ms']:.1f} |")
+              f"{b['peak_rss'] / 2**20:.0f} | {a['weights'] / b['weights']:.2f} | "
+              f"{a['peak_rss'] / b['peak_rss']:.2f} | {a['materialise_ms']:.1f} |")
 
 
 if __name__ == "__main__":
