@@ -61,7 +61,7 @@ class Method:
     brings: tuple[str, ...] = ()  # methods whose rows it reuses in the grid (slm-d: its student and teacher)
     budgeted: bool = True  # False: no pretraining, so one grid row whatever the budget
     experts: bool = False  # pretrain(expert=i) trains one of several independent models
-    default_select: str = ""  # the routed methods: the expert selection rule (methods/selection.py) of select=auto
     # a generic pretraining of its own in pretrain_dir (the grid's learning-rate sweep picks its rate by its
     # validation loss); False: none (slm-nopt), one per domain (slm-is) or others' (slm-d)
     own_pretraining: bool = True
+    select: str = ""  # the selection rule (cfg.select) that "auto" means for it; "" = it picks no starting SLM

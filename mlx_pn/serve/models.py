@@ -126,7 +126,7 @@ def projected_served(cfg, trunk_dir: Path, names: list[str], tokenizer_dir: Path
     except Exception as e:  # noqa: BLE001 - the run's exports and fine-tuned folders are still served
         error = f"{trunk_dir}: cannot serve from the projected network ({type(e).__name__}: {e})"
         return {n: Served(n, trunk_dir, error=error) for n in names}
-    select = resolve_select(cfg, get(cfg.method).default_select or "most-frequent")
+    select = resolve_select(cfg, get(cfg.method).select or "most-frequent")
     if select in ("best-loss", "all"):
         log(f"[serve] select={select} needs a fine-tuning run per domain; domains served from the trunk use their "
             f"top cluster (most-frequent)")
