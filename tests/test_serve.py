@@ -162,6 +162,16 @@ def test_prompt_longer_than_the_context_is_400(served):
     assert status == 400 and "not JSON" in text
 
 
+@pytest.mark.parametrize("field,value,says", [
+    ("max_tokens", "ten", "'max_tokens' must be an integer"), ("max_tokens", 2.5, "'max_tokens' must be an integer"),
+    ("max_tokens", 0, "'max_tokens' must be >= 1"), ("temperature", "hot", "'temperature' must be a number"),
+    ("temperature", -1, "'temperature' must be >= 0"), ("top_p", 0, "'top_p' in (0, 1]"),
+    ("seed", True, "'seed' must be an integer")])
+def test_a_field_of_the_wrong_type_is_400_naming_it(served, field, value, says):
+    status, _, text = call(served[3] + "/v1/completions", {"model": "legal", "prompt": "The court", field: value})
+    assert status == 400 and says in json.loads(text)["error"]["message"], text
+
+
 def test_a_failing_specialist_fails_only_its_requests(served):
     cfg, data, app, url = served
 
@@ -188,7 +198,8 @@ def test_a_failing_specialist_fails_only_its_requests(served):
     assert status == 200  # the server is still up, and the lock was released
 
 
-def test_sigterm_stops_the_server_cleanly(served):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_and_ctrl_c_stop_the_server_cleanly(served, sig):
     cfg, *_ = served
     env = os.environ | {"PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-u", "-m", "recipes.serve", "--config", str(TINY), "--out", str(cfg.out),
@@ -203,7 +214,7 @@ def test_sigterm_stops_the_server_cleanly(served):
         assert any("listening on" in ln for ln in lines), "".join(lines)
         base = lines[-1].split("listening on ")[1].split()[0].removesuffix("/v1")
         assert call(base + "/health")[0] == 200
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         rest = p.communicate(timeout=60)[0]
         assert p.returncode == 0 and "stopping" in rest, rest
     finally:

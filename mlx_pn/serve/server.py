@@ -7,24 +7,27 @@
 
 Request and response bodies follow mlx-lm's server (mlx_lm/server.py, itself OpenAI's format); generation is
 mlx-lm's ``stream_generate`` with its ``make_sampler``. Every response names its route: a "route" field
-({"model", "domain", "score", "confident", "best", "rule"}) and an ``X-MLX-PN-Route`` header. mlx-lm's
+({"model", "domain", "score", "confident", "best", "rule"}, and "ensemble": [{"model", "weight"}] under
+--ensemble 2) and an ``X-MLX-PN-Route`` header. mlx-lm's
 APIHandler is not reused as a class: it is bound to its ModelProvider (one model, swapped per request) and
 its batching ResponseGenerator; this handler keeps every model resident and only routes.
 
-Errors: an unknown model -> 404 listing the known ones; a prompt longer than the model's context -> 400; a
-model that failed to load or to generate -> 500 for that request only. Generation is serialized by a lock
-(one MLX evaluation at a time); connections are threads (ThreadingHTTPServer).
+Errors: an unknown model -> 404 listing the known ones; a prompt longer than the model's context, or a field of
+the wrong type -> 400; a model that failed to load or to generate -> 500 for that request only. Connections are
+threads (ThreadingHTTPServer); routing and generation run on one worker thread, one request at a time.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import signal
-import threading
 import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from mlx_pn.serve.worker import Worker
 
 AUTO = "auto"
 ROUTE_HEADER = "X-MLX-PN-Route"
@@ -50,24 +53,27 @@ def chat_prompt(messages: list[dict], tokenizer, use_template: bool) -> str:
 
 
 class App:
-    """The served models, the router and the generation lock. models: {name: Served}; router: a Router or
-    None (then "auto" goes to the generic model); generic: the fallback name."""
+    """The served models, the router and the one thread that runs their MLX work (mlx_pn.serve.worker). models:
+    {name: Served}; router: a Router or None (then "auto" goes to the generic model); generic: the fallback name."""
 
-    def __init__(self, models: dict, router=None, generic: str = "generic"):
-        self.models, self.router, self.generic = models, router, generic
-        self.lock = threading.Lock()
+    def __init__(self, models: dict, router=None, generic: str = "generic", ensemble: int = 1):
+        if ensemble not in (1, 2):
+            raise ValueError(f"--ensemble {ensemble}: 1 (the best-routed model) or 2 (c-BTM's top-2 mixture)")
+        self.models, self.router, self.generic, self.ensemble = models, router, generic, ensemble
+        self.worker = Worker()
 
     def known(self) -> list[str]:
         return [*self.models, AUTO]
 
     def pick(self, name: str, text: str) -> tuple[str, dict]:
         """(model name, route dict) for a request naming `name` (or "auto") with routing text `text`."""
+        if name == AUTO and self.router is not None and self.ensemble == 2:
+            return self._pick_top2(text)
         if name == AUTO:
             if self.router is None:
                 target, route = self.generic, {"rule": "none", "score": 0.0, "confident": False, "best": self.generic}
             else:
-                with self.lock:  # the minilm embedder evaluates MLX graphs: one evaluation at a time
-                    r = self.router.route(text).as_dict()
+                r = self.worker.call(lambda: self.router.route(text).as_dict())  # the embedder may run MLX
                 target, route = r["domain"], r
             if target not in self.models:  # the best domain has no specialist: the generic model answers
                 target = self.generic
@@ -79,29 +85,69 @@ class App:
             raise RequestError(500, f"no model '{target}' to answer with (known: {', '.join(self.models)})")
         return target, {"model": target, **route}
 
-    def generate(self, target: str, prompt: str, body: dict):
-        """Yield mlx-lm GenerationResponses of model `target` for `prompt` (the lock held while generating)."""
+    def _pick_top2(self, text: str) -> tuple[str, dict]:
+        """c-BTM's top-2 route: the two best corpora that have a usable model, weighted by their scores."""
+        from mlx_pn.serve.ensemble import top2
+
+        p = self.worker.call(lambda: self.router.scores(text)[self.router.rule])
+        usable = [i for i, n in enumerate(self.router.names) if n in self.models and not self.models[n].error]
+        if not usable:
+            raise RequestError(500, f"no usable model to answer with (known: {', '.join(self.models)})")
+        pair = top2(p[usable], [self.router.names[i] for i in usable])
+        best, score = pair[0]
+        route = {"model": best, "domain": best, "score": round(score, 4), "confident": True, "best": best,
+                 "rule": f"{self.router.rule}+top2", "ensemble": [{"model": n, "weight": round(w, 4)} for n, w in pair]}
+        return best, route
+
+    def generate(self, target: str, prompt: str, body: dict, ensemble: list[dict] | None = None):
+        """Yield mlx-lm GenerationResponses of model `target` (or of the mixture of the `ensemble` route's models)
+        for `prompt`, generated on the worker thread."""
         import mlx.core as mx
         from mlx_lm.generate import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
         served = self.models[target]
-        if served.error:
-            raise RequestError(500, f"model '{target}' is unavailable: {served.error}")
+        members = [self.models[e["model"]] for e in ensemble or []]
+        for s in [served, *members]:
+            if s.error:
+                raise RequestError(500, f"model '{s.name}' is unavailable: {s.error}")
         ids = served.tokenizer.encode(prompt)
         if not ids:
             raise RequestError(400, "the prompt is empty; send at least one token of text")
         if len(ids) >= served.context:
             raise RequestError(400, f"the prompt has {len(ids)} tokens but model '{target}' takes at most "
                                     f"{served.context - 1}; shorten the prompt")
-        max_tokens = int(body.get("max_tokens", body.get("max_completion_tokens", 64)))
+        key = "max_tokens" if "max_tokens" in body else "max_completion_tokens"
+        max_tokens = _number(body, key, 64, int)
         if max_tokens < 1:
-            raise RequestError(400, f"max_tokens must be >= 1, got {max_tokens}")
+            raise RequestError(400, f"'{key}' must be >= 1, got {max_tokens}")
         max_tokens = min(max_tokens, served.context - len(ids))
-        sampler = make_sampler(float(body.get("temperature", 0.0)), float(body.get("top_p", 1.0)))
-        with self.lock:
-            mx.random.seed(int(body.get("seed", 0)))
-            yield from stream_generate(served.model, served.tokenizer, ids, max_tokens=max_tokens, sampler=sampler)
+        temperature, top_p = _number(body, "temperature", 0.0, float), _number(body, "top_p", 1.0, float)
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise RequestError(400, f"'temperature' must be >= 0 and 'top_p' in (0, 1], got {temperature} and {top_p}")
+        sampler, seed = make_sampler(temperature, top_p), _number(body, "seed", 0, int)
+
+        def run():
+            mx.random.seed(seed)
+            if len(members) > 1:
+                from mlx_pn.serve.ensemble import Mixture
+
+                model = Mixture([m.load() for m in members], [e["weight"] for e in ensemble])
+            else:
+                model = served.load()  # resident, or materialised now from a projected trunk
+            yield from stream_generate(model, served.tokenizer, ids, max_tokens=max_tokens, sampler=sampler)
+
+        yield from self.worker.stream(run)
+
+
+def _number(body: dict, key: str, default, cast):
+    """body[key] as an int or float (a bool or a numeric string is refused: 400 naming the field)."""
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (cast is int and v != int(v)):
+        raise RequestError(400, f"'{key}' must be {'an integer' if cast is int else 'a number'}, got {v!r}")
+    return cast(v)
 
 
 def _stops(body: dict) -> list[str]:
@@ -173,14 +219,14 @@ class Handler(BaseHTTPRequestHandler):
         served = self.app.models[target]
         prompt = chat_prompt(body["messages"], served.tokenizer, served.chat_template) if chat else text
         stops = _stops(body)
-        gen = self.app.generate(target, prompt, body)
+        gen = self.app.generate(target, prompt, body, route.get("ensemble"))
         first = next(gen, None)  # errors before the first token (bad prompt, broken model) are plain statuses
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:12]}"
         meta = {"id": rid, "created": int(time.time()), "model": target, "route": route}
         try:
             self._respond(gen, first, meta, chat, stops, bool(body.get("stream")))
         finally:
-            gen.close()  # a client gone mid-stream must not keep the generation lock
+            gen.close()  # a client gone mid-stream (or a stop string met) stops the generation
 
     def _respond(self, gen, first, meta, chat, stops, stream):
         route = meta["route"]
@@ -258,8 +304,9 @@ def _collect(gen, first, stops):
 
 
 def _route_header(route: dict) -> str:
+    mix = "".join(f"; {e['model']}={e['weight']:.4f}" for e in route.get("ensemble") or [])
     return (f"{route['model']}; score={route.get('score', 0):.4f}; rule={route.get('rule')}; "
-            f"confident={str(route.get('confident')).lower()}")
+            f"confident={str(route.get('confident')).lower()}{mix}")
 
 
 def make_server(app: App, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
