@@ -481,6 +481,7 @@ def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> di
     labels = [n.label for n in ns]
     main = {n.label: Spec(n.size, n.cap).label for n in ns}  # a setting's reference: the slm has no rules
     return {"domains": domains, "domain_entropy": _entropies(cfg, domains),
+            "routed_rows": [r.name for r in rows if "k" in METHODS[r.method].clusterings],
             "settings": [{"label": n.label, "size": n.size, "cap": n.cap, "select": n.select} for n in ns], "sizes": [n.size for n in ns] if legacy else labels, "budgets": bs, "seeds": seeds(cfg), "rows": aggregate(summary),
             "paired": paired_differences(summary, labels, BASE_METHOD, main), "lr_sweep": sweep, "runs": summary,
             "cells": cells, "config": to_dict(cfg)}

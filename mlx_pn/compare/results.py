@@ -235,13 +235,13 @@ def domain_gaps(results: dict, row: str, size, reference: str = "slm") -> dict[s
     return out
 
 
-def entropy_markdown(results: dict, rows=("slm-pn", "slm-hn", "slm-mix")) -> list[str]:
+def entropy_markdown(results: dict) -> list[str]:
     """The paper's claim (its Table 10): PN and the mixture gain least over the slm on the domains whose cluster
     histogram has the highest entropy. Each domain's entropy beside each row's per-domain gap, and whether the
     highest-entropy domain has the largest gap."""
     ent = results.get("domain_entropy") or {}
     present = {c["row"] for c in results["cells"]}
-    rows = [r for r in rows if r in present]
+    rows = [r for r in results.get("routed_rows", []) if r in present]  # rows that route by cluster
     if len(ent) < 2 or not rows or "slm" not in present:
         return []
     order = sorted(ent, key=lambda d: -ent[d])
