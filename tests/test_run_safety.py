@@ -301,8 +301,8 @@ def test_specialize_with_another_model_width_is_an_error(pretrained, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(Path(cfg.out) / "pretrain", out / "pretrain")
     other = tiny_config(out, **{"model.hidden_size": "32", "data.dir": str(cfg.data_dir)})
-    with pytest.raises(ConfigError, match=r"pretrain/final is not the model the model section describes: it has "
-                                          r"hidden_size 64 \(config: 32\)"):
+    with pytest.raises(ConfigError, match=r"pretrain/final was pretrained with hidden_size 64 \(config: 32\); drop "
+                                          r"model\.hidden_size"):
         specialize(other, data, "legal", log=_quiet)
 
 

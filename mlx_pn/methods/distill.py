@@ -53,13 +53,18 @@ def teacher_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
 
 def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
                domain_tokens: int = 0) -> dict:
-    src = pretrain_dir(as_method(cfg, STUDENT)) / "final"
-    student = load_start(src, cfg)
+    src = student_start(cfg, domain)[0]
+    student, sha = load_start(src, cfg)
 
     def tune(model, out):
         return distill(cfg, data, domain, model, out, resume, log, domain_tokens)
 
-    return specialize_model(cfg, data, domain, student, src, resume, log, domain_tokens, tune=tune)
+    return specialize_model(cfg, data, domain, student, src, resume, log, domain_tokens, tune=tune, src_sha=sha)
+
+
+def student_start(cfg: Config, domain: str) -> tuple[Path, str]:
+    """Method.start: the student is slm's pretrained model (cfg.model)."""
+    return pretrain_dir(as_method(cfg, STUDENT)) / "final", "model"
 
 
 def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, resume: bool, log,
@@ -112,5 +117,6 @@ def _grid_pretrain(cfg: Config, data, domains, log) -> None:
     """Nothing: the grid's slm and llm rows of the same budget are the student and the teacher."""
 
 
-SLM_D = Method("slm-d", pretrain=pretrain, specialize=specialize, check=check, pretrain_summary=pretrain_summary,
+SLM_D = Method("slm-d", pretrain=pretrain, specialize=specialize, check=check, start=student_start,
+               pretrain_summary=pretrain_summary,
                grid_pretrain=_grid_pretrain, brings=(STUDENT, TEACHER), own_pretraining=False)

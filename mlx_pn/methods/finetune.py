@@ -158,12 +158,15 @@ def cost_fields(parts: dict[str, StageCost], args, cfg: Config, all_steps: dict[
 
 
 def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: Path | None, resume: bool, log,
-                     domain_tokens: int = 0, parts: dict | None = None, tune: Callable | None = None) -> dict:
+                     domain_tokens: int = 0, parts: dict | None = None, tune: Callable | None = None,
+                     src_sha: str | None = None) -> dict:
     """Measure `model` (started from `src`; None: a new model), fine-tune it, measure again -> the results
     (methods.specialize writes them to results.json).
 
     tune(model, out) -> (TrainResult, cost parts, extra result fields) replaces the plain fine-tuning (slm-d
-    distils); parts: costs spent before this stage that count as specialization (slm-is's pretraining)."""
+    distils); parts: costs spent before this stage that count as specialization (slm-is's pretraining); src_sha:
+    the sha256 of `src` taken when it was loaded (fingerprint.parent_sha256), what results.json records as
+    parent.weights even if `src` is replaced while this runs."""
     out = specialize_dir(cfg, domain, domain_tokens)
     t0 = time.time()
     check_vocab(model, data, str(src or "a new model"))
@@ -183,4 +186,6 @@ def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: P
         "stopped_early": r.stopped_early, **stop_fields(r.summary(), cfg.finetune), "wall_s": time.time() - t0,
         **extra, **cost_fields(parts, model.args, cfg, {"finetune": every}), "config": to_dict(cfg),
     }
+    if src_sha is not None:
+        results["read"] = {"parent.weights": src_sha}  # run_specialize puts it in the fingerprint
     return results  # methods.specialize writes it (results.json)
