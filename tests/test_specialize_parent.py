@@ -95,3 +95,27 @@ def test_specialize_waits_for_a_pretraining_holding_its_parents_lock(tiny_run, t
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_rerun_with_another_cap_reuses_the_before_numbers(tiny_run, tmp_path, monkeypatch):
+    """`--finetune.steps N --no-resume` after a finished specialization: the parent and the test splits are the same,
+    so the "before fine-tuning" perplexities are read back (before.json), not measured again; another parent's are."""
+    from mlx_pn.methods import finetune as ft, pretrain, specialize
+
+    _, data = tiny_run
+    pretrain(_cfg(tiny_run, tmp_path), data, log=lambda *a: None)
+    first = specialize(_cfg(tiny_run, tmp_path), data, "legal", log=lambda *a: None)
+    calls = []
+    real = ft.measure
+    monkeypatch.setattr(ft, "measure", lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
+    lines = []
+    again = specialize(_cfg(tiny_run, tmp_path, **{"finetune.steps": "2"}), data, "legal", resume=False,
+                       log=lines.append)
+    assert calls == ["after fine-tuning"], calls
+    assert again["before"] == first["before"] and again["finetune_steps"] == 2
+    assert any("before fine-tuning: the numbers measured for these weights" in ln for ln in lines), lines
+    pretrain(_cfg(tiny_run, tmp_path, **{"pretrain.steps": "6"}), data, resume=False, log=lambda *a: None)
+    calls.clear()
+    other = specialize(_cfg(tiny_run, tmp_path, **{"pretrain.steps": "6"}), data, "legal", resume=False,
+                       log=lambda *a: None)
+    assert calls == ["before fine-tuning", "after fine-tuning"] and other["before"] != first["before"]

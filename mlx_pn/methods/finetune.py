@@ -14,7 +14,9 @@ from mlx_pn.costs import StageCost, inference_flops_per_token, training_cost
 from mlx_pn.data.batches import PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
+from mlx_pn.methods.before import measure_before
 from mlx_pn.methods.layout import specialize_dir
+from mlx_pn.train import distributed as dist
 from mlx_pn.train.evaluate import bits_per_byte, nll
 from mlx_pn.train.stage import write_summary
 from mlx_pn.train.losses import cross_entropy
@@ -170,7 +172,8 @@ def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: P
     out = specialize_dir(cfg, domain, domain_tokens)
     t0 = time.time()
     check_vocab(model, data, str(src or "a new model"))
-    before = measure(model, data, domain, cfg, log, "before fine-tuning")
+    # unchanged weights and test splits: the numbers of the last run (a rerun with another fine-tuning budget)
+    before = measure_before(model, data, domain, cfg, out, log, measure, write=dist.is_main())
     parts = dict(parts or {})
     if tune is None:
         r, extra = finetune(cfg, data, domain, model, out, resume, log, domain_tokens=domain_tokens), {}
