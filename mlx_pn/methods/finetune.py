@@ -122,12 +122,23 @@ def finetune(cfg: Config, data: PreparedData, domain: str, model, out: Path, res
 
 def step_cap_note(r, t, batches, desc: str) -> str | None:
     """One line when fine-tuning stopped at its step cap while the domain validation was still falling (the
-    best evaluation was the last one): the flag that lifts the cap, and the epochs done."""
+    best evaluation was the last one): the flag that lifts the cap, the epochs done and what one epoch costs (its
+    steps, and its time at the run's measured tokens/s when the metrics have it)."""
     if r.stopped_by != "steps" or not t.steps or r.best_step is None or r.best_step != r.steps:
         return None
-    epochs = f" after {batches.epochs(r.steps, t.grad_accum):.2f} epochs" if hasattr(batches, "epochs") else ""
+    done = batches.epochs(r.steps, t.grad_accum) if hasattr(batches, "epochs") else None
+    epochs, cost = (f" after {done:.2f} epochs", "") if done else ("", "")
+    if done:
+        per_epoch = r.steps / done
+        rates = sorted(h["tokens_per_s"] for h in getattr(r, "history", None) or () if h.get("tokens_per_s"))
+        pace = ""
+        if rates:
+            rate = rates[len(rates) // 2]  # the median: the first window carries the start-up
+            secs = per_epoch * t.batch_size * t.grad_accum * t.seq_len / rate
+            pace = f", ~{secs / 60:.1f} min at this run's {rate:,.0f} tokens/s"
+        cost = f"; one epoch is ~{per_epoch:,.0f} steps{pace}"
     return (f"[{desc}] note: stopped at the step cap ({t.steps} steps{epochs}) while validation was still "
-            f"falling; --finetune.steps 0 lifts the cap (early stopping and finetune.max_epochs then end it)")
+            f"falling{cost}; --finetune.steps 0 lifts the cap (early stopping and finetune.max_epochs then end it)")
 
 
 def finetune_costs(args, r: dict, seq_len: int) -> tuple[StageCost, StageCost]:
