@@ -15,8 +15,8 @@ from mlx_pn.io import file_sha256
 from mlx_pn.methods.finetune import check_vocab, domain_batches, domain_train_tokens, finetune, specialize_model
 from mlx_pn.methods.layout import as_method, pretrain_dir, read_summary, specialize_dir
 from mlx_pn.methods.method import Method
+from mlx_pn.methods.parent import load_parent
 from mlx_pn.methods.slm import LLM, SLM, load_start
-from mlx_pn.models.build import load_model
 
 STUDENT, TEACHER = SLM.name, LLM.name
 
@@ -77,7 +77,7 @@ def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, re
     if not (tdir / "model.safetensors").exists():
         raise ConfigError(f"slm-d needs the domain-fine-tuned teacher {tdir}: run `{recipe_command('specialize')} "
                           f"--method {TEACHER} --domain {domain}` with the same --out first (or set --distill.teacher)")
-    teacher = load_model(tdir)
+    teacher, teacher_sha = load_parent(tdir)  # under its stage's lock: the hash is of the weights loaded
     check_vocab(teacher, data, str(tdir))
     # a resume after the teacher changed (fine-tuned again, another --distill.teacher) is refused
     teacher_fp = {"teacher.weights": file_sha256(tdir / "model.safetensors")}
@@ -107,7 +107,7 @@ def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, re
         r = finetune(cfg, data, domain, student, out, resume, log, batches=base,
                      loss_fn=live_distill_loss(teacher, k, dc.alpha, dc.temperature), fingerprint=teacher_fp)
         parts["teacher_forward"] = forward_cost(teacher.args, r.tokens, t.seq_len, None)  # inside the steps' time
-    extra = {"teacher": str(tdir), "distill": {"mode": mode, "top_k": k, "alpha": dc.alpha,
+    extra = {"teacher": str(tdir), "read": {"teacher.weights": teacher_sha}, "distill": {"mode": mode, "top_k": k, "alpha": dc.alpha,
                                                "temperature": dc.temperature,
                                                "teacher_cache_s": parts["teacher_forward"].wall_s}}
     return r, parts, extra

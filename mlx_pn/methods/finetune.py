@@ -201,5 +201,6 @@ def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: P
         **extra, **cost_fields(parts, model.args, cfg, {"finetune": every}), "config": to_dict(cfg),
     }
     if src_sha is not None:
-        results["read"] = {"parent.weights": src_sha}  # run_specialize puts it in the fingerprint
+        # run_specialize puts it in the fingerprint (slm-d's extra brings its teacher's)
+        results["read"] = {**results.get("read", {}), "parent.weights": src_sha}
     return results  # methods.specialize writes it (results.json)
