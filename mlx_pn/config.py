@@ -242,6 +242,9 @@ class ProjectedConfig:
     match_lr: bool = _f(True, "slm-pn/slm-hn pretraining: scale each layer's basis-tensor steps by 1 / ||alpha||_1 so "
                               "a materialised expert's weights move at the slm's rate (false: every basis tensor at "
                               "lr, so an expert moves ~||alpha||_1 x lr)")
+    coef_lr: float = _f(0.0, "slm-pn/slm-hn: multiplier of the coefficients' steps (codes and mixing, or the "
+                             "hypernetwork); 0 = matched: 1 / sqrt(m) for slm-pn, 1 / sqrt(hypernet_hidden) for slm-hn, "
+                             "so the experts move at about the slm's rate in both (docs/methods.md); 1 = plain lr")
 
     def check(self, name: str = "projected") -> None:
         if min(self.m, self.h) < 0 or self.hypernet_hidden < 1:
@@ -249,6 +252,8 @@ class ProjectedConfig:
                               f"got m={self.m}, h={self.h}, hypernet_hidden={self.hypernet_hidden}")
         if not 0 <= self.code_shared <= 1:
             raise ConfigError(f"{name}.code_shared must be in [0, 1] (0 = independent codes), got {self.code_shared}")
+        _need(_finite(self.coef_lr) and self.coef_lr >= 0, f"{name}.coef_lr", self.coef_lr, "a number >= 0",
+              "0 = matched to the coefficients' width, 1 = the plain learning rate")
 
 
 @dataclass
@@ -314,6 +319,9 @@ class Config:
                              "best-loss (lowest domain-validation loss before fine-tuning) | all (fine-tune every "
                              "expert, keep the best validation) | histogram (slm-pn/slm-hn: project with the whole "
                              "cluster histogram) | auto (histogram for slm-hn, else most-frequent)")
+    specialize_tag: str = _f("", "suffix of the specialization folders (OUT/specialize[-METHOD]/DOMAIN-TAG), to keep "
+                                 "several specialization settings of one pretraining side by side (the comparison "
+                                 "grid's specialization budgets); empty = DOMAIN")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     large: ModelConfig = field(default_factory=lambda: ModelConfig(preset="cpu-large"),
@@ -332,6 +340,8 @@ class Config:
     def check(self) -> None:
         """The rules across sections and of the top-level keys (each section checks itself: validate)."""
         check_name(self.domain, "domain")
+        if self.specialize_tag:
+            check_name(self.specialize_tag, "specialize_tag")
         if self.select not in SELECTS:
             raise ConfigError(f"select: unknown selection '{self.select}'{_suggest(self.select, SELECTS)}")
 

@@ -213,7 +213,7 @@ def run_clustering(cluster: ClusterConfig, window: int, root: Path, data: Prepar
     for p in sweep_parts(emb_dir, {f"{c}.{s}" for c, s in splits}):
         log(f"[cluster] removed {p.name}, left by a run killed after its embeddings were done or of a corpus "
             f"no longer in the config")
-    embedder = get_embedder(cluster.embedder)
+    embedder = _LazyEmbedder(lambda: get_embedder(cluster.embedder))  # loaded only if a split is not embedded yet
     t0 = time.time()
     vecs = {(c, s): embed_split(data, c, s, embedder, cluster.embedder, window, emb_dir, cluster.batch_size, log)
             for c, s in splits}  # {(corpus, split): path of its (N, D) embeddings}
@@ -239,6 +239,19 @@ def run_clustering(cluster: ClusterConfig, window: int, root: Path, data: Prepar
         results[k_req] = _cluster_one(cluster, window, folder, data, vecs, sizes, fit, k, k_req, heldout_domain_nmi,
                                       embed_s, log)
     return results
+
+
+class _LazyEmbedder:
+    """The embedder, loaded at its first use: a finished clustering is read back without it installed (a machine
+    that trains from carried clusters, or an embedder removed since)."""
+
+    def __init__(self, load):
+        self._load, self._embedder = load, None
+
+    def embed(self, texts, batch_size):
+        if self._embedder is None:
+            self._embedder = self._load()
+        return self._embedder.embed(texts, batch_size)
 
 
 def _rows_at(path: Path, idx: np.ndarray, chunk: int = PART) -> np.ndarray:

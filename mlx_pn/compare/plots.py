@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_pn.compare.results import equal_quality
+from mlx_pn.compare.results import equal_quality, main_settings, setting_name
 from mlx_pn.plots import save_png as _save
 
 
@@ -26,12 +26,12 @@ def plot_compare(results: dict, out_dir: str | Path, max_n: int = 50) -> list[Pa
     from mlx_pn.costs import c_total
 
     out_dir = Path(out_dir)
-    sizes = [str(n) for n in results["sizes"]]
+    sizes = [str(n) for n in main_settings(results)]  # budgets; selection rules are in the tables
     names = list(dict.fromkeys(e["row"] for e in results["rows"]))
     colors = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
     fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(5 * (len(sizes) + 1), 4.2), squeeze=False)
     panels = [("before", sizes[0], "no fine-tuning")] + [
-        ("after", s, f"fine-tuned, {'all' if s == '0' else s} domain tokens") for s in sizes]
+        ("after", s, f"fine-tuned, {setting_name(s)}") for s in sizes]
     for ax, (key, size, title) in zip(axes[0], panels):
         vals = [e[key][size] for e in results["rows"] if size in e[key]]
         cis = [e.get(f"{key}_ci", {}).get(size) or 0.0 for e in results["rows"] if size in e[key]]

@@ -78,11 +78,13 @@ def verdict(lo: float | None, hi: float | None, reference: str = "slm") -> str:
     return f"beats the {reference}" if hi < 0 else f"worse than the {reference}" if lo > 0 else "no difference"
 
 
-def paired_differences(runs: list[dict], sizes: list, reference: str = "slm") -> list[dict]:
+def paired_differences(runs: list[dict], sizes: list, reference: str = "slm", ref_size: dict | None = None) -> list[dict]:
     """Per row (other than the reference) and domain-data size: the per-seed difference of macro NLL after
     fine-tuning (row minus the reference row at the same budget and seed; rows without pretraining against
     the reference at every budget), its mean and 95% interval, and the verdict: "beats the slm" only where the
-    interval lies below zero, "worse than the slm" above, "no difference" where it holds zero."""
+    interval lies below zero, "worse than the slm" above, "no difference" where it holds zero. ref_size maps a
+    setting to the reference's (a selection rule's setting to the plain one: the slm selects nothing)."""
+    ref_size = ref_size or {}
     ref = {(r["budget"], r["seed"]): r for r in runs if r["row"] == reference}
     ref_budgets = sorted({b for b, _ in ref if b is not None})
     pairs: dict[tuple, list[tuple[int, float]]] = {}
@@ -92,7 +94,8 @@ def paired_differences(runs: list[dict], sizes: list, reference: str = "slm") ->
         for vs in ([r["budget"]] if r["budget"] is not None else ref_budgets):
             base = ref.get((vs, r["seed"]))
             for size in sizes:
-                a, b = r["after"].get(str(size)), None if base is None else base["after"].get(str(size))
+                a = r["after"].get(str(size))
+                b = None if base is None else base["after"].get(str(ref_size.get(str(size), size)))
                 if a is not None and b is not None:
                     pairs.setdefault((r["row"], r["budget"], vs, str(size)), []).append(
                         (r["seed"], math.log(a) - math.log(b)))
@@ -136,8 +139,22 @@ def _fmt(x, spec=".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _size_name(n: int) -> str:
-    return "all" if n == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
+def setting_name(n) -> str:
+    """A specialization setting's name: its data size ("all", "2k"), then its step cap and rule when the grid has
+    them ("0:cap200-best-loss" -> "all tok, <= 200 steps, best-loss"; "0:early" -> "all tok, early stopping")."""
+    size, _, tag = str(n).partition(":")
+    size = int(size)
+    name = ("all" if size == 0 else f"{size // 1000}k" if size % 1000 == 0 else str(size)) + " tok"
+    if tag:
+        cap, _, rule = tag.partition("-")
+        if cap.startswith("cap"):
+            name += f", <= {cap[3:]} steps"
+        elif cap == "early":
+            name += ", early stopping"
+        else:
+            rule = tag
+        name += f", {rule}" if rule else ""
+    return name
 
 
 def _pm(e: dict, key: str, size: str | None = None, spec: str = ".2f") -> str:
@@ -187,17 +204,85 @@ def _paired_markdown(paired: list[dict], sizes: list, reference: str = "slm") ->
              "negative side; where it holds zero: no difference.", "",
              "| row | budget | vs slm budget | data | n | Δ macro NLL (95% CI) | ppl ratio | verdict |",
              "|---|---|---|---|---|---|---|---|"]
-    for d in sorted(paired, key=lambda d: (sizes.index(int(d["size"])) if int(d["size"]) in sizes else 0,)):
+    order = [str(x) for x in sizes]
+    for d in sorted(paired, key=lambda d: order.index(str(d["size"])) if str(d["size"]) in order else 0):
         ci = f"{d['mean_nll_diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d["ci"] is not None else \
             f"{d['mean_nll_diff']:+.3f} (n=1)"
         v = f"**{d['verdict']}**" if d["verdict"].startswith("beats") else d["verdict"]
         lines.append(f"| {d['row']} | {_budget(d['budget'])} | {_budget(d['vs_budget'])} | "
-                     f"{_size_name(int(d['size']))} | {d['n']} | {ci} | {d['ppl_ratio']:.3f} | {v} |")
+                     f"{setting_name(d['size'])} | {d['n']} | {ci} | {d['ppl_ratio']:.3f} | {v} |")
     return lines
+
+
+def main_settings(results: dict) -> list:
+    """The settings that are budgets (no selection rule of their own): the ones the slm has too."""
+    settings = results.get("settings")
+    return [x["label"] for x in settings if not x["select"]] if settings else list(results["sizes"])
+
+
+def domain_gaps(results: dict, row: str, size, reference: str = "slm") -> dict[str, tuple]:
+    """Per domain: the mean over seeds of (row's test NLL - the reference's) after fine-tuning at `size`, same
+    budget and seed, with its 95% half-width -> {domain: (mean, half-width | None, n)}."""
+    by = {(c["row"], c["budget"], c["domain"], c["seed"]): c["after_nll"] for c in results["cells"]
+          if str(c["size"]) == str(size)}
+    out = {}
+    for d in results["domains"]:
+        diffs = [v - by[(reference, b, dd, seed)] for (r, b, dd, seed), v in by.items()
+                 if r == row and dd == d and (reference, b, dd, seed) in by]
+        if diffs:
+            m, h = interval(diffs)
+            out[d] = (m, h, len(diffs))
+    return out
+
+
+def entropy_markdown(results: dict, rows=("slm-pn", "slm-hn", "slm-mix")) -> list[str]:
+    """The paper's claim (its Table 10): PN and the mixture gain least over the slm on the domains whose cluster
+    histogram has the highest entropy. Each domain's entropy beside each row's per-domain gap, and whether the
+    highest-entropy domain has the largest gap."""
+    ent = results.get("domain_entropy") or {}
+    present = {c["row"] for c in results["cells"]}
+    rows = [r for r in rows if r in present]
+    if len(ent) < 2 or not rows or "slm" not in present:
+        return []
+    order = sorted(ent, key=lambda d: -ent[d])
+    lines = ["", "## Cluster entropy and the gap to the slm (the paper's Table 10 claim)", "",
+             "Each domain's cluster-histogram entropy (nats, k = its clustering's) and, per row, the test NLL after "
+             "fine-tuning minus the slm's on that domain (same budget and seed; mean ± 95% half-width over seeds and "
+             "budgets; negative: better than the slm). The paper: PN and the mixture gain least on the "
+             "highest-entropy domains.", "",
+             "| setting | row | " + " | ".join(f"{d} (H {ent[d]:.2f})" for d in order) + " | highest-entropy domain "
+             "has the largest gap |", "|---|---|" + "---|" * len(order) + "---|"]
+    for size in main_settings(results):
+        for row in rows:
+            g = domain_gaps(results, row, size)
+            if len(g) < 2:
+                continue
+            cells = [("-" if d not in g else f"{g[d][0]:+.3f}" + (f" ± {g[d][1]:.3f}" if g[d][1] is not None else ""))
+                     for d in order]
+            lines.append(f"| {setting_name(size)} | {row} | " + " | ".join(cells) + f" | {_ordering(g, order[0])} |")
+    return lines
+
+
+def _ordering(g: dict[str, tuple], top: str) -> str:
+    """Does the highest-entropy domain `top` have the largest gap? "yes"/"no" only where its interval and the
+    other domains' do not overlap; else the domains are not told apart."""
+    if top not in g:
+        return "-"
+    if any(h is None for _, h, _ in g.values()):
+        return ("yes" if max(g, key=lambda d: g[d][0]) == top else "no") + " (n=1: no interval)"
+    span = {d: (m - h, m + h) for d, (m, h, _) in g.items()}
+    others = [d for d in g if d != top]
+    if all(span[top][0] > span[d][1] for d in others):
+        return "yes"
+    worst = max(g, key=lambda d: g[d][0])
+    if worst != top and span[worst][0] > span[top][1]:
+        return f"no (largest: {worst})"
+    return "not told apart (intervals overlap)"
 
 
 def results_markdown(results: dict, cfg: CompareConfig) -> str:
     ns, domains = results["sizes"], results["domains"]
+    last = main_settings(results)[-1]  # the last budget: what the equal-quality table and bits/byte read
     seeds = results.get("seeds", [0])
     lines = [f"# Comparison: {cfg.model.preset} SLM ({cfg.large.preset} LLM), {', '.join(domains)}", "",
              "Macro-averaged test perplexity over the domains (exp of the mean per-token NLL); pretraining FLOPs "
@@ -207,8 +292,8 @@ def results_markdown(results: dict, cfg: CompareConfig) -> str:
              "data order; the data splits and clusterings are shared): every number is the mean over the seeds ± "
              "the half-width of its 95% Student-t interval ((n=1): one seed, no interval).",
              "", "| method | budget | params | pretrain steps | pretrain FLOPs | pretrain s | generic ppl | no fine-tune | "
-             + " | ".join(f"fine-tuned {_size_name(n)} tok" for n in ns)
-             + f" | bits/byte ({_size_name(ns[-1])}) | spec. FLOPs/domain |",
+             + " | ".join(f"fine-tuned {setting_name(n)}" for n in ns)
+             + f" | bits/byte ({setting_name(last)}) | spec. FLOPs/domain |",
              "|---|---|---|---|---|---|---|---|" + "---|" * len(ns) + "---|---|"]
     for e in results["rows"]:
         first = str(ns[0])
@@ -217,11 +302,12 @@ def results_markdown(results: dict, cfg: CompareConfig) -> str:
             f"{e['pretrain_flops']:.3g} | {_fmt(e['pretrain_wall_s'], '.0f')} | "
             f"{_pm(e, 'generic_valid_ppl')} | {_pm(e, 'before', first)} | "
             + " | ".join(_pm(e, "after", str(n)) for n in ns)
-            + f" | {_pm(e, 'bpb_after', str(ns[-1]), '.3f')} | {_fmt(e['specialize_flops'].get(first), '.3g')} |")
+            + f" | {_pm(e, 'bpb_after', str(last), '.3f')} | {_fmt(e['specialize_flops'].get(first), '.3g')} |")
     lines += _paired_markdown(results.get("paired", []), ns)
+    lines += entropy_markdown(results)
     lines += _sweep_markdown(results.get("lr_sweep", {}), cfg.pretrain.lr)
     for n in ns:
-        lines += ["", f"## Per domain, fine-tuned on {_size_name(n)} tokens (test perplexity before -> after, "
+        lines += ["", f"## Per domain, fine-tuned on {setting_name(n)} (test perplexity before -> after, "
                       "mean over the seeds)", "",
                   "| method | budget | " + " | ".join(domains) + " |", "|---|---|" + "---|" * len(domains)]
         by: dict[tuple, list[dict]] = {}
@@ -233,11 +319,11 @@ def results_markdown(results: dict, cfg: CompareConfig) -> str:
             lines.append(f"| {e['row']} | {_budget(e['budget'])} | " + " | ".join(
                 "-" if not c else f"{np.mean([x['before_ppl'] for x in c]):.1f} -> "
                 f"{np.mean([x['after_ppl'] for x in c]):.1f}" for c in cells) + " |")
-    size = str(ns[-1])
+    size = str(last)
     target, pick = equal_quality(results["rows"], size)
     if target is not None:
         lines += ["", f"## Total cost at equal quality (macro ppl <= {target:.2f} after fine-tuning on "
-                      f"{_size_name(ns[-1])} tokens: the slm's best)", "",
+                      f"{setting_name(last)}: the slm's best)", "",
                   "C_total(N) = C_pretrain + N x C_specialize in FLOPs, at each row's cheapest budget reaching that "
                   "quality (by the means over the seeds: a row within the slm's interval is not told apart from it "
                   "here; the paired table above says which differences are real); rows that reach it at no budget "

@@ -33,8 +33,10 @@ def pretrain_dir(cfg: Config, domain: str | None = None) -> Path:
 
 
 def specialize_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
-    """OUT/specialize[-METHOD]/DOMAIN, or DOMAIN-NNNtok when fine-tuning on the first NNN domain tokens only."""
-    name = f"{domain}-{domain_tokens}tok" if domain_tokens else domain
+    """OUT/specialize[-METHOD]/DOMAIN, or DOMAIN-NNNtok when fine-tuning on the first NNN domain tokens only;
+    -TAG after it: cfg.specialize_tag (one of the comparison grid's specialization settings)."""
+    tag = cfg.specialize_tag
+    name = (f"{domain}-{domain_tokens}tok" if domain_tokens else domain) + (f"-{tag}" if tag else "")
     return _stage_root(cfg, "specialize") / check_name(name, "domain")  # a folder under --out, nothing outside it
 
 

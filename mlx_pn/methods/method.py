@@ -67,3 +67,4 @@ class Method:
     # start(cfg, domain) -> (the pretrained model folder specialize() fine-tunes, the config section describing it):
     # its shape is read from there (parent.adopt_shape); None: the method checks its own start
     start: Callable[[Config, str], tuple] | None = None
+    select: str = ""  # the selection rule (cfg.select) that "auto" means for it; "" = it picks no starting SLM

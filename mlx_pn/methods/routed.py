@@ -89,7 +89,7 @@ def projected_args(cfg: Config, k: int, coefficients: str):
 
     p = cfg.projected
     return ProjectedArgs(k=k, m=p.m, h=p.h, coefficients=coefficients, hypernet_hidden=p.hypernet_hidden,
-                         code_shared=p.code_shared, match_lr=p.match_lr)
+                         code_shared=p.code_shared, match_lr=p.match_lr, coef_lr=p.coef_lr)
 
 
 def projected_check(cfg: Config) -> None:
@@ -168,7 +168,7 @@ def projected_method(name: str, coefficients: str, default_select: str) -> Metho
                                  domain_tokens)
 
     return Method(name, pretrain=pretrain, specialize=specialize, check=projected_check,
-                  flops_per_token=projected_flops, clusterings=("k",))
+                  flops_per_token=projected_flops, clusterings=("k",), select=default_select)
 
 
 SLM_PN = projected_method("slm-pn", "codes", "most-frequent")
@@ -293,4 +293,4 @@ def mixture_specialize(cfg: Config, data: PreparedData, domain: str, resume: boo
 
 
 SLM_MIX = Method("slm-mix", pretrain=mixture_pretrain, specialize=mixture_specialize, check=mixture_check,
-                 clusterings=("k",), experts=True)
+                 clusterings=("k",), experts=True, select="most-frequent")

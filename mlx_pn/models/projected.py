@@ -42,6 +42,8 @@ class ProjectedArgs(Args):
     hypernet_hidden: int = 64  # width of the hypernetwork's hidden layer (slm-hn only)
     code_shared: float = 0.0  # rho: share of each expert's init coefficients that is common to all experts
     match_lr: bool = False  # update_scales(): each basis step / ||alpha||_1 (an expert's W moves at the slm's rate)
+    coef_lr: float = 1.0  # update_scales(): the coefficients' (codes, mixing, hypernetwork) step multiplier;
+    # 0 = matched: 1 / sqrt(the width alpha is summed over: m for the codes, hypernet_hidden for the hypernetwork)
 
     def __post_init__(self):
         self.m = self.m or self.k
@@ -167,12 +169,29 @@ class ProjectedTransformer(nn.Module):
         1 / mean_i ||alpha(l, i)||_1 makes a materialised W move at the slm's rate: exactly so for k = 1 (or
         experts sharing their coefficients), an upper bound on the correction for orthogonal experts. Weight
         decay is not scaled (each T_r decays by the fraction lr * wd, so W does too, like the slm's weights).
-        {} unless pargs.match_lr."""
+        The coefficients' own parameters (codes E and mixing M, or the hypernetwork) are multiplied by
+        pargs.coef_lr (tools/measure_pn_rates.py measures what each part moves). {} when neither applies."""
+        scales = {}
+        if self.pargs.coef_lr != 1.0:
+            c = mx.array(self.coefficient_lr(), dtype=mx.float32)
+            scales = {f"coefficients.{name}": c for name, _ in tree_flatten(self.coefficients.parameters())}
         if not self.pargs.match_lr:
-            return {}
+            return scales
         scale = 1.0 / mx.mean(mx.sum(mx.abs(self.expert_alphas()), axis=-1), axis=-1)  # (Nl,)
-        return {f"model.layers.{layer}.mlp.{proj}.weight": scale[layer]
-                for layer in range(self.args.num_hidden_layers) for proj in ("gate_proj", "up_proj", "down_proj")}
+        return scales | {f"model.layers.{layer}.mlp.{proj}.weight": scale[layer]
+                         for layer in range(self.args.num_hidden_layers) for proj in ("gate_proj", "up_proj", "down_proj")}
+
+    def coefficient_lr(self) -> float:
+        """The coefficients' step multiplier. Under Adam every coefficient parameter moves ~lr per step, and alpha,
+        a sum over a width n of such terms (n = m for slm-pn's E @ M, n = hypernet_hidden for slm-hn's output
+        layer), moves ~sqrt(n) as fast: measured at k = 4, lr 3e-3 (tools/measure_pn_rates.py), the hypernetwork
+        (n = 64) moved every expert 0.76%/step through alpha on top of the basis' 0.97%, the codes (n = 4) 0.22%,
+        the slm's own MLP 1.12%. coef_lr = 0 (matched) takes 1 / sqrt(n): alpha then moves ~0.1% per step in
+        both methods, so an expert moves at about the slm's rate and the two methods at the same one."""
+        if self.pargs.coef_lr:
+            return self.pargs.coef_lr
+        n = self.pargs.hypernet_hidden if self.pargs.coefficients == "hypernet" else self.pargs.m
+        return n ** -0.5
 
     def hidden(self, inputs: mx.array, cond) -> mx.array:
         """(B, L) tokens -> final-norm hidden states (B, L, D): the trunk's forward, each layer's projected MLP
