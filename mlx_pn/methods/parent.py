@@ -1,11 +1,12 @@
 """The pretrained model a specialization starts from: its shape read from its checkpoint, its weights read under
-its stage's lock.
+a reader's lock on its stage folder.
 
 A pretraining made with `--model.num_hidden_layers 3` is specialized without repeating the flag: the section's
 fields the user left to the preset take the checkpoint's values (one line says which); only a field the config
-sets to another value than the checkpoint's is refused. The weights are hashed and loaded while the parent's
-stage lock is held, so the hash results.json records is the one of the weights fine-tuning started from, even
-when a `pretrain --no-resume` replaces the parent later.
+sets to another value than the checkpoint's is refused. The weights are hashed and loaded under a reader's lock
+on the parent's stage folder (no pretraining starts on it meanwhile; other specializations may read it at once),
+and results.json records that hash: the weights fine-tuning started from, even when a `pretrain --no-resume`
+replaces the parent later.
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ def adopt_shape(cfg: Config, src: Path, section: str, log=print) -> Config:
 
 
 def load_parent(src: Path):
-    """(the model in `src`, parent_sha256 of its folder), both read while the parent's stage folder (src's parent,
-    when it holds a lock file: a folder this library trains in) is locked, so no pretraining replaces it between
-    the hash and the load. Rank 0 alone locks (the other ranks write nothing)."""
+    """(the model in `src`, parent_sha256 of its folder), both read under a reader's lock on the parent's stage
+    folder (src's parent, when it holds a lock file: a folder this library trains in; runlock.reading), so no
+    pretraining replaces it between the hash and the load, while other specializations may load it at the same
+    time. Rank 0 alone locks (the other ranks write nothing)."""
     from mlx_pn import runlock
     from mlx_pn.fingerprint import parent_sha256
     from mlx_pn.models.build import load_model
@@ -68,6 +70,6 @@ def load_parent(src: Path):
 
     src = Path(src)
     stage = src.parent
-    with runlock.hold(stage, enabled=dist.is_main() and (stage / runlock.LOCK).exists()):
+    with runlock.reading(stage, enabled=dist.is_main()):
         sha = parent_sha256(src)
         return load_model(src), sha
