@@ -307,7 +307,10 @@ def verify_export(model, out: Path, exact: bool = True, n_tokens: int = 32) -> d
 def generate_command(folder: str | Path, prompt: str = "The", max_tokens: int = 60) -> str:
     """The mlx-lm command that runs an exported folder, with the BLAS set up first (mlx_pn.lm; installed: `mlx-pn
     lm generate ...`); byte models need --trust-remote-code."""
+    from mlx_pn.model_card import SAMPLE_FLAGS  # sampled: greedy text from a small model repeats one piece
+
     remote = "model_file" in json.loads((Path(folder) / "config.json").read_text())
-    return (f"python -m mlx_pn.lm generate --model {folder} --prompt {prompt!r} --max-tokens {max_tokens}"
+    return (f"python -m mlx_pn.lm generate --model {folder} --prompt {prompt!r} --max-tokens {max_tokens} "
+            f"{SAMPLE_FLAGS}"
             + (" --trust-remote-code" if remote else ""))
 

@@ -53,12 +53,33 @@ def exit_interrupted(e: KeyboardInterrupt) -> None:
     raise SystemExit(exit_code(e)) from None
 
 
+def rank() -> tuple[int, int]:
+    """(this process's rank, the number of ranks) of a data-parallel run, (0, 1) otherwise. Read only when
+    mlx_pn.train.distributed has been imported (it imports MLX): a run that never imported it has one rank."""
+    dist = sys.modules.get("mlx_pn.train.distributed")
+    if dist is None or not dist._world:
+        return 0, 1
+    _, r, n = dist.world()
+    return r, n
+
+
+def where() -> str:
+    """'at step 12 of [pretrain]; last checkpoint: ...' (rank 0 keeps the books: another rank's line says so
+    instead of naming no checkpoint); '' outside training."""
+    if not _where:
+        return ""
+    r, n = rank()
+    at = f"at step {_where['step']} of [{_where['desc']}]"
+    if r:
+        return f"{at} on rank {r} of {n}; rank 0 writes the checkpoints (its own line names the last)"
+    ckpt = _where.get("checkpoint")
+    return f"{at}; last checkpoint: {ckpt if ckpt else 'none yet (this stage restarts from step 0)'}"
+
+
 def message(e: KeyboardInterrupt) -> str:
     """'interrupted (SIGTERM) at step 12 of [pretrain]; last checkpoint ...; rerun the same command to resume'."""
     how = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
     if not _where:
         return (f"interrupted ({how}) outside training; finished stages and files are kept; rerun the same command "
                 f"to resume")
-    ckpt = _where.get("checkpoint")
-    return (f"interrupted ({how}) at step {_where['step']} of [{_where['desc']}]; last checkpoint: "
-            f"{ckpt if ckpt else 'none yet (this stage restarts from step 0)'}; rerun the same command to resume")
+    return f"interrupted ({how}) {where()}; rerun the same command to resume"

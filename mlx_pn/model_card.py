@@ -17,11 +17,17 @@ CONFIG_NAME = "mlx-pn-config.yaml"  # the run's config, beside the card: the rep
 PAPER = "https://arxiv.org/abs/2402.01093"
 
 
+# What the printed commands sample with: greedy decoding of a small model repeats one piece (a tiny export printed
+# 60 commas and not one letter for 'The'), so the command a user copies would show nothing. Seeded: reproducible.
+SAMPLING = {"temp": 0.8, "top_p": 0.9, "seed": 0}
+SAMPLE_FLAGS = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in SAMPLING.items())  # mlx_lm generate's flags
+
+
 def usage_lines(folder: str | Path, prompt: str = "The", remote: bool = False) -> list[str]:
     """What to do with an export: run it (with the BLAS set up), serve it, fine-tune it with mlx-lm (our models
     have 4 layers: mlx_lm lora's default of 16 fails, --num-layers -1 means all), share it on the Hub."""
     rc = " --trust-remote-code" if remote else ""
-    return [f"run it:       mlx-pn lm generate --model {folder} --prompt {prompt!r}{rc}   "
+    return [f"run it:       mlx-pn lm generate --model {folder} --prompt {prompt!r} {SAMPLE_FLAGS}{rc}   "
             f"(= python -m mlx_pn.lm generate ...: mlx-lm with the BLAS set up)",
             f"serve it:     mlx_lm.server --model {folder}{rc}   (OpenAI-style HTTP API; on Linux CPUs "
             f"mlx-pn lm server --model {folder}: several times faster)",
@@ -146,11 +152,15 @@ def render(report: dict, results: dict | None, pretrain_summary: dict | None = N
     rc = " --trust-remote-code" if remote else ""
     md += ["", "## Use", "", "With mlx-lm (`pip install mlx-lm`; on Linux `pip install \"mlx-lm[cpu]\"`), from the Hub "
            "once uploaded (`USER/NAME`) or from this folder:", "", "```bash",
-           f"mlx_lm.generate --model USER/NAME --prompt 'The'{rc}", f"mlx_lm.server --model USER/NAME{rc}",
+           f"mlx_lm.generate --model USER/NAME --prompt 'The' {SAMPLE_FLAGS}{rc}",
+           f"mlx_lm.server --model USER/NAME{rc}",
            f"mlx_lm.lora --model USER/NAME --train --data DATA_DIR --num-layers -1{rc}", "```", "",
-           "From Python:", "", "```python", "from mlx_lm import load, generate", "",
+           "From Python (sampled: greedy text from a model this small repeats one piece):", "", "```python",
+           "import mlx.core as mx", "from mlx_lm import load, generate", "from mlx_lm.sample_utils import make_sampler", "",
            f"model, tokenizer = load(\"USER/NAME\"{', trust_remote_code=True' if remote else ''})",
-           "print(generate(model, tokenizer, prompt=\"The\", max_tokens=60))", "```", "",
+           f"mx.random.seed({SAMPLING['seed']})",
+           f"print(generate(model, tokenizer, prompt=\"The\", max_tokens=60, "
+           f"sampler=make_sampler(temp={SAMPLING['temp']}, top_p={SAMPLING['top_p']})))", "```", "",
            "Chat-style requests (mlx_lm.server's chat endpoint, `mlx_lm lora` on prompt/completion data) use the "
            "tokenizer's chat template, the training format of such records: `user: PROMPT\\nassistant: ANSWER`.",
            "",

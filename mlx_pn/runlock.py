@@ -45,6 +45,25 @@ def _describe(folder: Path, h: dict) -> str:
     return f"pid {h.get('pid', '?')} is writing {folder} since {since} (command: {h.get('command', '?')})"
 
 
+def _writer(f) -> dict | None:
+    """Who holds the lock file `f` exclusively: its holder record, or None when only readers hold it (a shared
+    lock can still be taken). A writer that has just taken the lock may not have written its record yet: wait for
+    it a little, then name what is known."""
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return None
+    except OSError:
+        pass
+    for _ in range(20):
+        f.seek(0)
+        h = _holder(f.read())
+        if h.get("pid"):
+            return h
+        time.sleep(0.05)
+    return {}
+
+
 def acquire(folder: str | Path, log=print) -> None:
     """Take FOLDER/.lock (creating FOLDER); RunLockError when another live process holds it."""
     folder = Path(folder)
@@ -57,9 +76,11 @@ def acquire(folder: str | Path, log=print) -> None:
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        f.seek(0)
-        h = _holder(f.read())
+        h = _writer(f)
         f.close()
+        if h is None:  # no writer: readers (`reading`) hold it, for seconds
+            raise RunLockError(f"another process is reading {folder} (a specialization loading its model from it); "
+                               f"wait a moment and rerun") from None
         raise RunLockError(f"{_describe(folder, h)}; wait for it to finish or stop it (kill {h.get('pid', 'PID')}), "
                            f"or use another --out") from None
     f.seek(0)
@@ -106,6 +127,31 @@ def hold(folder: str | Path, log=print, enabled: bool = True):
         yield
     finally:
         release(folder)
+
+
+@contextmanager
+def reading(folder: str | Path, enabled: bool = True):
+    """`with reading(stage):` no writer starts on `stage` (and none is running) while the block reads from it, e.g. a
+    specialization hashing and loading its pretrained model. A shared lock on the same file: any number of readers
+    at once, and this process's own lock on it (it writes the folder itself) suffices. A folder without a lock file
+    (not one this library trains in) is read as it is."""
+    folder = Path(folder)
+    path = folder / LOCK
+    if not enabled or folder.resolve() in _held or not path.is_file():
+        yield
+        return
+    f = open(path)
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        h = _holder(f.read())
+        f.close()
+        raise RunLockError(f"{_describe(folder, h)}; wait for it to finish, then rerun") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
 
 
 def set_aside(folder: str | Path, names: tuple[str, ...] | None = None, log=print) -> Path | None:

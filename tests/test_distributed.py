@@ -151,3 +151,85 @@ def test_my_share_and_shards():
     parts = [b.batch(7, 2, shard=(r, 2)) for r in range(2)]
     np.testing.assert_array_equal(np.concatenate(parts, axis=1), full)
     np.testing.assert_array_equal(dist.shard_rows(full, 1, 2), parts[1])
+
+
+class _Group:
+    """What dist.world() keeps for a launched run: rank() and size()."""
+
+    def __init__(self, rank: int, size: int):
+        self._rank, self._size = rank, size
+
+    def rank(self) -> int:
+        return self._rank
+
+    def size(self) -> int:
+        return self._size
+
+
+def test_a_lost_peer_is_one_line_naming_the_rank(monkeypatch, capsys):
+    """MLX raises RuntimeError('[ring] connection to a peer was lost') where a collective is evaluated when another
+    rank died: one line naming this rank, where training was and what to do, exit 2; other errors are not reworded."""
+    from mlx_pn import interrupt
+    from mlx_pn.recipes._common import clear_errors
+    from mlx_pn.train import distributed as dist
+
+    monkeypatch.setattr(dist, "_world", [_Group(1, 2)])
+    monkeypatch.setattr(interrupt, "_where", {"desc": "pretrain", "step": 150, "checkpoint": None})
+    with pytest.raises(SystemExit) as e:
+        with clear_errors():
+            raise RuntimeError("[ring] connection to a peer was lost")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "error: rank 1 of 2 lost the data-parallel group ([ring] connection to a peer was lost)" in err
+    assert "at step 150 of [pretrain] on rank 1 of 2; rank 0 writes the checkpoints" in err and "none yet" not in err
+    with pytest.raises(RuntimeError, match="something else"):
+        with clear_errors():
+            raise RuntimeError("something else")
+
+
+def test_an_interrupted_rank_other_than_0_names_no_missing_checkpoint(monkeypatch):
+    """Rank 0 alone saves checkpoints: another rank's 'last checkpoint: none yet' was wrong (step_0000150 existed)."""
+    from mlx_pn import interrupt
+    from mlx_pn.train import distributed as dist
+
+    monkeypatch.setattr(interrupt, "_where", {"desc": "pretrain", "step": 160, "checkpoint": None})
+    monkeypatch.setattr(dist, "_world", [_Group(1, 2)])
+    msg = interrupt.message(interrupt.Terminated())
+    assert msg.startswith("interrupted (SIGTERM) at step 160 of [pretrain] on rank 1 of 2; rank 0 writes the "
+                          "checkpoints") and "none yet" not in msg, msg
+    monkeypatch.setattr(interrupt, "_where", {"desc": "pretrain", "step": 160, "checkpoint": "RUN/step_0000150"})
+    monkeypatch.setattr(dist, "_world", [_Group(0, 2)])
+    assert "at step 160 of [pretrain]; last checkpoint: RUN/step_0000150" in interrupt.message(interrupt.Terminated())
+
+
+LOSES_A_PEER = textwrap.dedent('''
+    import os
+    import mlx_pn
+    from mlx_pn.recipes._common import clear_errors
+    from mlx_pn.train import distributed as dist
+
+    with clear_errors():
+        g, rank, size = dist.world()
+        dist.barrier(g)
+        if rank == 1:
+            os._exit(3)  # a rank that dies: the other's next collective fails
+        for _ in range(1_000_000):
+            dist.barrier(g)
+''')
+
+
+@pytest.mark.slow
+def test_a_real_lost_ring_peer_gives_no_traceback(tmp_path):
+    """2 ranks under mlx.launch, rank 1 exits: rank 0 either meets the lost connection (one line naming rank 0) or
+    is stopped by the launcher's SIGTERM first (one line too); never a traceback."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(LOSES_A_PEER)
+    launch = "import sys; from mlx._distributed_utils.launch import main; sys.argv[0] = 'mlx.launch'; main()"
+    cmd = [sys.executable, "-c", launch, "--backend", "ring", "-n", "2", "--starting-port", str(_free_port()),
+           "--python", sys.executable, str(worker)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, MLX_DISABLE_COMPILE="1", PYTHONPATH=os.getcwd()))
+    out = p.stdout + p.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert ("error: rank 0 of 2 lost the data-parallel group ([ring]" in out
+            or "interrupted (SIGTERM) outside training" in out), out[-3000:]

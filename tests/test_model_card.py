@@ -244,3 +244,29 @@ def test_the_exports_hints_mention_serving_many_specialists():
 
     lines = usage_lines("runs/x/export/legal")
     assert any(line.startswith("serve many:") and "mlx-pn serve" in line and "auto" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_the_printed_commands_show_text(exported):
+    """Greedy decoding of a tiny export repeats one piece (60 commas for 'The'; this fixture's: 'the the the ...'):
+    the command export prints and the card's Python snippet sample (model_card.SAMPLING), so what a user copies
+    shows text, not one piece repeated."""
+
+    def shows_text(s: str) -> bool:
+        return len(re.findall(r"[A-Za-z]", s)) >= 10 and len(set(s.split())) >= 5
+
+    _, dest, _, out = exported
+    line = next(ln for ln in out.splitlines() if ln.startswith("try it: "))
+    argv = line[len("try it: "):].split()
+    assert argv[:3] == ["python", "-m", "mlx_pn.lm"] and "--temp" in argv and "--seed" in argv, line
+    p = subprocess.run([sys.executable] + [a.strip("'") for a in argv[1:]], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    text = p.stdout.split("==========")[1]
+    assert shows_text(text), text
+    card = (dest / "README.md").read_text()
+    snippet = card.split("```python\n")[1].split("```")[0].replace('"USER/NAME"', repr(str(dest)))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(snippet, "card snippet", "exec"), {})
+    assert shows_text(buf.getvalue()), buf.getvalue()

@@ -123,6 +123,42 @@ def _hold_in_subprocess(folder: Path) -> subprocess.Popen:
     return p
 
 
+READER = ("import sys, time; from mlx_pn import runlock\n"
+          "with runlock.reading(sys.argv[1]):\n    print('reading', flush=True); time.sleep(60)")
+
+
+@pytest.mark.slow
+def test_readers_of_a_stage_folder_share_it_and_keep_writers_out(tmp_path):
+    """Specializations load their parent under runlock.reading: several at once (parallel domains, the grid's jobs),
+    but no pretraining starts on the folder meanwhile, and none reads while a pretraining writes."""
+    from mlx_pn import runlock
+
+    folder = tmp_path / "pretrain"
+    with runlock.hold(folder):  # a stage folder: it has a lock file
+        pass
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "reading"
+        with runlock.reading(folder):  # a second reader at once
+            pass
+        with pytest.raises(runlock.RunLockError, match=f"another process is reading {folder}"):
+            runlock.acquire(folder)
+    finally:
+        reader.kill()
+        reader.wait()
+    writer = _hold_in_subprocess(folder)
+    try:
+        with pytest.raises(runlock.RunLockError, match=f"pid {writer.pid} is writing {folder}"):
+            with runlock.reading(folder):
+                pass
+    finally:
+        writer.kill()
+        writer.wait()
+    with runlock.hold(folder):  # this process writes it: it reads its own folder
+        with runlock.reading(folder):
+            pass
+
+
 @pytest.mark.slow
 def test_a_second_process_on_a_locked_stage_folder_stops_with_one_line(tmp_path):
     from mlx_pn import runlock
@@ -301,8 +337,8 @@ def test_specialize_with_another_model_width_is_an_error(pretrained, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(Path(cfg.out) / "pretrain", out / "pretrain")
     other = tiny_config(out, **{"model.hidden_size": "32", "data.dir": str(cfg.data_dir)})
-    with pytest.raises(ConfigError, match=r"pretrain/final is not the model the model section describes: it has "
-                                          r"hidden_size 64 \(config: 32\)"):
+    with pytest.raises(ConfigError, match=r"pretrain/final was pretrained with hidden_size 64 \(config: 32\); drop "
+                                          r"model\.hidden_size"):
         specialize(other, data, "legal", log=_quiet)
 
 

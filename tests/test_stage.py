@@ -71,6 +71,14 @@ def test_step_cap_note_only_while_validation_still_falls():
     run = lambda **kw: SimpleNamespace(**({"stopped_by": "steps", "steps": 8, "best_step": 8} | kw))  # noqa: E731
     note = step_cap_note(run(), t, batches, "finetune legal")
     assert "--finetune.steps 0" in note and f"{batches.epochs(8, 1):.2f} epochs" in note
+    per_epoch = 8 / batches.epochs(8, 1)
+    assert f"one epoch is ~{per_epoch:,.0f} steps;" in note  # no metrics: steps only
+    # with the run's measured speed: the epoch's time (median tokens/s of the logged windows)
+    rows = [{"step": 1, "tokens_per_s": 10.0}, {"step": 2, "tokens_per_s": 320.0}, {"valid_nll": 3.0},
+            {"step": 3, "tokens_per_s": 330.0}]
+    note = step_cap_note(run(history=rows), t, batches, "finetune legal")
+    assert f"one epoch is ~{per_epoch:,.0f} steps, ~{per_epoch * 32 / 320 / 60:.1f} min at this run's 320 tokens/s" \
+        in note, note
     assert step_cap_note(run(best_step=4), t, batches, "x") is None  # validation had turned
     assert step_cap_note(run(stopped_by="early stopping"), t, batches, "x") is None
     assert step_cap_note(run(stopped_by="max_epochs"), t, batches, "x") is None

@@ -67,6 +67,10 @@ def specialize(cfg: Config, data, domain: str, resume: bool = True, log=print, d
 
     method, log = check(cfg), _main_rank_log(log)
     check_domain(cfg, data, domain)
+    if method.start is not None:  # a pretraining made with other model.* flags: its shape, said in one line
+        from mlx_pn.methods.parent import adopt_shape
+
+        cfg = adopt_shape(cfg, *method.start(cfg, domain), log=log)
 
     def fingerprint_of(results: dict) -> dict:
         return specialize_fingerprint(cfg, data, domain, results.get("pretrained_from"), results.get("teacher"))

@@ -16,9 +16,9 @@ from mlx_pn.methods.finetune import (FineTuning, check_vocab, domain_batches, do
                                      specialize_model)
 from mlx_pn.methods.layout import as_method, pretrain_dir, read_summary, specialize_dir
 from mlx_pn.methods.method import Method
+from mlx_pn.methods.parent import load_parent
 from mlx_pn.methods.results import SpecializeResults
 from mlx_pn.methods.slm import LLM, SLM, load_start
-from mlx_pn.models.build import load_model
 
 STUDENT, TEACHER = SLM.name, LLM.name
 
@@ -55,13 +55,18 @@ def teacher_dir(cfg: Config, domain: str, domain_tokens: int = 0) -> Path:
 
 def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True, log=print,
                domain_tokens: int = 0) -> SpecializeResults:
-    src = pretrain_dir(as_method(cfg, STUDENT)) / "final"
-    student = load_start(src, cfg)
+    src = student_start(cfg, domain)[0]
+    student, sha = load_start(src, cfg)
 
     def tune(model, out):
         return distill(cfg, data, domain, model, out, resume, log, domain_tokens)
 
-    return specialize_model(cfg, data, domain, student, src, resume, log, domain_tokens, tune=tune)
+    return specialize_model(cfg, data, domain, student, src, resume, log, domain_tokens, tune=tune, src_sha=sha)
+
+
+def student_start(cfg: Config, domain: str) -> tuple[Path, str]:
+    """Method.start: the student is slm's pretrained model (cfg.model)."""
+    return pretrain_dir(as_method(cfg, STUDENT)) / "final", "model"
 
 
 def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, resume: bool, log,
@@ -74,7 +79,7 @@ def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, re
     if not (tdir / "model.safetensors").exists():
         raise ConfigError(f"slm-d needs the domain-fine-tuned teacher {tdir}: run `{recipe_command('specialize')} "
                           f"--method {TEACHER} --domain {domain}` with the same --out first (or set --distill.teacher)")
-    teacher = load_model(tdir)
+    teacher, teacher_sha = load_parent(tdir)  # under its stage's lock: the hash is of the weights loaded
     check_vocab(teacher, data, str(tdir))
     # a resume after the teacher changed (fine-tuned again, another --distill.teacher) is refused
     teacher_fp = {"teacher.weights": file_sha256(tdir / "model.safetensors")}
@@ -106,7 +111,7 @@ def distill(cfg: Config, data: PreparedData, domain: str, student, out: Path, re
                          fingerprint=teacher_fp)
         r = finetune(cfg, data, student, job, resume, log)
         parts["teacher_forward"] = forward_cost(teacher.args, r.tokens, t.seq_len, None)  # inside the steps' time
-    extra = {"teacher": str(tdir), "distill": {"mode": mode, "top_k": k, "alpha": dc.alpha,
+    extra = {"teacher": str(tdir), "read": {"teacher.weights": teacher_sha}, "distill": {"mode": mode, "top_k": k, "alpha": dc.alpha,
                                                "temperature": dc.temperature,
                                                "teacher_cache_s": parts["teacher_forward"].wall_s}}
     return r, parts, extra
@@ -116,5 +121,6 @@ def _grid_pretrain(cfg: Config, data, domains, log) -> None:
     """Nothing: the grid's slm and llm rows of the same budget are the student and the teacher."""
 
 
-SLM_D = Method("slm-d", pretrain=pretrain, specialize=specialize, check=check, pretrain_summary=pretrain_summary,
+SLM_D = Method("slm-d", pretrain=pretrain, specialize=specialize, check=check, start=student_start,
+               pretrain_summary=pretrain_summary,
                grid_pretrain=_grid_pretrain, brings=(STUDENT, TEACHER), own_pretraining=False)

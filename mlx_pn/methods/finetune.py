@@ -16,8 +16,10 @@ from mlx_pn.data.batches import PackedBatches, eval_windows
 from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.data.sources import DataError
 from mlx_pn.fingerprint import weights_sha256
+from mlx_pn.methods.before import measure_before
 from mlx_pn.methods.layout import specialize_dir
 from mlx_pn.methods.results import SpecializeResults
+from mlx_pn.train import distributed as dist
 from mlx_pn.train import loop
 from mlx_pn.train.evaluate import bits_per_byte, nll
 from mlx_pn.train.loop import RunOptions
@@ -137,12 +139,23 @@ def finetune(cfg: Config, data: PreparedData, model, job: FineTuning, resume: bo
 
 def step_cap_note(r, t, batches, desc: str) -> str | None:
     """One line when fine-tuning stopped at its step cap while the domain validation was still falling (the
-    best evaluation was the last one): the flag that lifts the cap, and the epochs done."""
+    best evaluation was the last one): the flag that lifts the cap, the epochs done and what one epoch costs (its
+    steps, and its time at the run's measured tokens/s when the metrics have it)."""
     if r.stopped_by != "steps" or not t.steps or r.best_step is None or r.best_step != r.steps:
         return None
-    epochs = f" after {batches.epochs(r.steps, t.grad_accum):.2f} epochs" if hasattr(batches, "epochs") else ""
+    done = batches.epochs(r.steps, t.grad_accum) if hasattr(batches, "epochs") else None
+    epochs, cost = (f" after {done:.2f} epochs", "") if done else ("", "")
+    if done:
+        per_epoch = r.steps / done
+        rates = sorted(h["tokens_per_s"] for h in getattr(r, "history", None) or () if h.get("tokens_per_s"))
+        pace = ""
+        if rates:
+            rate = rates[len(rates) // 2]  # the median: the first window carries the start-up
+            secs = per_epoch * t.batch_size * t.grad_accum * t.seq_len / rate
+            pace = f", ~{secs / 60:.1f} min at this run's {rate:,.0f} tokens/s"
+        cost = f"; one epoch is ~{per_epoch:,.0f} steps{pace}"
     return (f"[{desc}] note: stopped at the step cap ({t.steps} steps{epochs}) while validation was still "
-            f"falling; --finetune.steps 0 lifts the cap (early stopping and finetune.max_epochs then end it)")
+            f"falling{cost}; --finetune.steps 0 lifts the cap (early stopping and finetune.max_epochs then end it)")
 
 
 def finetune_costs(args, r: dict, seq_len: int) -> tuple[StageCost, StageCost]:
@@ -177,17 +190,20 @@ def cost_fields(parts: dict[str, StageCost], args, cfg: Config, all_steps: dict[
 
 
 def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: Path | None, resume: bool, log,
-                     domain_tokens: int = 0, parts: dict | None = None, tune: Callable | None = None
-                     ) -> SpecializeResults:
+                     domain_tokens: int = 0, parts: dict | None = None, tune: Callable | None = None,
+                     src_sha: str | None = None) -> SpecializeResults:
     """Measure `model` (started from `src`; None: a new model), fine-tune it, measure again -> the results
     (methods.specialize writes them to results.json).
 
     tune(model, out) -> (TrainResult, cost parts, extra result fields) replaces the plain fine-tuning (slm-d
-    distils); parts: costs spent before this stage that count as specialization (slm-is's pretraining)."""
+    distils); parts: costs spent before this stage that count as specialization (slm-is's pretraining); src_sha:
+    the sha256 of `src` taken when it was loaded (fingerprint.parent_sha256), what results.json records as
+    parent.weights even if `src` is replaced while this runs."""
     out = specialize_dir(cfg, domain, domain_tokens)
     t0 = time.time()
     check_vocab(model, data, str(src or "a new model"))
-    before = measure(model, data, domain, cfg, log, "before fine-tuning")
+    # unchanged weights and test splits: the numbers of the last run (a rerun with another fine-tuning budget)
+    before = measure_before(model, data, domain, cfg, out, log, measure, write=dist.is_main())
     parts = dict(parts or {})
     if tune is None:
         r, extra = finetune(cfg, data, model, FineTuning(domain, out, domain_tokens), resume, log), {}
@@ -196,6 +212,9 @@ def specialize_model(cfg: Config, data: PreparedData, domain: str, model, src: P
         parts.update(tune_parts)
     parts["finetune"], every = finetune_costs(model.args, r.summary(), cfg.finetune.seq_len)
     after = measure(model, data, domain, cfg, log, "after fine-tuning")
+    if src_sha is not None:
+        # run_specialize puts it in the fingerprint (slm-d's extra brings its teacher's)
+        extra = {**extra, "read": {**extra.get("read", {}), "parent.weights": src_sha}}
     return SpecializeResults(
         domain=domain, method=cfg.method, pretrained_from=str(src) if src else None,
         domain_train_tokens=len(domain_train_tokens(data, domain, domain_tokens)) - 1,

@@ -75,7 +75,8 @@ def specialize(cfg: Config, data: PreparedData, domain: str, resume: bool = True
     if not (src / "model.safetensors").exists():
         raise missing_start(src, f"{recipe_command('importance')} --domain {domain}")
     parts = {"importance_pretraining": StageCost.from_dict((read_summary(src.parent) or {}).get("cost"))}
-    return specialize_model(cfg, data, domain, load_start(src, cfg), src, resume, log, domain_tokens, parts=parts)
+    model, sha = load_start(src, cfg)
+    return specialize_model(cfg, data, domain, model, src, resume, log, domain_tokens, parts=parts, src_sha=sha)
 
 
 def _grid_pretrain(cfg: Config, data, domains: list[str], log) -> None:
@@ -83,5 +84,6 @@ def _grid_pretrain(cfg: Config, data, domains: list[str], log) -> None:
         pretrain(cfg, data, log=log, domain=d)
 
 
-SLM_IS = Method("slm-is", pretrain=pretrain, specialize=specialize, check=check_window, own_pretraining=False,
+SLM_IS = Method("slm-is", pretrain=pretrain, specialize=specialize, check=check_window,
+                start=lambda cfg, domain: (pretrain_dir(cfg, domain) / "final", "model"), own_pretraining=False,
                 pretrain_summary=lambda cfg: None, grid_pretrain=_grid_pretrain, clusterings=("k_importance",))

@@ -64,4 +64,7 @@ class Method:
     # a generic pretraining of its own in pretrain_dir (the grid's learning-rate sweep picks its rate by its
     # validation loss); False: none (slm-nopt), one per domain (slm-is) or others' (slm-d)
     own_pretraining: bool = True
+    # start(cfg, domain) -> (the pretrained model folder specialize() fine-tunes, the config section describing it):
+    # its shape is read from there (parent.adopt_shape); None: the method checks its own start
+    start: Callable[[Config, str], tuple] | None = None
     select: str = ""  # the selection rule (cfg.select) that "auto" means for it; "" = it picks no starting SLM

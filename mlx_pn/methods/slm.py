@@ -14,8 +14,9 @@ from mlx_pn.data.prepare import GENERIC, PreparedData
 from mlx_pn.methods.finetune import FineTuning, finetune, specialize_model
 from mlx_pn.methods.layout import BASE_METHOD, pretrain_dir
 from mlx_pn.methods.method import Method
+from mlx_pn.methods.parent import load_parent
 from mlx_pn.methods.results import SpecializeResults
-from mlx_pn.models.build import build_model, load_model, model_args
+from mlx_pn.models.build import build_model, model_args
 from mlx_pn.train.stage import Stage, run_stage
 
 
@@ -31,13 +32,14 @@ def missing_start(src: Path, how: str) -> ConfigError:
 
 
 def load_start(src: Path, cfg: Config, section: str = "model"):
-    """The pretrained model a specialization starts from; a ConfigError naming the command that makes it, or
-    the keys where it differs from the model cfg.<section> describes (model; large for llm)."""
+    """(the pretrained model a specialization starts from, the sha256 of the weights loaded: parent.load_parent);
+    a ConfigError naming the command that makes it, or the keys where it differs from the model cfg.<section>
+    describes (model; large for llm) once methods.specialize has read the checkpoint's shape (parent.adopt_shape)."""
     if not (src / "model.safetensors").exists():
         raise missing_start(src, f"{recipe_command('pretrain')} --method {cfg.method}")
-    model = load_model(src)
+    model, sha = load_parent(src)
     check_same_args(model, cfg, section, src)
-    return model
+    return model, sha
 
 
 def check_same_args(model, cfg: Config, section: str, src: Path) -> None:
@@ -85,9 +87,15 @@ def _specialize_plain(section: str):
                    domain_tokens: int = 0) -> SpecializeResults:
         """Fine-tune the method's own pretrained model (OUT/pretrain[-METHOD]/final, cfg.<section>) on the domain."""
         src = pretrain_dir(cfg) / "final"
-        return specialize_model(cfg, data, domain, load_start(src, cfg, section), src, resume, log, domain_tokens)
+        model, sha = load_start(src, cfg, section)
+        return specialize_model(cfg, data, domain, model, src, resume, log, domain_tokens, src_sha=sha)
 
     return specialize
+
+
+def _own_final(section: str):
+    """Method.start of a method that fine-tunes its own pretraining's final/ (described by cfg.<section>)."""
+    return lambda cfg, domain: (pretrain_dir(cfg) / "final", section)
 
 
 specialize_pretrained = _specialize_plain("model")
@@ -97,9 +105,9 @@ def large_model_flops(cfg: Config, vocab: int, k: int) -> float:
     return train_flops_per_token(model_args(cfg.large, vocab, "large"), cfg.pretrain.seq_len)
 
 
-SLM = Method("slm", pretrain=_pretrain_plain("model"), specialize=specialize_pretrained)
+SLM = Method("slm", pretrain=_pretrain_plain("model"), specialize=specialize_pretrained, start=_own_final("model"))
 LLM = Method("llm", pretrain=_pretrain_plain("large"), specialize=_specialize_plain("large"),
-             flops_per_token=large_model_flops)
+             flops_per_token=large_model_flops, start=_own_final("large"))
 
 
 # --- slm-nopt ---------------------------------------------------------------------------------------

@@ -41,6 +41,13 @@ def claim_outputs(cfg) -> None:
         claim_output(cfg.data.dir, "--data.dir")
 
 
+def _lost_peer(e: Exception) -> str | None:
+    """A data-parallel rank whose peer went away (mlx_pn.train.distributed.lost_peer); only a process that joined a
+    group (imported that module) can meet one."""
+    dist = sys.modules.get("mlx_pn.train.distributed")
+    return dist.lost_peer(e) if dist is not None else None
+
+
 @contextmanager
 def clear_errors(cfg=None):
     """cfg: claim its output folders first (claim_outputs). Known, user-fixable errors print one line (what, where, how to fix) and exit 2, as do a full disk and a
@@ -56,7 +63,7 @@ def clear_errors(cfg=None):
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as interrupt.Terminated
         interrupt.exit_interrupted(e)
     except Exception as e:  # noqa: BLE001 - re-raised unless it is one of ours
-        err = e if isinstance(e, known_errors()) else write_error(e, None)
+        err = e if isinstance(e, known_errors()) else write_error(e, None) or _lost_peer(e)
         if err is None:
             raise
         print(f"error: {err}", file=sys.stderr)

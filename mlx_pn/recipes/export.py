@@ -62,9 +62,9 @@ def main(argv=None):
         suffix = f"-q{args.quantize}" if args.quantize else ""
         folder = "export" if cfg.method == "slm" else f"export-{cfg.method}"
         dest = Path(args.to) if args.to else Path(cfg.out) / folder / f"{cfg.domain}{suffix}"
-        # a specialization still writing its folder (between final/ and results.json) holds its lock: wait for it
-        stage = src.parent if (src.parent / runlock.LOCK).exists() else None
-        with runlock.hold(stage or src, print, enabled=stage is not None):
+        # a specialization still writing its folder (between final/ and results.json) holds its lock: wait for it;
+        # a reader's lock, so that exports of one model (e.g. plain and quantized) run at once
+        with runlock.reading(src.parent):
             report = export_mlx_lm(load_model(src), tok, dest, quantize=args.quantize, group_size=args.group_size,
                                    dtype=args.dtype, force=args.force, card_from=src, base_model=args.base_model,
                                    log=print)

@@ -11,6 +11,8 @@ report perplexity on the domain's and the generic test split before and after.
 --select (slm-pn, slm-mix, slm-hn): most-frequent | best-loss | all | histogram (pn/hn) | auto.
 slm-d distills the llm fine-tuned on the same domain (run `--method llm` first); --distill.* sets the
 temperature, the mixing weight alpha, top_k and whether teacher outputs are cached on disk or computed live.
+The model's shape is read from the pretrained checkpoint: --model.* flags given to pretrain need not be repeated
+(a flag set to another value than the checkpoint's is refused).
 Results: OUT/specialize/DOMAIN/results.json (slm) or OUT/specialize-METHOD/DOMAIN/results.json; the
 model in final/ next to it is a plain Transformer (`mlx-pn export` exports it).
 """

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Sequence, TypeVar
 
 import mlx.core as mx
@@ -57,6 +58,26 @@ def _launched() -> bool:
     keys = ("MLX_RANK", "MLX_HOSTFILE", "MLX_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MLX_IBV_DEVICES",
             "MLX_JACCL_COORDINATOR")
     return any(os.environ.get(k) for k in keys)
+
+
+# how MLX's backends word a collective that failed because another rank went away: "[ring] connection to a peer
+# was lost", "[nccl] ...", "[mpi] ..." (a RuntimeError raised where the collective is evaluated)
+_BACKEND_ERROR = re.compile(r"^\[(ring|nccl|mpi|jaccl)\] ")
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """One line for a collective that failed because another rank stopped (this rank named, where training was,
+    what to do); None for any other error."""
+    from mlx_pn import interrupt
+
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if not isinstance(e, RuntimeError) or not _BACKEND_ERROR.match(text):
+        return None
+    r, n = interrupt.rank()
+    at = interrupt.where()
+    return (f"rank {r} of {n} lost the data-parallel group ({text}): another rank stopped or its host became "
+            f"unreachable{'; ' + at if at else ''}; rerun the same launch command on every host to resume from "
+            f"rank 0's last checkpoint")
 
 
 def resolve(group) -> tuple[mx.distributed.Group | None, int, int]:

@@ -131,8 +131,16 @@ def run_specialize(out: Path, resume: bool, log, what: str, fingerprint_of: Call
             return old
         # --no-resume: the loop moves the old run's files aside (once this stage's model is built and checked)
         results = run()
-        # written here, once and with its fingerprint: a results.json never lacks what "already done" compares
-        results["fingerprint"] = fingerprint_of(results)
+        # written here, once and with its fingerprint: a results.json never lacks what "already done" compares.
+        # results["read"]: hashes taken when the inputs were loaded (the parent's weights), which win over the
+        # files as they are now: a `pretrain --no-resume` may have replaced the parent meanwhile
+        read = results.pop("read", {})
+        now = fingerprint_of(results)
+        changed = [k for k, v in read.items() if k in now and now[k] != v]
+        if changed:
+            log(f"{what}: {', '.join(changed)} changed on disk while this ran (another command replaced it); "
+                f"results.json records what training started from, and the next run will say it is stale")
+        results["fingerprint"] = now | read
         if main:
             write_json_atomic(results_path, results)
         return results
