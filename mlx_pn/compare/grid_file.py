@@ -56,7 +56,7 @@ def load_grid(path: str | Path | None = None) -> dict:
         rows, sizes, tokens, axis = expand(rows, settings, data.get("tokens_per_size") or _tokens_per_size(cells,
                                                                                                            labels))
     else:
-        one_setting(rows, path)
+        one_setting(rows, path, fix)
         sizes = [str(s) for s in data.get("sizes") or sorted({s for r in rows for s in r["after"]}, key=int)]
         tokens = data.get("tokens_per_size") or _tokens_per_size(cells, sizes)
         with_cap_hits(rows, cells)
@@ -126,15 +126,15 @@ grid with settings). Rows that have it keep theirs."""
                 r["cap_hit"] = got
 
 
-def one_setting(rows: list[dict], path) -> None:
+def one_setting(rows: list[dict], path, fix: str) -> None:
     """A grid without `settings` has one fine-tuning setting: each (row, budget) once."""
     seen = set()
     for r in rows:
         key = (r["row"], r.get("budget"))
         if key in seen:
             raise _fail(path, "rows", f"row {r['row']!r} appears twice at budget {r.get('budget')} and the file has no "
-                        "`settings` telling the two apart", "rebuild it with `mlx-pn compare --report-only`, which "
-                        "records each setting's label, data size, step cap and selection rule")
+                        "`settings` telling the two apart", f"{fix} (rebuild it with --report-only: it records each "
+                        "setting's label, data size, step cap and selection rule)")
         seen.add(key)
 
 
