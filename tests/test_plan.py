@@ -262,6 +262,18 @@ def test_settings_cap_hits_and_packing(tmp_path):
     assert again["rows"] == grid["rows"] and again["tokens_per_size"] == grid["tokens_per_size"]
 
 
+def test_settings_of_sizes_only_have_no_axis(tmp_path):
+    """A grid whose settings are data sizes alone (no caps or rules: labels "0", "2048") keeps its sizes."""
+    rows = [srow("slm", 1e12, {"2048": (60.0, 1.0, 1e11), "0": (40.0, 1.0, 1e11)})]
+    cells = [{"size": "2048", "domain_tokens": 2048}, {"size": "0", "domain_tokens": 300_000}]
+    grid = settings_grid(tmp_path, rows, [{"label": "0", "size": 0, "cap": None, "select": ""},
+                                          {"label": "2048", "size": 2048, "cap": None, "select": ""}], cells)
+    assert grid["axis"] is None and grid["sizes"] == ["0", "2048"]
+    assert grid["tokens_per_size"] == {"0": 300_000, "2048": 2048}
+    p = plan(grid, Budgets(n_domains=1, pretrain_flops=1e12, specialize_flops=1e11, domain_tokens=2048))
+    assert p["methods"]["slm"]["ppl"] == 60.0 and p["methods"]["slm"]["spec_setting"] is None
+
+
 def test_an_old_grid_without_settings_still_plans():
     """docs/compare-cpu (numbers keyed by data size, no settings): one fine-tuning setting, no axis."""
     path = REPO / "docs" / "compare-cpu" / "results.json"
