@@ -63,7 +63,7 @@ def test_wheel_holds_recipes_presets_and_bundled_data(installed):
     assert "mlx_pn/data/bundled/README.md" in names
     assert sum(n.startswith("mlx_pn/data/bundled/") and n.endswith(".jsonl.gz") for n in names) >= 4
     assert "mlx_pn/lm.py" in names and "mlx_pn/model_card.py" in names
-    assert "mlx_pn/compare/grids/compare-cpu.json" in names  # the grid `mlx-pn plan` reads by default
+    assert "mlx_pn/compare/grids/compare-d128.json" in names  # the grid `mlx-pn plan` reads by default
     assert not any(n.startswith(("recipes/", "tests/", "tools/")) for n in names)  # no top-level packages
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "mlx-pn = mlx_pn.recipes:main" in zipfile.ZipFile(wheel).read(entry).decode()
@@ -78,9 +78,9 @@ def test_installed_commands_and_tiny_pretrain_from_another_directory(installed, 
     assert all(f"  {r}" in top for r in RECIPES + ["lm"]), top
     qs = _run([mlx_pn, "quickstart", "--help"], cwd=tmp_path, env=env).stdout
     assert "usage: mlx-pn quickstart" in qs and "--pretrain.lr" in qs and "configs/quickstart.yaml" in qs
-    plan = _run([mlx_pn, "plan", "--n-domains", "3", "--pretrain-budget", "8e11", "--specialize-budget", "1e11",
+    plan = _run([mlx_pn, "plan", "--n-domains", "3", "--pretrain-budget", "2.4e13", "--specialize-budget", "5e12",
                  "--out", "plan"], cwd=tmp_path, env=env).stdout
-    assert "Grid: the packaged compare-cpu.json" in plan and "Recommendation: " in plan  # shipped in the wheel
+    assert "Grid: the packaged compare-d128.json" in plan and "Recommendation: slm" in plan  # shipped in the wheel
     assert (tmp_path / "plan" / "plan.json").is_file() and (tmp_path / "plan" / "total_cost_vs_domains.png").is_file()
     lm = _run([mlx_pn, "lm", "--help"], cwd=tmp_path, env=env).stdout
     assert "perplexity" in lm and "generate" in lm

@@ -162,19 +162,127 @@ def test_interpolated_between_data_sizes_and_outside_them(tmp_path):
     assert p["methods"]["slm"]["ppl"] == 60.0 and not p["methods"]["slm"]["outside"]
 
 
-@pytest.mark.parametrize("field", ["spec_budget", "ft_cap"])  # a known name, or any field telling rows apart
-def test_a_specialization_budget_axis_is_picked_by_the_users_budget(tmp_path, field):
-    # measurements that differ between the two (wall seconds) are not taken for the axis
-    rows = [row("slm", 1, 1e12, 100.0, 2.0, 1e11, pretrain_wall_s=10.0, **{field: "300 steps"}),
-            row("slm", 1, 1e12, 70.0, 2.0, 6e11, pretrain_wall_s=11.0, **{field: "early stopping"})]
-    grid, p = plan_of(tmp_path, rows, specialize_flops=2e11)
-    assert grid["axis"] == field
-    e = p["methods"]["slm"]
-    assert e["spec_setting"] == "300 steps" and e["ppl"] == 100.0
-    assert e["alternatives"][0]["spec_setting"] == "early stopping" and not e["alternatives"][0]["fits"]
-    _, p = plan_of(tmp_path, rows, specialize_flops=1e12)  # both fit: the better one
-    assert p["methods"]["slm"]["spec_setting"] == "early stopping" and p["methods"]["slm"]["ppl"] == 70.0
-    assert f"[{field} = early stopping]" in plan_text(grid, p)
+CAP = {"label": "0:cap200", "size": 0, "cap": 200, "select": ""}
+EARLY = {"label": "0:early", "size": 0, "cap": 0, "select": ""}
+BEST_LOSS = {"label": "0:cap200-best-loss", "size": 0, "cap": 200, "select": "best-loss"}
+HISTOGRAM = {"label": "0:cap200-histogram", "size": 0, "cap": 200, "select": "histogram"}
+
+
+def srow(name, pre, numbers, params=1000):
+    """A row of a grid with settings (mlx_pn.compare.grid.collect): numbers keyed by setting label;
+    numbers: {label: (ppl, ci, specialization FLOPs per domain)}."""
+    return {"row": name, "method": name, "budget": 1, "params": params, "pretrain_flops": pre,
+            "after": {k: v[0] for k, v in numbers.items()}, "after_ci": {k: v[1] for k, v in numbers.items()},
+            "after_n": {k: 5 for k in numbers}, "specialize_flops": {k: v[2] for k, v in numbers.items()}}
+
+
+def settings_grid(tmp_path, rows, settings, cells=None):
+    cells = cells if cells is not None else [{"size": s["label"], "domain_tokens": 50_000} for s in settings]
+    p = tmp_path / "results.json"
+    p.write_text(json.dumps({"domains": ["a", "b"], "settings": settings, "sizes": [s["label"] for s in settings],
+                             "seeds": [0, 1, 2, 3, 4], "rows": rows, "cells": cells, "config": {}}))
+    return load_grid(p)
+
+
+def splan(grid, spec, n=1, pre=1e12):
+    return plan(grid, Budgets(n_domains=n, pretrain_flops=pre, specialize_flops=spec))
+
+
+def test_the_settings_give_the_specialization_budget_axis(tmp_path):
+    """A grid's plain settings are its specialization budgets, each at its measured cost: the user's budget takes
+    the best setting that fits, never one that costs more."""
+    rows = [srow("slm", 1e12, {"0:cap200": (30.0, 1.0, 1e11), "0:early": (20.0, 1.0, 6e11)}),
+            srow("llm", 1e12, {"0:cap200": (29.0, 1.0, 3e11), "0:early": (19.0, 1.0, 2e12)}, params=5000)]
+    grid = settings_grid(tmp_path, rows, [CAP, EARLY])
+    assert grid["axis"] == "fine-tuning" and grid["sizes"] == ["0"] and grid["tokens_per_size"] == {"0": 50_000}
+    p = splan(grid, 2e11)  # the 200-step cap fits, early stopping does not
+    slm = p["methods"]["slm"]
+    assert slm["fits"] and slm["spec_setting"] == "<= 200 steps" and slm["ppl"] == 30.0
+    assert slm["c_specialize"] == 1e11 and slm["c_total"] == pytest.approx(1e12 + 1e11)
+    (alt,) = slm["alternatives"]
+    assert alt["spec_setting"] == "early stopping" and not alt["fits"] and alt["ppl"] == 20.0
+    assert "specialization costs 6e+11 FLOPs per domain > your specialization budget 2e+11" in alt["why"]
+    assert not p["methods"]["llm"]["fits"] and p["recommendation"]["method"] == "slm"
+    assert "slm [fine-tuning = <= 200 steps]: measured at pretraining" in plan_text(grid, p)
+    p = splan(grid, 5.99e11)  # just under early stopping's cost: still the cap
+    assert p["methods"]["slm"]["spec_setting"] == "<= 200 steps"
+    p = splan(grid, 6e11)  # early stopping fits the slm (better), the llm only its cap
+    assert p["methods"]["slm"]["spec_setting"] == "early stopping" and p["methods"]["slm"]["ppl"] == 20.0
+    assert p["methods"]["llm"]["spec_setting"] == "<= 200 steps" and p["methods"]["llm"]["ppl"] == 29.0
+    assert p["recommendation"]["method"] == "slm"
+    p = splan(grid, 3e12)  # both settings fit both: each its better one
+    assert p["methods"]["llm"]["spec_setting"] == "early stopping" and p["methods"]["llm"]["ppl"] == 19.0
+    rec = p["recommendation"]  # 19 +- 1 and 20 +- 1 overlap: the cheaper total, within 5% of the worst case
+    assert rec["method"] == "slm" and "no difference from llm" in rec["reason"] and "cheaper for N=1" in rec["reason"]
+    for e in splan(grid, 4e11)["methods"].values():
+        assert not e["fits"] or e["c_specialize"] <= 4e11
+
+
+def test_a_selection_rule_replaces_the_own_only_beyond_the_noise(tmp_path):
+    own = (42.0, 0.5, 1e11)
+    rows = [srow("slm-mix", 1e12, {"0:cap200": own, "0:early": (21.0, 0.3, 9e11),
+                                   "0:cap200-best-loss": (40.0, 0.7, 1.1e11), "0:cap200-histogram": (41.8, 1.0, 1e11)}),
+            srow("slm", 1e12, {"0:cap200": (26.0, 0.4, 1e11), "0:early": (19.0, 0.4, 9e11)})]
+    grid = settings_grid(tmp_path, rows, [CAP, EARLY, BEST_LOSS, HISTOGRAM])
+    e = splan(grid, 2e11)["methods"]["slm-mix"]  # best-loss: [39.3, 40.7] lies below the own [41.5, 42.5]
+    assert e["select"] == "best-loss" and e["ppl"] == 40.0 and e["c_specialize"] == 1.1e11
+    assert e["own_rule"]["ppl"] == 42.0 and e["spec_setting"] == "<= 200 steps"
+    assert any("selection rule best-loss beats the row's own rule beyond the noise" in n for n in e["notes"])
+    grid_text = plan_text(grid, splan(grid, 2e11))
+    assert "slm-mix [fine-tuning = <= 200 steps, selection rule best-loss]" in grid_text
+    e = splan(grid, 1.05e11)["methods"]["slm-mix"]  # best-loss costs more than the budget; histogram overlaps
+    assert e["select"] is None and e["ppl"] == 42.0
+    assert any("none beats the row's own rule beyond the noise" in n for n in e["notes"])
+    assert splan(grid, 2e11)["methods"]["slm"].get("select") is None  # a row without rules: nothing to say
+    # a lower mean inside the noise, or one seed (no interval), keeps the row's own rule
+    for rule in ((41.6, 0.5, 1e11), (30.0, None, 1e11)):
+        rows[0]["after"]["0:cap200-best-loss"], rows[0]["after_ci"]["0:cap200-best-loss"], _ = rule
+        grid = settings_grid(tmp_path, rows, [CAP, EARLY, BEST_LOSS, HISTOGRAM])
+        e = splan(grid, 2e11)["methods"]["slm-mix"]
+        assert e["select"] is None and e["ppl"] == 42.0, rule
+    # with early stopping affordable, the better setting wins whatever the cap's rules
+    assert splan(grid, 1e12)["methods"]["slm-mix"]["spec_setting"] == "early stopping"
+
+
+def test_settings_cap_hits_and_packing(tmp_path):
+    """Cells are counted per setting label (the cap stopped them, or early stopping did); a packed grid keeps
+    the settings and plans as the full one."""
+    cells = [{"row": "slm", "budget": 1, "size": "0:cap200", "domain_tokens": 50_000, "stopped_by": "steps",
+              "finetune_steps": 200, "best_step": 200},
+             {"row": "slm", "budget": 1, "size": "0:early", "domain_tokens": 50_000, "stopped_by": "early stopping",
+              "finetune_steps": 700, "best_step": 500}]
+    rows = [srow("slm", 1e12, {"0:cap200": (30.0, 1.0, 1e11), "0:early": (20.0, 1.0, 6e11)})]
+    grid = settings_grid(tmp_path, rows, [CAP, EARLY], cells)
+    assert [r["cap_hit"] for r in grid["rows"]] == [{"0": [1, 1]}, {"0": [0, 1]}]
+    assert splan(grid, 2e11)["methods"]["slm"]["cap_hit"] == [1, 1]
+    packed = pack(json.loads((tmp_path / "results.json").read_text()), "x")
+    assert packed["settings"] == [CAP, EARLY] and "cells" not in packed
+    (tmp_path / "packed.json").write_text(json.dumps(packed))
+    again = load_grid(tmp_path / "packed.json")
+    assert again["rows"] == grid["rows"] and again["tokens_per_size"] == grid["tokens_per_size"]
+
+
+def test_settings_of_sizes_only_have_no_axis(tmp_path):
+    """A grid whose settings are data sizes alone (no caps or rules: labels "0", "2048") keeps its sizes."""
+    rows = [srow("slm", 1e12, {"2048": (60.0, 1.0, 1e11), "0": (40.0, 1.0, 1e11)})]
+    cells = [{"size": "2048", "domain_tokens": 2048}, {"size": "0", "domain_tokens": 300_000}]
+    grid = settings_grid(tmp_path, rows, [{"label": "0", "size": 0, "cap": None, "select": ""},
+                                          {"label": "2048", "size": 2048, "cap": None, "select": ""}], cells)
+    assert grid["axis"] is None and grid["sizes"] == ["0", "2048"]
+    assert grid["tokens_per_size"] == {"0": 300_000, "2048": 2048}
+    p = plan(grid, Budgets(n_domains=1, pretrain_flops=1e12, specialize_flops=1e11, domain_tokens=2048))
+    assert p["methods"]["slm"]["ppl"] == 60.0 and p["methods"]["slm"]["spec_setting"] is None
+
+
+def test_an_old_grid_without_settings_still_plans():
+    """docs/compare-cpu (numbers keyed by data size, no settings): one fine-tuning setting, no axis."""
+    path = REPO / "docs" / "compare-cpu" / "results.json"
+    grid, docs = load_grid(path), json.loads(path.read_text())
+    assert grid["axis"] is None and grid["sizes"] == ["0"]
+    slm = max((r for r in docs["rows"] if r["row"] == "slm"), key=lambda r: r["budget"])
+    e = plan(grid, Budgets(n_domains=1, pretrain_flops=slm["pretrain_flops"],
+                           specialize_flops=slm["specialize_flops"]["0"]))["methods"]["slm"]
+    assert e["fits"] and e["spec_setting"] is None and e["ppl"] == pytest.approx(slm["after"]["0"])
 
 
 def test_one_seed_has_no_interval_and_is_not_told_apart(tmp_path):
@@ -197,6 +305,13 @@ def test_one_seed_has_no_interval_and_is_not_told_apart(tmp_path):
      "rows[0].specialize_flops.0: 0 is not a number > 0"),
     ({"rows": [{"row": "slm", "after": {"0": 89}, "pretrain_flops": 1, "specialize_flops": {}, "params": 2.5}]},
      "rows[0].params: 2.5 is not a parameter count"),
+    ({"rows": [{"row": "slm", "after": {"0": 89}, "pretrain_flops": 1, "specialize_flops": {}}] * 2},
+     "rows: row 'slm' appears twice at budget None and the file has no `settings`"),
+    ({"rows": [{"row": "slm", "after": {"0": 89}, "pretrain_flops": 1, "specialize_flops": {}}],
+      "settings": [{"label": "0", "size": "all", "cap": 0, "select": ""}]}, "settings[0].size:"),
+    ({"rows": [{"row": "slm", "after": {"0": 89}, "pretrain_flops": 1, "specialize_flops": {}}],
+      "settings": [{"label": "0:best-loss", "size": 0, "cap": 0, "select": "best-loss"}]},
+     "settings: no setting with the rows' own selection rule"),
 ])
 def test_bad_grid_files_name_the_file_field_and_fix(tmp_path, content, field):
     p = tmp_path / "results.json"
@@ -216,18 +331,26 @@ def test_the_packaged_grid_is_the_docs_grid_packed():
 
 
 def test_the_packaged_grid_answers_as_measured():
-    """At the grid's own largest budget, every method's figure is its row in the docs grid's results.json."""
+    """At the grid's pretraining budget, a specialization budget of the slm's 200-step cost gives every shared
+    method its 200-step figure (early stopping costs more), one of the largest early-stopping cost gives each its
+    early-stopping figure: the docs grid's results.json rows, never a setting that costs more than the budget."""
     grid = load_grid()
     docs = json.loads((REPO / json.loads(DEFAULT_GRID.read_text())["source"]).read_text())
-    slm = next(r for r in docs["rows"] if r["row"] == "slm" and r["budget"] == max(docs["budgets"]))
-    p = plan(grid, Budgets(n_domains=7, pretrain_flops=slm["pretrain_flops"],
-                           specialize_flops=slm["specialize_flops"]["0"]))
-    for name in ("slm", "slm-pn", "slm-mix"):
-        want = next(r for r in docs["rows"] if r["row"] == name and r["budget"] == max(docs["budgets"]))
-        e = p["methods"][name]
-        assert e["fits"] and e["ppl"] == pytest.approx(want["after"]["0"]) and e["ci"] == pytest.approx(
-            want["after_ci"]["0"])
-    assert p["recommendation"]["method"] in p["recommendation"]["tied"]
+    by = {r["row"]: r for r in docs["rows"]}
+    pre = max(r["pretrain_flops"] for r in docs["rows"])
+    shared = ("slm", "slm-pn", "slm-hn")
+    for spec, label, setting in ((by["slm"]["specialize_flops"]["0:cap200"], "0:cap200", "<= 200 steps"),
+                                 (max(by[k]["specialize_flops"]["0:early"] for k in shared), "0:early",
+                                  "early stopping")):
+        p = plan(grid, Budgets(n_domains=7, pretrain_flops=pre, specialize_flops=spec))
+        for name in shared:
+            e = p["methods"][name]
+            assert e["fits"] and e["spec_setting"] == setting, (name, spec)
+            assert e["ppl"] == pytest.approx(by[name]["after"][label]), (name, label)
+            assert e["ci"] == pytest.approx(by[name]["after_ci"][label])
+        for e in p["methods"].values():
+            assert not e["fits"] or e["c_specialize"] <= spec * (1 + 1e-9)
+        assert p["recommendation"]["method"] in p["recommendation"]["tied"]
 
 
 def _cli(*args, cwd):
@@ -240,9 +363,9 @@ def test_cli_help_and_a_real_run(tmp_path):
     h = _cli("--help", cwd=REPO)
     assert h.returncode == 0, h.stderr
     for opt in ("--n-domains", "--pretrain-budget", "--specialize-budget", "--domain-tokens", "--max-params", "--grid",
-                "--out", "--rate", "compare-cpu.json"):
+                "--out", "--rate", "compare-d128.json"):
         assert opt in h.stdout, opt
-    assert "packedfromdocs/compare-cpu/results.json" in "".join(h.stdout.split())  # argparse wraps at hyphens
+    assert "packedfromdocs/compare-d128/results.json" in "".join(h.stdout.split())  # argparse wraps at hyphens
     rows = SLM + [row("slm-is", 1, 0.0, 60.0, 3.0, 5e11)]
     grid = write_grid(tmp_path, rows)
     # 1h at 1e9 FLOP/s = 3.6e12 of pretraining (above the measured range), 500s = 5e11 per domain: slm-is fits
@@ -258,6 +381,27 @@ def test_cli_help_and_a_real_run(tmp_path):
     assert "Recommendation: slm-is" in r.stdout and "stops paying" in r.stdout
     png = tmp_path / "plan" / "total_cost_vs_domains.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_cli_on_the_packaged_grid_picks_the_setting_that_fits(tmp_path):
+    """`mlx-pn plan` without --grid, from a subprocess: the packaged grid's settings at two specialization
+    budgets, as the planner computes them in this process."""
+    grid = load_grid()
+    pre = max(r["pretrain_flops"] for r in grid["rows"]) * 1.02
+    for spec in (5e12, 1.5e13):
+        out = tmp_path / f"p{spec:g}"
+        r = _cli("--n-domains", "3", "--pretrain-budget", f"{pre:.6g}", "--specialize-budget", f"{spec:g}",
+                 "--out", str(out), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        got = json.loads((out / "plan.json").read_text())
+        want = plan(grid, Budgets(n_domains=3, pretrain_flops=float(f"{pre:.6g}"), specialize_flops=spec))
+        assert got["recommendation"]["method"] == want["recommendation"]["method"]
+        for name, e in want["methods"].items():
+            assert got["methods"][name]["spec_setting"] == e["spec_setting"]
+            assert got["methods"][name]["fits"] == e["fits"]
+            assert not e["fits"] or e["c_specialize"] <= spec
+        assert "Grid: the packaged compare-d128.json" in r.stdout and f"Recommendation: {want['recommendation']['method']}" in r.stdout
 
 
 @pytest.mark.slow

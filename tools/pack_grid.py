@@ -1,7 +1,8 @@
 """Pack a comparison grid's results.json into the copy `mlx-pn plan` ships and reads by default: only the rows'
-means, intervals, costs and parameters, the data sizes in tokens and the model config (no per-cell configs).
+means, intervals, costs and parameters, the grid's settings (data size, step cap, selection rule per label), the
+data sizes in tokens and the model config (no per-cell configs).
 
-    python -m tools.pack_grid docs/compare-cpu/results.json        # -> mlx_pn/compare/grids/compare-cpu.json
+    python -m tools.pack_grid docs/compare-d128/results.json       # -> mlx_pn/compare/grids/compare-d128.json
 
 The name is the grid's folder; the default grid is mlx_pn.compare.grid_file.DEFAULT_GRID (one line to change).
 """

@@ -1,8 +1,10 @@
 """A grid's results.json as the planner reads it (mlx_pn.compare.plan): checked, and packed small enough to ship.
 
 The reader is tolerant: it needs only `rows` (the per-budget means with their intervals, results.aggregate) and
-`sizes`; the actual domain tokens per size come from `cells` (or the packed `tokens_per_size`); a
-specialization-budget axis (a fine-tuning step cap beside early stopping) is used when the rows carry one.
+`sizes`; the actual domain tokens per size come from `cells` (or the packed `tokens_per_size`). A grid that
+records `settings` (mlx_pn.compare.grid.collect: per label a data size, a fine-tuning step cap and a selection
+rule) gives the specialization-budget axis: its caps (a small fixed number of steps beside early stopping), each
+at its measured specialization cost (mlx_pn.compare.grid_settings). Older grids key their numbers by data size.
 """
 
 from __future__ import annotations
@@ -12,22 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_pn.compare.grid_settings import check_settings, expand
 from mlx_pn.config import ConfigError
 
 # The grid `mlx-pn plan` reads without --grid: a packed copy of a grid under docs/ (tools/pack_grid.py writes it).
 # To ship another grid, pack it and change this one line.
-DEFAULT_GRID = Path(__file__).resolve().parent / "grids" / "compare-cpu.json"
+DEFAULT_GRID = Path(__file__).resolve().parent / "grids" / "compare-d128.json"
 
-# Names a row's specialization-budget field may have (the first present is the axis); without one, rows that
-# repeat a (row, budget) pair are told apart by whichever scalar field differs between them.
-SPEC_AXIS_KEYS = ("spec_budget", "specialization_budget", "specialize_budget", "finetune_budget", "finetune_cap")
-
-# measurements, never the axis (recipes.compare's results.aggregate: they may differ between two rows of one setting)
-_MEASURED = {"pretrain_flops", "pretrain_wall_s", "generic_valid_ppl", "expert_cosine", "params", "seeds", "before",
-             "after", "bpb_after", "specialize_flops", "specialize_wall_s", "cap_hit"}
 _ROW_KEYS = ("row", "after", "pretrain_flops", "specialize_flops")  # what every row must have
 _KEEP = ("row", "method", "budget", "params", "pretrain_flops", "after", "after_ci", "after_n", "specialize_flops",
-         "seeds", "cap_hit") + SPEC_AXIS_KEYS  # what pack() keeps of a row
+         "seeds", "cap_hit")  # what pack() keeps of a row
 
 
 def _fail(path, field: str, what: str, fix: str) -> ConfigError:
@@ -52,18 +48,26 @@ def load_grid(path: str | Path | None = None) -> dict:
         if missing:
             raise _fail(path, f"rows[{i}].{missing[0]}", "missing", f"{fix} (rebuild it with --report-only)")
         check_row(r, f"rows[{i}]", path, fix)
-    sizes = [str(s) for s in data.get("sizes") or sorted({s for r in data["rows"] for s in r["after"]}, key=int)]
-    tokens = data.get("tokens_per_size") or _tokens_per_size(data.get("cells") or [], sizes)
+    cells, rows, axis = data.get("cells") or [], data["rows"], None
+    if "settings" in data:
+        settings = check_settings(data["settings"], path, fix)
+        labels = [s["label"] for s in settings]
+        with_cap_hits(rows, cells)  # per label, before the rows are keyed by data size
+        rows, sizes, tokens, axis = expand(rows, settings, data.get("tokens_per_size") or _tokens_per_size(cells,
+                                                                                                           labels))
+    else:
+        one_setting(rows, path, fix)
+        sizes = [str(s) for s in data.get("sizes") or sorted({s for r in rows for s in r["after"]}, key=int)]
+        tokens = data.get("tokens_per_size") or _tokens_per_size(cells, sizes)
+        with_cap_hits(rows, cells)
     for s in sizes:
         if not tokens.get(s):
             if s == "0":
                 raise _fail(path, "cells", "no cell says how many tokens 'the whole split' (size 0) is",
                             f"{fix} (its cells carry domain_tokens)")
             tokens[s] = float(s)  # a size in tokens is its own count
-    axis = spec_axis(data["rows"], path)
-    with_cap_hits(data["rows"], data.get("cells") or [], axis)
     shown = f"the packaged {path.name}, packed from {data.get('source')}" if path == DEFAULT_GRID else str(path)
-    return {"path": str(path), "shown": shown, "rows": data["rows"], "sizes": sizes, "tokens_per_size": tokens,
+    return {"path": str(path), "shown": shown, "rows": rows, "sizes": sizes, "tokens_per_size": tokens,
             "axis": axis, "domains": data.get("domains", []), "seeds": data.get("seeds", []),
             "config": data.get("config", {})}
 
@@ -101,55 +105,48 @@ def _tokens_per_size(cells: list[dict], sizes: list[str]) -> dict[str, float]:
     return out
 
 
-def with_cap_hits(rows: list[dict], cells: list[dict], axis: str | None) -> None:
+def with_cap_hits(rows: list[dict], cells: list[dict]) -> None:
     """Each row's `cap_hit` {size: [cells whose fine-tuning stopped at its step cap at its best evaluation, cells]}:
     there the cap, not the method, set the figure (validation was still falling). From `stopped_by` where cells
-    record it, else from the steps run against the cell config's finetune.steps. Rows that have it keep theirs."""
+    record it, else from the steps run against the cell config's finetune.steps (size: the cell's setting label in a
+grid with settings). Rows that have it keep theirs."""
     hits: dict[tuple, list[int]] = {}
     for c in cells:
         steps, best = c.get("finetune_steps"), c.get("best_step")
         cap = c.get("step_cap", ((c.get("config") or {}).get("finetune") or {}).get("steps"))
         capped = c["stopped_by"] == "steps" if c.get("stopped_by") else bool(cap) and steps == cap
-        h = hits.setdefault((c.get("row"), c.get("budget"), c.get(axis) if axis else None, str(c.get("size"))), [0, 0])
+        h = hits.setdefault((c.get("row"), c.get("budget"), str(c.get("size"))), [0, 0])
         h[0] += bool(capped and best == steps)
         h[1] += 1
     for r in rows:
         if "cap_hit" not in r:
-            key = (r["row"], r.get("budget"), r.get(axis) if axis else None)
+            key = (r["row"], r.get("budget"))
             got = {s: h for (*k, s), h in hits.items() if tuple(k) == key}
             if got:
                 r["cap_hit"] = got
 
 
-def spec_axis(rows: list[dict], path="results.json") -> str | None:
-    """The rows' specialization-budget field: a known name, else the one scalar field that tells apart rows
-    sharing (row, budget); None when every (row, budget) appears once."""
-    for k in SPEC_AXIS_KEYS:
-        if any(k in r for r in rows):
-            return k
-    groups: dict[tuple, list[dict]] = {}
+def one_setting(rows: list[dict], path, fix: str) -> None:
+    """A grid without `settings` has one fine-tuning setting: each (row, budget) once."""
+    seen = set()
     for r in rows:
-        groups.setdefault((r["row"], r.get("budget")), []).append(r)
-    dup = next((g for g in groups.values() if len(g) > 1), None)
-    if dup is None:
-        return None
-    differ = [k for k, v in dup[0].items() if k not in _MEASURED and not k.endswith(("_ci", "_n"))
-              and (v is None or isinstance(v, (str, int, float))) and not isinstance(v, bool)
-              and any(o.get(k) != v for o in dup[1:])]
-    if differ:  # a setting (a name, a step count) before a float that may be a measurement under another name
-        return min(differ, key=lambda k: isinstance(dup[0][k], float))
-    raise _fail(path, "rows", f"row {dup[0]['row']!r} appears twice at budget {dup[0].get('budget')} with nothing "
-                "that tells the two apart", f"give each a '{SPEC_AXIS_KEYS[0]}' field")
+        key = (r["row"], r.get("budget"))
+        if key in seen:
+            raise _fail(path, "rows", f"row {r['row']!r} appears twice at budget {r.get('budget')} and the file has no "
+                        "`settings` telling the two apart", f"{fix} (rebuild it with --report-only: it records each "
+                        "setting's label, data size, step cap and selection rule)")
+        seen.add(key)
 
 
 def pack(results: dict, source: str) -> dict:
     """The part of a results.json the planner reads (no per-cell configs): a few kB instead of MBs, to ship."""
     cfg = results.get("config", {})
     rows = [dict(r) for r in results["rows"]]
-    with_cap_hits(rows, results.get("cells", []), spec_axis(rows, source))
+    with_cap_hits(rows, results.get("cells", []))
     rows = [{k: r[k] for k in _KEEP if k in r} for r in rows]
     sizes = [str(s) for s in results["sizes"]]
-    return {"source": source, "domains": results.get("domains", []), "sizes": sizes,
+    settings = {"settings": results["settings"]} if "settings" in results else {}
+    return {"source": source, "domains": results.get("domains", []), "sizes": sizes, **settings,
             "budgets": results.get("budgets", []), "seeds": results.get("seeds", []), "rows": rows,
             "tokens_per_size": _tokens_per_size(results.get("cells", []), sizes),
             "config": {k: cfg[k] for k in ("model", "large", "pretrain", "finetune", "data", "grid") if k in cfg}}

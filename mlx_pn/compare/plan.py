@@ -5,6 +5,9 @@ costs for N domains (the paper's Eq. 1, C_total(N) = C_pretrain + N x C_speciali
 shared pretraining: what they spend is per domain), and the macro perplexity the grid measured there, with its 95%
 interval. Between two measured budgets (or domain-data sizes) the figures are interpolated linearly in log
 FLOPs (log tokens); beyond the measured range they are the nearest measurement's, and the estimate says so.
+A grid's fine-tuning settings (mlx_pn.compare.grid_settings): per method, the step cap with the lowest perplexity
+among those whose measured specialization cost fits; a selection rule other than the row's own replaces it only
+where its interval lies wholly below the own rule's (beyond the noise).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mlx_pn.compare.grid_settings import rule_rows
 from mlx_pn.costs import c_total
 
 NEAR = 0.10  # a budget up to 10% above a measured one is read as that measurement (it affords it), not interpolated
@@ -173,7 +177,7 @@ def plan(grid: dict, b: Budgets) -> dict:
     for name, by_axis in _groups(grid).items():
         ests = []
         for value, rows in by_axis.items():
-            e = estimate(rows, grid["sizes"], grid["tokens_per_size"], b)
+            e = with_rules(estimate(rows, grid["sizes"], grid["tokens_per_size"], b), rows, grid, b)
             e.update(row=name, method=rows[0].get("method", name), spec_setting=value)
             e["c_total"] = None if e["c_pretrain"] is None else c_total(e["c_pretrain"], e["c_specialize"],
                                                                          b.n_domains)
@@ -181,12 +185,40 @@ def plan(grid: dict, b: Budgets) -> dict:
         fit = [e for e in ests if e["fits"] and e["ppl"] is not None]
         best = min(fit, key=lambda e: e["ppl"]) if fit else min(
             ests, key=lambda e: math.inf if e["c_specialize"] is None else e["c_specialize"])
-        best["alternatives"] = [{k: e[k] for k in ("spec_setting", "fits", "why", "ppl", "ci", "c_specialize")}
+        best["alternatives"] = [{k: e.get(k) for k in ("spec_setting", "select", "fits", "why", "ppl", "ci",
+                                                       "c_specialize")}
                                 for e in ests if e is not best]
         methods[name] = best
     rec = recommend(methods, b.n_domains)
     return {"budgets": vars(b), "axis": grid["axis"], "methods": methods, "recommendation": rec,
             "crossovers": crossovers(methods), "crossover_ref": crossover_ref(methods, rec["method"])}
+
+
+def with_rules(own: dict, rows: list[dict], grid: dict, b: Budgets) -> dict:
+    """The row's estimate with its own selection rule, or a selection rule's that fits and beats it beyond the
+    noise (its 95% interval wholly below the own rule's); the lowest such. Notes say which, or that none did."""
+    selects = list(dict.fromkeys(t["select"] for r in rows for ts in (r.get("rules") or {}).values() for t in ts))
+    if not selects:
+        return own
+    tried = {sel: estimate(rule_rows(rows, sel), grid["sizes"], grid["tokens_per_size"], b) for sel in selects}
+    beats = {sel: e for sel, e in tried.items() if e["fits"] and e["ppl"] is not None and own["ppl"] is not None
+             and apart_below(e, own)}
+    if not beats:
+        own["notes"].append(f"selection rules {', '.join(selects)}: none beats the row's own rule beyond the noise "
+                            f"(intervals overlap, or it does not fit): its own rule is kept")
+        own["select"] = None
+        return own
+    sel = min(beats, key=lambda k: beats[k]["ppl"])
+    e = beats[sel]
+    e["notes"].append(f"selection rule {sel} beats the row's own rule beyond the noise: {_ci(e)} vs {_ci(own)} "
+                      f"(intervals apart), at {e['c_specialize']:.3g} vs {own['c_specialize']:.3g} FLOPs per domain")
+    e["select"], e["own_rule"] = sel, {k: own[k] for k in ("ppl", "ci", "lo", "hi", "c_specialize", "fits")}
+    return e
+
+
+def apart_below(a: dict, b: dict) -> bool:
+    """a is better than b beyond the noise: both have intervals and a's lies wholly below b's."""
+    return a["ci"] is not None and b["ci"] is not None and a["hi"] < b["lo"]
 
 
 def crossover_ref(methods: dict[str, dict], pick: str | None) -> str | None:

@@ -44,7 +44,9 @@ def plan_text(grid: dict, result: dict) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
     lines += ["", "Where each figure comes from (FLOPs as mlx_pn.costs counts them):"]
     for k, e in ms.items():
-        setting = "" if e.get("spec_setting") is None else f" [{result['axis']} = {e['spec_setting']}]"
+        parts = ([] if e.get("spec_setting") is None else [f"{result['axis']} = {e['spec_setting']}"]) + (
+            [f"selection rule {e['select']}"] if e.get("select") else [])
+        setting = f" [{', '.join(parts)}]" if parts else ""
         lines.append(f"  {k}{setting}: " + ("; ".join(e["notes"]) if e["fits"] or e["notes"] else e["why"]))
     capped = [f"{k} {e['cap_hit'][0]}/{e['cap_hit'][1]}" for k, e in ms.items() if (e.get("cap_hit") or [0])[0]]
     if capped:

@@ -1,14 +1,18 @@
 """Which method to train for your own budgets, read off a comparison grid's measurements (the paper's decision:
 pretraining budget, specialization budget, inference cap, in-domain data and the number of domains N).
 
-    mlx-pn plan --n-domains 7 --pretrain-budget 8e11 --specialize-budget 1e11
-    mlx-pn plan --n-domains 1 --pretrain-budget 0.5h --specialize-budget 2h --max-params 300000
+    mlx-pn plan --n-domains 7 --pretrain-budget 2.4e13 --specialize-budget 5e12
+    mlx-pn plan --n-domains 1 --pretrain-budget 2.4e13 --specialize-budget 1.5e13 --max-params 2e6
+    mlx-pn plan --n-domains 3 --pretrain-budget 0.5h --specialize-budget 10min
     mlx-pn plan --grid runs/compare-mine/results.json --n-domains 20 --domain-tokens 1e6 ...
 
 For each method of the grid: whether it fits (and why not), C_total(N) = C_pretrain + N x C_specialize (the
 paper's Eq. 1; slm-is pays its pretraining once per domain), the macro perplexity after fine-tuning with its 95%
 interval as measured at your budgets (interpolated between measured budgets; "outside the measured range" where
 your budget lies beyond them), and a recommendation with its reason ("no difference" where intervals overlap).
+A grid's fine-tuning settings (a step cap beside early stopping) are the specialization budgets: each method gets
+the best setting whose measured cost fits yours, and a selection rule other than its own only where that rule is
+better beyond the 95% intervals.
 Writes OUT/plan.json and OUT/total_cost_vs_domains.png (C_total against N, with where slm-is stops paying).
 
 The grid's figures hold for the grid's model size and data: a grid of your own (`mlx-pn compare`, its
