@@ -119,3 +119,19 @@ def test_a_rerun_with_another_cap_reuses_the_before_numbers(tiny_run, tmp_path, 
     other = specialize(_cfg(tiny_run, tmp_path, **{"pretrain.steps": "6"}), data, "legal", resume=False,
                        log=lambda *a: None)
     assert calls == ["before fine-tuning", "after fine-tuning"] and other["before"] != first["before"]
+
+
+@pytest.mark.parametrize("method", ["slm-pn", "slm-mix"])
+def test_routed_methods_read_the_model_shape_from_their_pretraining(clustered, tmp_path, method):
+    """The projected network's trunk and the mixture's experts: a pretraining with a non-default shape is
+    specialized without repeating the flag, and the results record the shape that was trained."""
+    from mlx_pn.methods import pretrain, specialize
+
+    _, data = clustered
+    kw = {"method": method, "cluster.k": "4", "model.num_hidden_layers": "3"}
+    pretrain(_cfg(clustered, tmp_path, **kw), data, log=lambda *a: None)
+    lines = []
+    kw.pop("model.num_hidden_layers")
+    r = specialize(_cfg(clustered, tmp_path, **kw), data, "legal", log=lines.append)
+    assert any("num_hidden_layers 3 (preset 'tiny': 2)" in ln for ln in lines), lines
+    assert r["config"]["model"]["num_hidden_layers"] == 3

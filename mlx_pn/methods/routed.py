@@ -166,7 +166,8 @@ def projected_method(name: str, coefficients: str, default_select: str) -> Metho
                                  domain_tokens)
 
     return Method(name, pretrain=pretrain, specialize=specialize, check=projected_check,
-                  flops_per_token=projected_flops, clusterings=("k",), select=default_select)
+                  flops_per_token=projected_flops, clusterings=("k",), select=default_select,
+                  start=lambda cfg, domain: (pretrain_dir(cfg) / "final", "model"))
 
 
 SLM_PN = projected_method("slm-pn", "codes", "most-frequent")
@@ -291,4 +292,5 @@ def mixture_specialize(cfg: Config, data: PreparedData, domain: str, resume: boo
 
 
 SLM_MIX = Method("slm-mix", pretrain=mixture_pretrain, specialize=mixture_specialize, check=mixture_check,
-                 clusterings=("k",), experts=True, select="most-frequent")
+                 clusterings=("k",), experts=True, select="most-frequent",
+                 start=lambda cfg, domain: (pretrain_dir(cfg) / "expert-00" / "final", "model"))
