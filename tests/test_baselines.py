@@ -101,6 +101,21 @@ def test_importance_windows_follow_the_domain_histogram(clustered, tmp_path):
                            np.bincount(g, minlength=4))  # really resampled, not the generic mix
 
 
+def test_a_resampled_pool_too_small_for_the_pretraining_is_named(clustered, tmp_path):
+    """slm-is draws pretrain.steps x batch windows from the resampled pool: many passes over a small effective
+    sample memorise it (compare-d128: 34-108 passes, test perplexity > 1,600); the stage says so, with the fixes."""
+    from mlx_pn.methods.importance import MEMORISE_PASSES, importance_stage
+
+    _, data = clustered
+    for steps, warned in ((1, False), (100_000, True)):
+        cfg = _cfg(clustered, tmp_path, "slm-is", **{"pretrain.steps": steps})
+        lines = []
+        importance_stage(cfg, data, "legal").before(None, None, lines.append)
+        said = [ln for ln in lines if "will memorise it" in ln]
+        assert bool(said) == warned, lines
+    assert "larger data.generic" in said[0] and "fewer pretrain.steps" in said[0] and MEMORISE_PASSES > 1
+
+
 @pytest.mark.slow
 def test_every_baseline_end_to_end(clustered, tmp_path_factory):
     """llm, slm-d (disk and live teacher), slm-nopt and slm-is: pretrain, specialize, export through mlx-lm."""
