@@ -4,7 +4,7 @@
 import json
 import math
 
-from mlx_pn.compare.grid import CompareConfig, Spec, grid_rows, row_config, time_estimate
+from mlx_pn.compare.grid import CompareConfig, grid_rows, row_config, time_estimate
 from mlx_pn.costs import (RATE_FILE, calibrated_rate, duration_text, measure_train_rate, train_flops_per_token)
 from mlx_pn.methods import load_config
 from mlx_pn.models.build import model_args
@@ -64,9 +64,9 @@ def test_grid_time_estimate_counts_every_cell(tmp_path):
         per = train_flops_per_token(model_args(c.model, vocab), c.pretrain.seq_len)
         want += per * c.pretrain.steps * c.pretrain.batch_size * c.pretrain.grad_accum * c.pretrain.seq_len
         want += per * c.finetune.steps * c.finetune.batch_size * c.finetune.grad_accum * c.finetune.seq_len * 2
-    line = time_estimate(cfg, rows, [1.0, 2.0], [Spec(0)], ["legal", "drama"], vocab, k,
+    line = time_estimate(cfg, rows, [1.0, 2.0], [0], ["legal", "drama"], vocab, k,
                          measure=lambda *a: want / 7200)  # a rate that makes the grid exactly 2 hours
     assert line.startswith("[compare] this grid takes about 2.0 hours on this machine"), line
     assert f"{want:.3g} training FLOPs" in line and "measured now" in line
-    assert "cached" in time_estimate(cfg, rows, [1.0, 2.0], [Spec(0)], ["legal", "drama"], vocab, k,
+    assert "cached" in time_estimate(cfg, rows, [1.0, 2.0], [0], ["legal", "drama"], vocab, k,
                                      measure=lambda *a: math.nan)

@@ -164,6 +164,11 @@ def specs(cfg: CompareConfig) -> list[Spec]:
     return [Spec(n, c) for n in sizes(cfg) for c in caps] + [Spec(n, caps[0], r) for n in sizes(cfg) for r in rules]
 
 
+def _as_specs(ns: list) -> list[Spec]:
+    """Settings as Spec values (a plain data size n is Spec(n): the grid before step caps and rules)."""
+    return [n if isinstance(n, Spec) else Spec(int(n)) for n in ns]
+
+
 def row_spec(row: Row, spec: Spec) -> Spec | None:
     """The setting a row actually runs for `spec`: None where it does not apply (a rule for a row that picks
     nothing, histogram for separate experts); the row's own rule maps to its plain setting (one folder)."""
@@ -356,6 +361,7 @@ def time_estimate(cfg: CompareConfig, rows: list[Row], bs: list[float], ns: list
     from mlx_pn.costs import calibrated_rate, duration_text, measure_train_rate, train_flops_per_token
     from mlx_pn.models.build import model_args
 
+    ns = _as_specs(ns)
     flops = 0.0
     for row in rows:
         for b in bs if METHODS[row.method].budgeted else [None]:
@@ -432,6 +438,7 @@ def collect(cfg: CompareConfig, rows, bs, ns, domains, vocab: int, k: int) -> di
     sweep = lr_sweep(cfg, rows, vocab, k)
     mults = lr_multipliers(sweep, rows)
     cells, summary = [], []
+    ns = _as_specs(ns)
     legacy = all(not n.tag for n in ns)  # sizes only: the keys and the "sizes" list stay as they were (ints)
     for s, row in [(s, r) for s in seeds(cfg) for r in rows]:
         for b in (bs if METHODS[row.method].budgeted else [None]):
