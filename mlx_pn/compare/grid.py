@@ -248,7 +248,9 @@ def run_grid(cfg: CompareConfig, log=print) -> dict:
     if cfg.grid.jobs > 1:
         _in_processes(cfg, [_SweepRun(row, m) for row in rows if swept(row)
                             for m in _csv(cfg.grid.lr_sweep, "lr_sweep", float)], vocab, k, log, "lr sweep")
-    mults = lr_multipliers(lr_sweep(cfg, rows, vocab, k, run=(data, domains, log)), rows)
+    # in processes, the sweep's runs are done by now: read them (a run in this process would say "already done")
+    quiet = (data, domains, lambda *a: None) if cfg.grid.jobs > 1 else (data, domains, log)
+    mults = lr_multipliers(lr_sweep(cfg, rows, vocab, k, run=quiet), rows)
     # seed by seed, so that an interrupted grid has whole replicates
     cells = [(r, b, s) for s in ss for b in bs for r in rows if METHODS[r.method].budgeted]
     cells += [(r, None, s) for s in ss for r in rows if not METHODS[r.method].budgeted]
