@@ -43,7 +43,7 @@ def plan_corpus(name: str, spec: str, field: str, cfg, fingerprint: str, log=pri
 
 class InMemoryCorpus:
     def __init__(self, name, spec, field, cfg, fingerprint, log=print):
-        self.name, self.spec = name, spec
+        self.name, self.spec, self.workers, self.log = name, spec, cfg.data.workers, log
         self.splits, self.how = load_splits(spec, field, cfg.data.valid_fraction, cfg.data.test_fraction,
                                             cfg.data.max_docs)
 
@@ -54,7 +54,8 @@ class InMemoryCorpus:
         return dedup.leak_report(self.splits, reference)
 
     def write(self, tok, folder: Path, extra: dict) -> dict:
-        return build_shards(self.name, self.splits, tok, folder, self.spec, extra=extra)
+        return build_shards(self.name, self.splits, tok, folder, self.spec, extra=extra, workers=self.workers,
+                            log=self.log)
 
     def exact_keys(self) -> np.ndarray:
         """Every document's normalised-text hash (mlx_pn.data.dedup.exact_key), as 12-byte strings."""
@@ -72,6 +73,7 @@ class StreamedCorpus:
 
     def __init__(self, name, spec, field, cfg, fingerprint, log=print):
         self.name, self.spec, self.field, self.max_docs = name, spec, field, cfg.data.max_docs
+        self.workers, self.log = cfg.data.workers, log
         folder = cfg.data_dir / INDEX / name
         settings = {"fingerprint": fingerprint, "max_docs": cfg.data.max_docs, "method": dedup.VERSION,
                     "index": INDEX_LAYOUT,
@@ -132,7 +134,8 @@ class StreamedCorpus:
         planned = {s: (int((self.code == c).sum()), int(self.index.nbytes[self.code == c].sum()))
                    for c, s in enumerate(SPLITS)}
         stream = ((SPLITS[code], d) for code, d in self._coded())
-        return write_shards(self.name, stream, planned, tok, folder, self.spec, extra=extra)
+        return write_shards(self.name, stream, planned, tok, folder, self.spec, extra=extra, workers=self.workers,
+                            log=self.log)
 
     def exact_keys(self) -> np.ndarray:
         """Every document's normalised-text hash (mlx_pn.data.dedup.exact_key), as 12-byte strings."""

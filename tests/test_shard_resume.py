@@ -1,0 +1,111 @@
+"""A prepare killed while it writes the shards of a corpus resumes at its last finished part (mlx_pn.data.shard_parts):
+the finished parts are kept (checked against their sha256, a damaged one written again), the rest written, and the
+final shards equal an uninterrupted run's byte for byte. The kill is the house's MLX_PN_CRASH_AT_WRITE hook
+(mlx_pn.io) at the rename of a part; small parts (PART_BYTES) make the bundled text several of them."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY
+
+# prepare with 150 kB parts, printing "FOLDER <write number> <path>" for every atomic folder it writes
+RUN = ("import sys, mlx_pn.io as io, mlx_pn.data.shard_parts as sp\n"
+       "sp.PART_BYTES = 150_000\n"
+       "inner = io._atomic_folder\n"
+       "def logged(dest, write, kind):\n"
+       "    print('FOLDER', io._writes + 1, dest, file=sys.stderr, flush=True)\n"
+       "    return inner(dest, write, kind)\n"
+       "io._atomic_folder = logged\n"
+       "from mlx_pn.recipes.prepare import main\n"
+       "main(sys.argv[1:])\n")
+
+
+def _prepare(out, crash=None):
+    args = ["--config", str(TINY), "--corpus", "config", "--out", str(out), "--data.max_docs", "0",
+            "--data.domains", "legal=bundled:legal"]
+    env = {k: v for k, v in os.environ.items() if k != "MLX_PN_CRASH_AT_WRITE"}
+    if crash is not None:
+        env["MLX_PN_CRASH_AT_WRITE"] = str(crash)
+    p = subprocess.run([sys.executable, "-c", RUN, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+    writes = [(int(n), path) for n, path in re.findall(r"FOLDER (\d+) (\S+)", p.stderr)]
+    return p, writes
+
+
+def _part_writes(writes, name="generic"):
+    return [(n, path.rsplit("/", 1)[1]) for n, path in writes if f"/.{name}.parts/" in path]
+
+
+def _shards(out):
+    """Every file of the shard sets but verified.json (file times), as bytes."""
+    root = out / "data" / "shards"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "verified.json"}
+
+
+@pytest.mark.slow
+def test_a_prepare_killed_mid_corpus_resumes_at_its_last_part_to_identical_shards(tmp_path):
+    ref, writes = _prepare(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    parts = _part_writes(writes)
+    assert len(parts) >= 6, parts  # the bundled generic text is several parts of 150 kB
+    assert not (tmp_path / "ref" / "data" / "shards" / ".generic.parts").exists()  # removed once the shards exist
+
+    crash_at = parts[3][0]  # just before part 00003 is renamed into place: parts 0-2 are finished
+    killed, _ = _prepare(tmp_path / "run", crash=crash_at)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    folder = tmp_path / "run" / "data" / "shards" / ".generic.parts"
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == \
+        ["00000", "00001", "00002", "meta.json"]
+    assert not (tmp_path / "run" / "data" / "shards" / "generic").exists()
+    with open(folder / "00001" / "train.bin", "r+b") as f:  # a finished part damaged while the run was down
+        f.seek(10)
+        b = f.read(1)
+        f.seek(10)
+        f.write(bytes([b[0] ^ 0xFF]))
+    kept = {"00000", "00002"}
+
+    resumed, writes = _prepare(tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    out = resumed.stdout + resumed.stderr
+    assert "00001: damaged" in out and "resuming: 2 finished part(s)" in out, out[-3000:]
+    # parts 0 and 2 kept, not rewritten; 1 (damaged) and 3.. written
+    assert [name for _, name in _part_writes(writes)] == [name for _, name in parts if name not in kept]
+    assert _shards(tmp_path / "run") == _shards(tmp_path / "ref")
+    assert not folder.exists()
+
+
+def test_parts_of_other_settings_are_started_over(tmp_path):
+    from mlx_pn.data.shard_parts import Parts
+
+    folder = tmp_path / ".x.parts"
+    Parts(folder, {"source": "a"})
+    (folder / "00000").mkdir()
+    (folder / "00000" / "part.json").write_text(json.dumps({"documents": 1, "bytes": 5, "itemsize": 2,
+                                                            "splits": {}, "sources": None}))
+    assert Parts(folder, {"source": "a"}).kept(0, 1, 5) is not None
+    assert Parts(folder, {"source": "b"}).done == {}  # another source: the old part is not reused
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json"]
+
+
+def test_shards_are_the_same_for_any_part_size_and_number_of_threads(tiny_run, tmp_path, monkeypatch):
+    import mlx_pn.data.shard_parts as shard_parts
+    from mlx_pn.data.shards import build_shards
+    from mlx_pn.data.sources import load_documents, split_documents
+
+    cfg, data = tiny_run
+    docs = split_documents(load_documents("bundled:legal", max_docs=200), 0.1, 0.1)
+    got = []
+    for part_bytes, workers in ((10**9, 1), (20_000, 2), (1, 1)):
+        monkeypatch.setattr(shard_parts, "PART_BYTES", part_bytes)
+        out = tmp_path / f"{part_bytes}-{workers}"
+        m = build_shards("legal", docs, data.tokenizer, out, "bundled:legal", workers=workers, log=lambda *a: None)
+        got.append((m, {s: np.fromfile(out / "legal" / f"{s}.bin", dtype=m["dtype"]).tobytes() for s in docs}))
+        assert sorted(p.name for p in out.iterdir()) == ["legal"]  # the parts folder is gone
+    assert got[0] == got[1] == got[2]
