@@ -30,6 +30,7 @@ from mlx_pn.data.sources import (SPLITS, DataError, Document, is_split_folder, l
 from mlx_pn.io import atomic_folder
 
 INDEX_LAYOUT = "bands+shingles-1"  # what the index folder holds (mlx_pn.data.index); another layout is rebuilt
+HF_CACHE = "hf"  # DATA/hf: what `datasets` caches while streaming an hf: source (never ~/.cache)
 INDEX = "index"  # DATA/index/NAME: a corpus's duplicate index, split codes and the settings they were made with
 
 
@@ -45,7 +46,7 @@ class InMemoryCorpus:
     def __init__(self, name, spec, field, cfg, fingerprint, log=print):
         self.name, self.spec, self.workers, self.log = name, spec, cfg.data.workers, log
         self.splits, self.how = load_splits(spec, field, cfg.data.valid_fraction, cfg.data.test_fraction,
-                                            cfg.data.max_docs)
+                                            cfg.data.max_docs, cache_dir=cfg.data_dir / HF_CACHE)
 
     def texts(self, split: str) -> Iterator[str]:
         return (d.text for d in self.splits[split])
@@ -73,7 +74,7 @@ class StreamedCorpus:
 
     def __init__(self, name, spec, field, cfg, fingerprint, log=print):
         self.name, self.spec, self.field, self.max_docs = name, spec, field, cfg.data.max_docs
-        self.workers, self.log = cfg.data.workers, log
+        self.workers, self.log, self.cache = cfg.data.workers, log, cfg.data_dir / HF_CACHE
         folder = cfg.data_dir / INDEX / name
         settings = {"fingerprint": fingerprint, "max_docs": cfg.data.max_docs, "method": dedup.VERSION,
                     "index": INDEX_LAYOUT,
@@ -94,7 +95,7 @@ class StreamedCorpus:
         self.code = np.load(folder / "code.npy")
 
     def _documents(self) -> Iterator[Document]:
-        return islice(read_source(self.spec, self.field), self.max_docs or None)
+        return islice(read_source(self.spec, self.field, self.cache), self.max_docs or None)
 
     def _coded(self) -> Iterator[tuple[int, Document]]:
         """(split code, document) of every document, checked against the index: a source that changed since it
