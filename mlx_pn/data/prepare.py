@@ -8,6 +8,7 @@ leaves no half-written shard (temp folder + rename).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 from mlx_pn.config import Config
@@ -97,8 +98,11 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
     else:
         generic = plan(GENERIC)
         log(f"[data] training a {cfg.data.vocab_size}-piece SentencePiece tokenizer on generic text")
+        t0 = time.perf_counter()
         tok = train_tokenizer(generic.texts("train"), cfg.data.vocab_size, tok_dir, cfg.data.tokenizer_sample_mb,
                               meta=tok_key)
+        log(f"[data] tokenizer trained in {time.perf_counter() - t0:.1f} s (on at most data.tokenizer_sample_mb="
+            f"{cfg.data.tokenizer_sample_mb:g} MB of the generic train split)")
 
     corpora = {}
     for name in wanted:

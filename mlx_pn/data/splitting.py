@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +27,7 @@ from mlx_pn.data import dedup
 from mlx_pn.data.index import DiskNearIndex, build_index, group, open_index, split_of
 from mlx_pn.data.shards import build_shards, write_shards
 from mlx_pn.data.sources import (SPLITS, DataError, Document, is_split_folder, load_splits, read_source,
-                                 source_files)
+                                 source_files, text_bytes)
 from mlx_pn.io import atomic_folder
 
 INDEX_LAYOUT = "bands+shingles-1"  # what the index folder holds (mlx_pn.data.index); another layout is rebuilt
@@ -83,9 +84,14 @@ class StreamedCorpus:
             log(f"[data] {name}: reading {field} once to split it and find its duplicates (index in {folder})")
 
             def build(tmp: Path):
-                index = build_index(self._documents(), tmp, desc=f"index {name}", workers=_workers(spec, cfg))
+                t0, workers = time.perf_counter(), _workers(spec, cfg)
+                index = build_index(self._documents(), tmp, desc=f"index {name}", workers=workers,
+                                    total_bytes=None if self.max_docs else text_bytes(spec, field))  # an ETA in bytes
                 if not len(index):
                     raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
+                secs, mb = time.perf_counter() - t0, index.nbytes.sum() / 1e6
+                log(f"[data] {name}: {mb:,.1f} MB of text ({len(index):,} documents) indexed in {secs:.1f} s "
+                    f"({mb / max(secs, 1e-9):.2f} MB/s, {workers} process{'es' if workers > 1 else ''})")
                 code, _ = split_of(index, cfg.data.valid_fraction, cfg.data.test_fraction)
                 np.save(tmp / "code.npy", code)
                 (tmp / "settings.json").write_text(json.dumps(settings))
