@@ -5,6 +5,7 @@ tokenizer.json on the same cores, in the same run; optionally the same prepare f
     python -m tools.bench_data --mb 50 200
     python -m tools.bench_data --mb 200 --baseline-code /path/to/older/checkout   # its prepare, same corpus
     python -m tools.bench_data --mb 100 --workers 1 2                            # 1 vs 2 workers (index, encode)
+    python -m tools.bench_data --mb 30 --workers 2 1 --rounds 3                  # interleaved, medians (shared cores)
 
 The corpus: documents of 10-40 sentences drawn (seeded) from the bundled generic text's sentences, each document
 numbered so that no two are duplicates, written as .jsonl files of ~64 MB in WORK/corpus-NMB/. Each prepare runs in
@@ -19,6 +20,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -114,6 +116,13 @@ def tokenizers_peer(corpus: Path, tokenizer_json: Path, batch: int = 1000) -> di
     return {"seconds": secs, "mb_per_s": n_bytes / 1e6 / secs, "tokens": n_tokens}
 
 
+def _peer(corpus: Path, tok_json: Path, mb: float, rnd: int) -> dict:
+    peer = tokenizers_peer(corpus, tok_json)
+    print(f"[{mb:g} MB, round {rnd}] tokenizers encode_batch (peer): {peer['seconds']:.1f} s, {peer['mb_per_s']:.2f} "
+          f"MB/s; load {os.getloadavg()[0]:.1f}", flush=True)
+    return peer
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, nargs="+", default=[50.0], help="corpus sizes in MB of text (default 50)")
@@ -124,6 +133,9 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, nargs="+", default=[0],
                     help="data.workers of this checkout's prepare, one run each (default 0: one per core); the "
                          "baseline checkout runs with its default")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every run this many times, interleaved (peer, then each candidate), and report the "
+                         "median: on a shared machine the load moves between runs (default 1)")
     ap.add_argument("--json", default=None, help="write the measurements to this file")
     args = ap.parse_args(argv)
     work = Path(args.work)
@@ -131,35 +143,37 @@ def main(argv=None):
     for mb in args.mb:
         corpus = work / f"corpus-{mb:g}MB"
         n_bytes = make_corpus(corpus, mb)
-        load0 = os.getloadavg()[0]
-        row = {"mb": n_bytes / 1e6, "load_start": load0}
         runs = {f"mlx_pn (this checkout, data.workers {w})": (REPO, w) for w in args.workers}
         if args.baseline_code:
             runs["baseline checkout"] = (Path(args.baseline_code).resolve(), 0)
-        for label, (code, workers) in runs.items():
-            out = work / f"run-{mb:g}MB-{'base' if code != REPO else f'w{workers}'}"
-            if out.exists():
-                subprocess.run(["rm", "-rf", str(out)], check=True)
-            r = run_prepare(corpus, out, code, workers)
-            r["mb_per_s"] = n_bytes / 1e6 / r["seconds"]
-            r["load_after"] = os.getloadavg()[0]
-            row[label] = r
-            phases = ", ".join(f"{k[:-2]} {r[k]:.1f} s" for k in PHASES if k in r)
-            print(f"[{mb:g} MB] {label}: {r['seconds']:.1f} s, {r['mb_per_s']:.2f} MB/s, peak RSS "
-                  f"{r['peak_rss_mb']:.0f} MB, {r['generic_tokens']:,} generic tokens"
-                  + (f" ({phases})" if phases else "") + f"; load {r['load_after']:.1f}", flush=True)
-        first = next(iter(runs))
-        tok_json = work / f"run-{mb:g}MB-w{runs[first][1]}" / "data" / "tokenizer" / "hf" / "tokenizer.json"
-        peer = tokenizers_peer(corpus, tok_json)
-        row["tokenizers encode_batch"] = peer
-        row["load_end"] = os.getloadavg()[0]
-        print(f"[{mb:g} MB] tokenizers encode_batch (peer): {peer['seconds']:.1f} s, {peer['mb_per_s']:.2f} MB/s; "
-              f"prepare end to end / peer: {row[first]['mb_per_s'] / peer['mb_per_s']:.2f}x; "
-              f"load {load0:.1f} -> {row['load_end']:.1f} on {os.cpu_count()} cores", flush=True)
-        rows.append(row)
-    print("\n| MB of text | candidate | seconds | MB/s | peak RSS MB | vs tokenizers encode_batch "
+        tok_json = None
+        for rnd in range(1, args.rounds + 1):
+            row = {"mb": n_bytes / 1e6, "round": rnd, "load_start": os.getloadavg()[0]}
+            if tok_json is not None:  # the peer first from the 2nd round on (it needs a prepared tokenizer.json)
+                row["tokenizers encode_batch"] = _peer(corpus, tok_json, mb, rnd)
+            for label, (code, workers) in runs.items():
+                out = work / f"run-{mb:g}MB-{'base' if code != REPO else f'w{workers}'}"
+                if out.exists():
+                    subprocess.run(["rm", "-rf", str(out)], check=True)
+                r = run_prepare(corpus, out, code, workers)
+                r["mb_per_s"] = n_bytes / 1e6 / r["seconds"]
+                r["load_after"] = os.getloadavg()[0]
+                row[label] = r
+                phases = ", ".join(f"{k[:-2]} {r[k]:.1f} s" for k in PHASES if k in r)
+                print(f"[{mb:g} MB, round {rnd}] {label}: {r['seconds']:.1f} s, {r['mb_per_s']:.2f} MB/s, peak RSS "
+                      f"{r['peak_rss_mb']:.0f} MB, {r['generic_tokens']:,} generic tokens"
+                      + (f" ({phases})" if phases else "") + f"; load {r['load_after']:.1f}", flush=True)
+                if tok_json is None:
+                    tok_json = work / f"tokenizer-{mb:g}MB.json"
+                    tok_json.write_bytes((out / "data" / "tokenizer" / "hf" / "tokenizer.json").read_bytes())
+            if "tokenizers encode_batch" not in row:
+                row["tokenizers encode_batch"] = _peer(corpus, tok_json, mb, rnd)
+            row["load_end"] = os.getloadavg()[0]
+            rows.append(row)
+    print(f"\n{os.cpu_count()} cores; ratios against the peer of the same round")
+    print("| MB of text | round | candidate | seconds | MB/s | peak RSS MB | vs tokenizers encode_batch "
           "| generic encode MB/s | encode vs peer | load after |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         peer = row["tokenizers encode_batch"]["mb_per_s"]
         for label in [k for k in row if isinstance(row[k], dict)]:
@@ -167,8 +181,21 @@ def main(argv=None):
             rss = f"{r['peak_rss_mb']:,.0f}" if "peak_rss_mb" in r else "-"
             enc = row["mb"] / r["encode_s"] if r.get("encode_s") else None
             encs = (f"{enc:.2f} | {enc / peer:.2f}x") if enc else "- | -"
-            print(f"| {row['mb']:.0f} | {label} | {r['seconds']:.1f} | {r['mb_per_s']:.2f} | {rss} | "
+            print(f"| {row['mb']:.0f} | {row['round']} | {label} | {r['seconds']:.1f} | {r['mb_per_s']:.2f} | {rss} | "
                   f"{r['mb_per_s'] / peer:.2f}x | {encs} | {r.get('load_after', row['load_end']):.1f} |")
+    if args.rounds > 1:
+        print("\nMedians over the rounds")
+        print("| MB of text | candidate | MB/s | vs tokenizers encode_batch | encode vs peer |")
+        print("|---|---|---|---|---|")
+        for mb in sorted({round(r["mb"]) for r in rows}):
+            these = [r for r in rows if round(r["mb"]) == mb]
+            for label in [k for k in these[0] if isinstance(these[0][k], dict)]:
+                peer = [r["tokenizers encode_batch"]["mb_per_s"] for r in these]
+                speed = [r[label]["mb_per_s"] for r in these]
+                enc = [r["mb"] / r[label]["encode_s"] / p for r, p in zip(these, peer) if r[label].get("encode_s")]
+                print(f"| {mb} | {label} | {statistics.median(speed):.2f} | "
+                      f"{statistics.median(s / p for s, p in zip(speed, peer)):.2f}x | "
+                      f"{f'{statistics.median(enc):.2f}x' if enc else '-'} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

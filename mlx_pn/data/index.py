@@ -177,9 +177,11 @@ def _band_buckets(keys: np.ndarray, members: np.ndarray) -> Iterable[np.ndarray]
             yield members[order[s:e]]
 
 
-def group(index: CorpusIndex, order: np.ndarray | None = None, threshold: float = dedup.THRESHOLD) -> dedup.Groups:
+def group(index: CorpusIndex, order: np.ndarray | None = None, threshold: float = dedup.THRESHOLD,
+          desc: str | None = None) -> dedup.Groups:
     """mlx_pn.data.dedup.duplicate_groups of the documents index[order] (default: source order), from the index:
-    the same groups (roots are positions in `order`), the same exact/near counts."""
+    the same groups (roots are positions in `order`), the same exact/near counts. desc: a progress bar over the LSH
+    bands (equal work each: an honest ETA for a corpus whose grouping takes a while)."""
     order = np.arange(len(index)) if order is None else np.asarray(order, dtype=np.int64)
     n = len(order)
     parent = np.arange(n, dtype=np.int64)
@@ -192,7 +194,7 @@ def group(index: CorpusIndex, order: np.ndarray | None = None, threshold: float 
     exact = int((first != np.arange(n)).sum())
     reps = np.flatnonzero(first == np.arange(n))
     near, checked = 0, set()
-    for b in range(dedup.BANDS):
+    for b in tqdm(range(dedup.BANDS), desc=desc, unit="band", leave=False, disable=desc is None):
         band = index.band(b)[order[reps]]  # (reps, rows)
         for members in _band_buckets(band, reps):
             m = members.tolist()
@@ -211,11 +213,11 @@ def group(index: CorpusIndex, order: np.ndarray | None = None, threshold: float 
     return dedup.Groups(root, exact, near)
 
 
-def split_of(index: CorpusIndex, valid_fraction: float, test_fraction: float, report: dict | None = None
-             ) -> tuple[np.ndarray, dict[str, int]]:
+def split_of(index: CorpusIndex, valid_fraction: float, test_fraction: float, report: dict | None = None,
+             desc: str | None = None) -> tuple[np.ndarray, dict[str, int]]:
     """(split code per document: 0 train, 1 valid, 2 test; moved: {split name: document index} of the documents
     a tiny corpus moves into an empty held-out split, appended at that split's end), as split_documents."""
-    groups = group(index)
+    groups = group(index, desc=desc)
     h = index.hash
 
     def pick(x: np.ndarray) -> np.ndarray:

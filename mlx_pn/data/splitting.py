@@ -92,7 +92,7 @@ class StreamedCorpus:
                 secs, mb = time.perf_counter() - t0, index.nbytes.sum() / 1e6
                 log(f"[data] {name}: {mb:,.1f} MB of text ({len(index):,} documents) indexed in {secs:.1f} s "
                     f"({mb / max(secs, 1e-9):.2f} MB/s, {workers} process{'es' if workers > 1 else ''})")
-                code, _ = split_of(index, cfg.data.valid_fraction, cfg.data.test_fraction)
+                code, _ = split_of(index, cfg.data.valid_fraction, cfg.data.test_fraction, desc=f"group {name}")
                 np.save(tmp / "code.npy", code)
                 (tmp / "settings.json").write_text(json.dumps(settings))
 
@@ -125,15 +125,20 @@ class StreamedCorpus:
         """mlx_pn.data.dedup.leak_report of the final splits, from the index (no text, except to query
         `reference` with the held-out documents)."""
         order = np.concatenate([np.flatnonzero(self.code == c) for c in range(len(SPLITS))])
-        groups = group(self.index, order)
+        groups = group(self.index, order, desc=f"duplicates {self.name}")
         pairs = np.unique(np.stack([groups.root, self.code[order].astype(np.int64)]), axis=1)
         roots, counts = np.unique(pairs[0], return_counts=True)
         out = {**groups.stats(), "groups_across_splits": int((counts > 1).sum())}
         if reference is not None:
+            from tqdm import tqdm
+
             found = {"valid": 0, "test": 0}
-            for code, d in self._coded():
-                if code and reference.contains(d.text):
-                    found[SPLITS[code]] += 1
+            with tqdm(total=int(self.index.nbytes.sum()), desc=f"overlap {self.name}", unit="B", unit_scale=True,
+                      leave=False) as bar:  # a pass over the text: in bytes, as every other pass
+                for n, (code, d) in enumerate(self._coded()):
+                    if code and reference.contains(d.text):
+                        found[SPLITS[code]] += 1
+                    bar.update(int(self.index.nbytes[n]))
             out["in_generic_train"] = found
         return out
 
