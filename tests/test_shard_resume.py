@@ -51,9 +51,9 @@ def _shards(out):
 
 @pytest.mark.slow
 def test_a_prepare_killed_mid_corpus_resumes_at_its_last_part_to_identical_shards(tmp_path):
-    ref, writes = _prepare(tmp_path / "ref")
+    ref, ref_writes = _prepare(tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-2000:]
-    parts = _part_writes(writes)
+    parts = _part_writes(ref_writes)
     assert len(parts) >= 6, parts  # the bundled generic text is several parts of 150 kB
     assert not (tmp_path / "ref" / "data" / "shards" / ".generic.parts").exists()  # removed once the shards exist
 
@@ -79,6 +79,15 @@ def test_a_prepare_killed_mid_corpus_resumes_at_its_last_part_to_identical_shard
     assert [name for _, name in _part_writes(writes)] == [name for _, name in parts if name not in kept]
     assert _shards(tmp_path / "run") == _shards(tmp_path / "ref")
     assert not folder.exists()
+
+    # killed just after the shard set's rename, before its parts were removed: the rerun removes them
+    final = next(n for n, path in ref_writes if path.endswith("/data/shards/generic"))
+    killed, _ = _prepare(tmp_path / "late", crash=f"{final}+")
+    late = tmp_path / "late" / "data" / "shards"
+    assert killed.returncode == -9 and (late / ".generic.parts").exists() and (late / "generic").exists()
+    rerun, _ = _prepare(tmp_path / "late")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert not (late / ".generic.parts").exists() and _shards(tmp_path / "late") == _shards(tmp_path / "ref")
 
 
 def test_parts_of_other_settings_are_started_over(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from mlx_pn.config import Config
 from mlx_pn.data.shards import Corpus, read_manifest
 from mlx_pn.io import write_json_atomic
-from mlx_pn.data import dedup, remembered
+from mlx_pn.data import dedup, remembered, shard_parts
 from mlx_pn.data.sources import DataError, fingerprint
 from mlx_pn.data.splitting import plan_corpus
 from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
@@ -120,6 +120,8 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                 log(f"[data] {e}")
                 log(f"[data] {name}: rebuilding the damaged shards from {field}")
                 fresh = False
+            else:
+                shard_parts.discard(root / "shards", name)
         if not fresh:
             corpus = plan(name)
             # the duplicates left (groups across splits: given splits only) and the generic/domain overlap

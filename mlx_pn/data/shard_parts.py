@@ -17,7 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from mlx_pn.io import file_sha256, remove_tree, write_json_atomic
+from mlx_pn.io import file_sha256, remove_tree, sweep_stale_temps, write_json_atomic
 
 PART_BYTES = 32_000_000  # text per part: what a kill can cost (~10 s of tokenizing on 2 cores), and the resume step
 PART = "part.json"
@@ -26,6 +26,17 @@ META = "meta.json"
 
 def parts_folder(folder: Path, name: str) -> Path:
     return Path(folder) / f".{name}.parts"
+
+
+def discard(folder: Path, name: str) -> bool:
+    """Remove the parts of a shard set that is in place (a run killed between its final rename and this removal
+    left them, as big as the shards) and the stale temporaries of a removal cut short -> whether parts were there."""
+    sweep_stale_temps(folder)
+    parts = parts_folder(folder, name)
+    if parts.exists():
+        remove_tree(parts)
+        return True
+    return False
 
 
 def cut(docs, part_bytes: int):
