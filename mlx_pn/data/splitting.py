@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from itertools import islice
 from pathlib import Path
@@ -28,7 +29,7 @@ from mlx_pn.data.index import DiskNearIndex, build_index, group, open_index, spl
 from mlx_pn.data.shards import build_shards, write_shards
 from mlx_pn.data.sources import (SPLITS, DataError, Document, is_split_folder, load_splits, read_source,
                                  source_files, text_bytes)
-from mlx_pn.io import atomic_folder
+from mlx_pn.io import atomic_folder, remove_tree, sweep_stale_temps, write_json_atomic
 
 INDEX_LAYOUT = "bands+shingles-1"  # what the index folder holds (mlx_pn.data.index); another layout is rebuilt
 HF_CACHE = "hf"  # DATA/hf: what `datasets` caches while streaming an hf: source (never ~/.cache)
@@ -80,23 +81,32 @@ class StreamedCorpus:
         settings = {"fingerprint": fingerprint, "max_docs": cfg.data.max_docs, "method": dedup.VERSION,
                     "index": INDEX_LAYOUT,
                     "valid_fraction": cfg.data.valid_fraction, "test_fraction": cfg.data.test_fraction}
+        work = cfg.data_dir / INDEX / f".{name}.building"  # a build in progress: its resume point outlives a kill
         if _read_json(folder / "settings.json") != settings:
             log(f"[data] {name}: reading {field} once to split it and find its duplicates (index in {folder})")
+            if _read_json(work / "settings.json") != settings:
+                remove_tree(work)  # another source or settings: its resume point is not this index's
+            write_json_atomic(work / "settings.json", settings)
+            t0, workers = time.perf_counter(), _workers(spec, cfg)
+            index = build_index(self._documents(), work, desc=f"index {name}", workers=workers, resume=True,
+                                total_bytes=None if self.max_docs else text_bytes(spec, field), log=log)  # an ETA
+            if not len(index):
+                raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
+            secs, mb = time.perf_counter() - t0, index.nbytes.sum() / 1e6
+            log(f"[data] {name}: {mb:,.1f} MB of text ({len(index):,} documents) indexed in {secs:.1f} s "
+                f"({mb / max(secs, 1e-9):.2f} MB/s, {workers} process{'es' if workers > 1 else ''})")
 
             def build(tmp: Path):
-                t0, workers = time.perf_counter(), _workers(spec, cfg)
-                index = build_index(self._documents(), tmp, desc=f"index {name}", workers=workers,
-                                    total_bytes=None if self.max_docs else text_bytes(spec, field))  # an ETA in bytes
-                if not len(index):
-                    raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
-                secs, mb = time.perf_counter() - t0, index.nbytes.sum() / 1e6
-                log(f"[data] {name}: {mb:,.1f} MB of text ({len(index):,} documents) indexed in {secs:.1f} s "
-                    f"({mb / max(secs, 1e-9):.2f} MB/s, {workers} process{'es' if workers > 1 else ''})")
-                code, _ = split_of(index, cfg.data.valid_fraction, cfg.data.test_fraction, desc=f"group {name}")
+                for f in INDEX_FILES:  # linked, not copied: the finished index is the build's files
+                    _link(work / f, tmp / f)
+                code, _ = split_of(open_index(tmp), cfg.data.valid_fraction, cfg.data.test_fraction,
+                                   desc=f"group {name}")
                 np.save(tmp / "code.npy", code)
                 (tmp / "settings.json").write_text(json.dumps(settings))
 
             atomic_folder(folder, build, kind=INDEX)
+        remove_tree(work)  # done (or left by a run killed between the rename and this removal)
+        sweep_stale_temps(work.parent)  # and what a removal cut short by a kill left
         self.index = open_index(folder)
         self.code = np.load(folder / "code.npy")
 
@@ -169,6 +179,17 @@ def _workers(spec: str, cfg) -> int:
     if files is not None and sum(f.stat().st_size for f in files) < SMALL_SOURCE:
         return 1
     return os.cpu_count() or 1
+
+
+INDEX_FILES = ("shingles.bin", *(f"band{b:02d}.bin" for b in range(dedup.BANDS)),
+               *(f"{a}.npy" for a in ("hash", "nbytes", "exact", "sh_off")))
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, dst)
 
 
 def _read_json(path: Path):

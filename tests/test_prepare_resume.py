@@ -1,7 +1,9 @@
-"""A prepare killed while it writes the shards of a corpus resumes at its last finished part (mlx_pn.data.shard_parts):
-the finished parts are kept (checked against their sha256, a damaged one written again), the rest written, and the
-final shards equal an uninterrupted run's byte for byte. The kill is the house's MLX_PN_CRASH_AT_WRITE hook
-(mlx_pn.io) at the rename of a part; small parts (PART_BYTES) make the bundled text several of them."""
+"""A prepare killed mid-corpus resumes where it stopped, to outputs equal to an uninterrupted run's byte for byte:
+- while writing shards (mlx_pn.data.shard_parts): at its last finished part; finished parts are kept (checked
+  against their sha256, a damaged one written again), the rest written;
+- while indexing (mlx_pn.data.index.build_index, resume=True): at its last resume point (progress.json).
+The kill is the house's MLX_PN_CRASH_AT_WRITE hook (mlx_pn.io) at a chosen durable write; small parts (PART_BYTES)
+and resume points (CHECKPOINT_BYTES) make the bundled text several of each."""
 
 import json
 import os
@@ -14,14 +16,15 @@ import pytest
 
 from conftest import REPO, TINY
 
-# prepare with 150 kB parts, printing "FOLDER <write number> <path>" for every atomic folder it writes
-RUN = ("import sys, mlx_pn.io as io, mlx_pn.data.shard_parts as sp\n"
-       "sp.PART_BYTES = 150_000\n"
-       "inner = io._atomic_folder\n"
-       "def logged(dest, write, kind):\n"
-       "    print('FOLDER', io._writes + 1, dest, file=sys.stderr, flush=True)\n"
-       "    return inner(dest, write, kind)\n"
-       "io._atomic_folder = logged\n"
+# prepare with 150 kB parts and 300 kB between the index's resume points, printing "WRITE <number> <path>" for
+# every durable write (the number MLX_PN_CRASH_AT_WRITE counts)
+RUN = ("import sys, mlx_pn.io as io, mlx_pn.data.shard_parts as sp, mlx_pn.data.index as ix\n"
+       "sp.PART_BYTES, ix.CHECKPOINT_BYTES = 150_000, 300_000\n"
+       "folder, file = io._atomic_folder, io._atomic_file\n"
+       "def log(path):\n"
+       "    print('WRITE', io._writes + 1, path, file=sys.stderr, flush=True)\n"
+       "io._atomic_folder = lambda dest, write, kind: (log(dest), folder(dest, write, kind))[1]\n"
+       "io._atomic_file = lambda path, write: (log(path), file(path, write))[1]\n"
        "from mlx_pn.recipes.prepare import main\n"
        "main(sys.argv[1:])\n")
 
@@ -34,17 +37,17 @@ def _prepare(out, crash=None):
         env["MLX_PN_CRASH_AT_WRITE"] = str(crash)
     p = subprocess.run([sys.executable, "-c", RUN, *args], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=600)
-    writes = [(int(n), path) for n, path in re.findall(r"FOLDER (\d+) (\S+)", p.stderr)]
+    writes = [(int(n), path) for n, path in re.findall(r"WRITE (\d+) (\S+)", p.stderr)]
     return p, writes
 
 
 def _part_writes(writes, name="generic"):
-    return [(n, path.rsplit("/", 1)[1]) for n, path in writes if f"/.{name}.parts/" in path]
+    return [(n, path.rsplit("/", 1)[1]) for n, path in writes if f"/.{name}.parts/0" in path]
 
 
-def _shards(out):
-    """Every file of the shard sets but verified.json (file times), as bytes."""
-    root = out / "data" / "shards"
+def _shards(out, folder="shards"):
+    """Every file of the shard sets (or another folder of DATA) but verified.json (file times), as bytes."""
+    root = out / "data" / folder
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != "verified.json"}
 
@@ -88,6 +91,28 @@ def test_a_prepare_killed_mid_corpus_resumes_at_its_last_part_to_identical_shard
     rerun, _ = _prepare(tmp_path / "late")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert not (late / ".generic.parts").exists() and _shards(tmp_path / "late") == _shards(tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_a_prepare_killed_while_indexing_resumes_at_its_last_resume_point(tmp_path):
+    ref, ref_writes = _prepare(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    points = [n for n, path in ref_writes if path.endswith("/.generic.building/progress.json")]
+    assert len(points) >= 5, ref_writes  # the bundled generic text: ~3 MB, a resume point every 300 kB
+
+    killed, _ = _prepare(tmp_path / "run", crash=f"{points[2]}+")  # just after the third resume point
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    index = tmp_path / "run" / "data" / "index"
+    assert (index / ".generic.building" / "progress.json").exists() and not (index / "generic").exists()
+
+    resumed, writes = _prepare(tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "index generic: resuming at document" in resumed.stdout + resumed.stderr
+    again = [n for n, path in writes if path.endswith("/.generic.building/progress.json")]
+    assert len(again) == len(points) - 3  # the first three resume points were not indexed again
+    assert _shards(tmp_path / "run", "index") == _shards(tmp_path / "ref", "index")
+    assert _shards(tmp_path / "run") == _shards(tmp_path / "ref")
+    assert not (index / ".generic.building").exists()
 
 
 def test_parts_of_other_settings_are_started_over(tmp_path):
