@@ -84,11 +84,13 @@ def run_prepare(corpus: Path, out: Path, code: Path, workers: int = 0) -> dict:
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"prepare failed ({code}):\n{log.read_text()[-2000:]}")
     peak = usage.ru_maxrss  # KB on Linux
+    # CPU seconds of the child and of the workers it waited for: far less moved by other users' load than wall time
+    cpu = usage.ru_utime + usage.ru_stime
     m = json.loads((out / "data" / "shards" / "generic" / "manifest.json").read_text())
     tokens = sum(s["tokens"] for s in m["splits"].values())
     text = log.read_text()
     phases = {k: float(m.group(1)) for k, rx in PHASES.items() if (m := re.search(rx, text))}
-    return {"seconds": secs, "peak_rss_mb": peak / 1024, "generic_tokens": tokens, **phases}
+    return {"seconds": secs, "cpu_s": cpu, "peak_rss_mb": peak / 1024, "generic_tokens": tokens, **phases}
 
 
 def tokenizers_peer(corpus: Path, tokenizer_json: Path, batch: int = 1000) -> dict:
@@ -96,7 +98,7 @@ def tokenizers_peer(corpus: Path, tokenizer_json: Path, batch: int = 1000) -> di
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json))
-    t0, n_bytes, n_tokens, docs = time.perf_counter(), 0, 0, []
+    t0, c0, n_bytes, n_tokens, docs = time.perf_counter(), time.process_time(), 0, 0, []
 
     def flush():
         nonlocal n_tokens
@@ -113,13 +115,14 @@ def tokenizers_peer(corpus: Path, tokenizer_json: Path, batch: int = 1000) -> di
                     flush()
     flush()
     secs = time.perf_counter() - t0
-    return {"seconds": secs, "mb_per_s": n_bytes / 1e6 / secs, "tokens": n_tokens}
+    cpu = time.process_time() - c0  # every thread of this process (tokenizers' own threads included)
+    return {"seconds": secs, "cpu_s": cpu, "mb_per_s": n_bytes / 1e6 / secs, "tokens": n_tokens}
 
 
 def _peer(corpus: Path, tok_json: Path, mb: float, rnd: int) -> dict:
     peer = tokenizers_peer(corpus, tok_json)
-    print(f"[{mb:g} MB, round {rnd}] tokenizers encode_batch (peer): {peer['seconds']:.1f} s, {peer['mb_per_s']:.2f} "
-          f"MB/s; load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"[{mb:g} MB, round {rnd}] tokenizers encode_batch (peer): {peer['seconds']:.1f} s "
+          f"({peer['cpu_s']:.1f} CPU s), {peer['mb_per_s']:.2f} MB/s; load {os.getloadavg()[0]:.1f}", flush=True)
     return peer
 
 
@@ -160,7 +163,8 @@ def main(argv=None):
                 r["load_after"] = os.getloadavg()[0]
                 row[label] = r
                 phases = ", ".join(f"{k[:-2]} {r[k]:.1f} s" for k in PHASES if k in r)
-                print(f"[{mb:g} MB, round {rnd}] {label}: {r['seconds']:.1f} s, {r['mb_per_s']:.2f} MB/s, peak RSS "
+                print(f"[{mb:g} MB, round {rnd}] {label}: {r['seconds']:.1f} s ({r['cpu_s']:.1f} CPU s), "
+                      f"{r['mb_per_s']:.2f} MB/s, peak RSS "
                       f"{r['peak_rss_mb']:.0f} MB, {r['generic_tokens']:,} generic tokens"
                       + (f" ({phases})" if phases else "") + f"; load {r['load_after']:.1f}", flush=True)
                 if tok_json is None:
@@ -172,8 +176,8 @@ def main(argv=None):
             rows.append(row)
     print(f"\n{os.cpu_count()} cores; ratios against the peer of the same round")
     print("| MB of text | round | candidate | seconds | MB/s | peak RSS MB | vs tokenizers encode_batch "
-          "| generic encode MB/s | encode vs peer | load after |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| generic encode MB/s | encode vs peer | CPU s | CPU vs peer | load after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         peer = row["tokenizers encode_batch"]["mb_per_s"]
         for label in [k for k in row if isinstance(row[k], dict)]:
@@ -181,21 +185,24 @@ def main(argv=None):
             rss = f"{r['peak_rss_mb']:,.0f}" if "peak_rss_mb" in r else "-"
             enc = row["mb"] / r["encode_s"] if r.get("encode_s") else None
             encs = (f"{enc:.2f} | {enc / peer:.2f}x") if enc else "- | -"
+            cpu = row["tokenizers encode_batch"]["cpu_s"] / r["cpu_s"]  # > 1: less CPU than the peer for the text
             print(f"| {row['mb']:.0f} | {row['round']} | {label} | {r['seconds']:.1f} | {r['mb_per_s']:.2f} | {rss} | "
-                  f"{r['mb_per_s'] / peer:.2f}x | {encs} | {r.get('load_after', row['load_end']):.1f} |")
+                  f"{r['mb_per_s'] / peer:.2f}x | {encs} | {r['cpu_s']:.1f} | {cpu:.2f}x | "
+                  f"{r.get('load_after', row['load_end']):.1f} |")
     if args.rounds > 1:
         print("\nMedians over the rounds")
-        print("| MB of text | candidate | MB/s | vs tokenizers encode_batch | encode vs peer |")
-        print("|---|---|---|---|---|")
+        print("| MB of text | candidate | MB/s | vs tokenizers encode_batch | encode vs peer | CPU vs peer |")
+        print("|---|---|---|---|---|---|")
         for mb in sorted({round(r["mb"]) for r in rows}):
             these = [r for r in rows if round(r["mb"]) == mb]
             for label in [k for k in these[0] if isinstance(these[0][k], dict)]:
                 peer = [r["tokenizers encode_batch"]["mb_per_s"] for r in these]
                 speed = [r[label]["mb_per_s"] for r in these]
                 enc = [r["mb"] / r[label]["encode_s"] / p for r, p in zip(these, peer) if r[label].get("encode_s")]
+                cpu = [r["tokenizers encode_batch"]["cpu_s"] / r[label]["cpu_s"] for r in these]
                 print(f"| {mb} | {label} | {statistics.median(speed):.2f} | "
                       f"{statistics.median(s / p for s, p in zip(speed, peer)):.2f}x | "
-                      f"{f'{statistics.median(enc):.2f}x' if enc else '-'} |")
+                      f"{f'{statistics.median(enc):.2f}x' if enc else '-'} | {statistics.median(cpu):.2f}x |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

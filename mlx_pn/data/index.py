@@ -135,6 +135,7 @@ def build_index(docs: Iterable[Document], folder: Path, desc: str = "index", tot
     names = ["shingles.bin"] + [f"band{b:02d}.bin" for b in range(dedup.BANDS)] + list(_RAW)
     state = _progress(folder, names) if resume else None
     if state is None:
+        (folder / PROGRESS).unlink(missing_ok=True)  # from zero: an older resume point no longer describes the files
         for name in names:
             open(folder / name, "wb").close()
         done, done_bytes = 0, 0
