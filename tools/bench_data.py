@@ -65,6 +65,8 @@ PHASES = {  # the generic corpus's phases, from prepare's log (a checkout that d
     "index_s": r"\[data\] generic: [\d,.]+ MB of text \([\d,]+ documents\) indexed in ([\d.]+) s",
     "tokenizer_s": r"\[data\] tokenizer trained in ([\d.]+) s",
     "encode_s": r"\[data\] generic: [\d,.]+ MB of text encoded in ([\d.]+) s",
+    "index_cpu_s": r"\[data\] generic: [\d,.]+ MB of text \([\d,]+ documents\) indexed in .*?, ([\d.]+) CPU s\)",
+    "encode_cpu_s": r"\[data\] generic: [\d,.]+ MB of text encoded in .*?, ([\d.]+) CPU s\)",
 }
 
 
@@ -162,7 +164,7 @@ def main(argv=None):
                 r["mb_per_s"] = n_bytes / 1e6 / r["seconds"]
                 r["load_after"] = os.getloadavg()[0]
                 row[label] = r
-                phases = ", ".join(f"{k[:-2]} {r[k]:.1f} s" for k in PHASES if k in r)
+                phases = ", ".join(f"{k[:-2].replace('_cpu', ' CPU')} {r[k]:.1f} s" for k in PHASES if k in r)
                 print(f"[{mb:g} MB, round {rnd}] {label}: {r['seconds']:.1f} s ({r['cpu_s']:.1f} CPU s), "
                       f"{r['mb_per_s']:.2f} MB/s, peak RSS "
                       f"{r['peak_rss_mb']:.0f} MB, {r['generic_tokens']:,} generic tokens"
@@ -191,8 +193,9 @@ def main(argv=None):
                   f"{r.get('load_after', row['load_end']):.1f} |")
     if args.rounds > 1:
         print("\nMedians over the rounds")
-        print("| MB of text | candidate | MB/s | vs tokenizers encode_batch | encode vs peer | CPU vs peer |")
-        print("|---|---|---|---|---|---|")
+        print("| MB of text | candidate | MB/s | vs tokenizers encode_batch | encode vs peer | CPU vs peer "
+              "| encode CPU vs peer CPU |")
+        print("|---|---|---|---|---|---|---|")
         for mb in sorted({round(r["mb"]) for r in rows}):
             these = [r for r in rows if round(r["mb"]) == mb]
             for label in [k for k in these[0] if isinstance(these[0][k], dict)]:
@@ -200,9 +203,12 @@ def main(argv=None):
                 speed = [r[label]["mb_per_s"] for r in these]
                 enc = [r["mb"] / r[label]["encode_s"] / p for r, p in zip(these, peer) if r[label].get("encode_s")]
                 cpu = [r["tokenizers encode_batch"]["cpu_s"] / r[label]["cpu_s"] for r in these]
+                enc_cpu = [r["tokenizers encode_batch"]["cpu_s"] / r[label]["encode_cpu_s"] for r in these
+                           if r[label].get("encode_cpu_s")]
                 print(f"| {mb} | {label} | {statistics.median(speed):.2f} | "
                       f"{statistics.median(s / p for s, p in zip(speed, peer)):.2f}x | "
-                      f"{f'{statistics.median(enc):.2f}x' if enc else '-'} | {statistics.median(cpu):.2f}x |")
+                      f"{f'{statistics.median(enc):.2f}x' if enc else '-'} | {statistics.median(cpu):.2f}x | "
+                      f"{f'{statistics.median(enc_cpu):.2f}x' if enc_cpu else '-'} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

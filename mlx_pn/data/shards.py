@@ -130,7 +130,7 @@ def write_shards(name: str, docs: Iterable[tuple[str, Document]], planned: dict[
     if parts.done:
         log(f"[data] {name}: resuming: {len(parts.done)} finished part(s), {kept / 1e6:,.1f} of {total / 1e6:,.1f} MB "
             f"of text, kept (sha256 checked) in {parts.folder}")
-    infos, encoded, tokens, t0 = [], 0, 0, time.perf_counter()
+    infos, encoded, tokens, t0, c0 = [], 0, 0, time.perf_counter(), time.process_time()
     # progress in bytes of text (documents vary 1000x in length: a count of them forecasts badly), tokens beside;
     # kept parts count from the start, so the rate and the ETA are those of the text still to encode
     with tqdm(total=total, initial=kept, desc=f"tokenize {name}", unit="B", unit_scale=True, leave=False) as bar:
@@ -145,10 +145,10 @@ def write_shards(name: str, docs: Iterable[tuple[str, Document]], planned: dict[
             infos.append(info)
             tokens += sum(v[1] for v in info["splits"].values())
             bar.set_postfix(tokens=f"{tokens / 1e6:.2f}M", refresh=False)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0  # CPU: every thread, moved little by other load
     done = f", {kept / 1e6:,.1f} MB kept from the killed run" if kept else ""
     log(f"[data] {name}: {encoded / 1e6:,.1f} MB of text encoded in {secs:.1f} s ({encoded / 1e6 / max(secs, 1e-9):.2f} "
-        f"MB/s, {threads} thread{'s' if threads > 1 else ''}){done}")
+        f"MB/s, {threads} thread{'s' if threads > 1 else ''}, {cpu:.1f} CPU s){done}")
     sources = _SourceCounts(planned)
     for info in infos:
         sources.merge(info["sources"])

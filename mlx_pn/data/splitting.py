@@ -87,14 +87,15 @@ class StreamedCorpus:
             if _read_json(work / "settings.json") != settings:
                 remove_tree(work)  # another source or settings: its resume point is not this index's
             write_json_atomic(work / "settings.json", settings)
-            t0, workers = time.perf_counter(), _workers(spec, cfg)
+            t0, c0, workers = time.perf_counter(), _cpu(), _workers(spec, cfg)
             index = build_index(self._documents(), work, desc=f"index {name}", workers=workers, resume=True,
                                 total_bytes=None if self.max_docs else text_bytes(spec, field), log=log)  # an ETA
             if not len(index):
                 raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
             secs, mb = time.perf_counter() - t0, index.nbytes.sum() / 1e6
             log(f"[data] {name}: {mb:,.1f} MB of text ({len(index):,} documents) indexed in {secs:.1f} s "
-                f"({mb / max(secs, 1e-9):.2f} MB/s, {workers} process{'es' if workers > 1 else ''})")
+                f"({mb / max(secs, 1e-9):.2f} MB/s, {workers} process{'es' if workers > 1 else ''}, "
+                f"{_cpu() - c0:.1f} CPU s)")
 
             def build(tmp: Path):
                 for f in INDEX_FILES:  # linked, not copied: the finished index is the build's files
@@ -183,6 +184,14 @@ def _workers(spec: str, cfg) -> int:
 
 INDEX_FILES = ("shingles.bin", *(f"band{b:02d}.bin" for b in range(dedup.BANDS)),
                *(f"{a}.npy" for a in ("hash", "nbytes", "exact", "sh_off")))
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of the worker processes it has waited for (the index's pool)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _link(src: Path, dst: Path) -> None:
