@@ -141,5 +141,37 @@ def test_shards_are_the_same_for_any_part_size_and_number_of_threads(tiny_run, t
         out = tmp_path / f"{part_bytes}-{workers}"
         m = build_shards("legal", docs, data.tokenizer, out, "bundled:legal", workers=workers, log=lambda *a: None)
         got.append((m, {s: np.fromfile(out / "legal" / f"{s}.bin", dtype=m["dtype"]).tobytes() for s in docs}))
-        assert sorted(p.name for p in out.iterdir()) == ["legal"]  # the parts folder is gone
+        assert not (out / ".legal.parts").exists()  # the parts folder is gone once the shard set is in place
     assert got[0] == got[1] == got[2]
+
+
+def test_two_writers_of_one_shard_set_take_turns(tiny_run, tmp_path, monkeypatch):
+    """The parts folder is shared by whoever writes the same corpus (two launches, two runs with one data.dir): the
+    second writer waits for the first (mlx_pn.data.building), then finds the shard set in place, whole."""
+    import threading
+
+    import mlx_pn.data.shard_parts as shard_parts
+    from mlx_pn.data.shards import build_shards
+    from mlx_pn.data.sources import load_documents, split_documents
+
+    cfg, data = tiny_run
+    docs = split_documents(load_documents("bundled:legal", max_docs=200), 0.1, 0.1)
+    monkeypatch.setattr(shard_parts, "PART_BYTES", 20_000)
+    solo = build_shards("legal", docs, data.tokenizer, tmp_path / "solo", "bundled:legal", log=lambda *a: None)
+    logs, results = [[], []], [None, None]
+
+    def run(i):
+        results[i] = build_shards("legal", docs, data.tokenizer, tmp_path / "both", "bundled:legal",
+                                  log=logs[i].append)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0] == results[1] == solo
+    assert sum(any("waiting for it" in line for line in log) for log in logs) <= 1
+    for split in docs:
+        assert (tmp_path / "both" / "legal" / f"{split}.bin").read_bytes() == \
+            (tmp_path / "solo" / "legal" / f"{split}.bin").read_bytes()
+    assert not (tmp_path / "both" / ".legal.parts").exists()

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mlx_pn.data import shard_parts
+from mlx_pn.data.building import exclusive
 from mlx_pn.data.sources import DataError, Document
 from mlx_pn.data.tokenizer import Tokenizer
 from mlx_pn.io import (DiskSpaceError, ForeignFolderError, atomic_folder, check_disk_space,  # noqa: F401
@@ -121,6 +122,29 @@ def write_shards(name: str, docs: Iterable[tuple[str, Document]], planned: dict[
     _check_space(folder, shard_bytes_needed(planned, dtype.itemsize), name)
     manifest = {"name": name, "source": source, "tokenizer_sha256": tok.sha256, "vocab_size": tok.vocab_size,
                 "dtype": dtype.name, "eos_id": tok.eos_id, **(extra or {}), "splits": {}}
+    with exclusive(Path(folder) / f".{name}.lock", log, f"the shards of {name}"):  # parts are shared: one writer
+        done = _in_place(folder / name, manifest, tok)  # written meanwhile by the lock's last holder
+        if done is not None:
+            shard_parts.discard(folder, name)
+            return done
+        return _write_parts(name, docs, planned, tok, folder, manifest, dtype, batch_docs, workers, log)
+
+
+def _in_place(path: Path, manifest: dict, tok: Tokenizer) -> dict | None:
+    """The manifest of the shard set at `path` when it was made with these settings and its files are whole."""
+    m = read_manifest(path)
+    if m is None or {k: v for k, v in m.items() if k not in ("splits", "sources")} != \
+            {k: v for k, v in manifest.items() if k != "splits"}:
+        return None
+    try:
+        Corpus(path, tok, verify_hashes=True)
+    except DataError:
+        return None
+    return m
+
+
+def _write_parts(name, docs, planned, tok, folder, manifest, dtype, batch_docs, workers, log) -> dict:
+    """write_shards' work, under its lock: the parts (resumed), then the shard set joined from them."""
     part_bytes = shard_parts.PART_BYTES
     parts = shard_parts.Parts(shard_parts.parts_folder(folder, name), {
         **{k: v for k, v in manifest.items() if k != "splits"}, "planned": planned, "part_bytes": part_bytes}, log)

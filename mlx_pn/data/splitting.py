@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from mlx_pn.data import dedup
+from mlx_pn.data.building import exclusive
 from mlx_pn.data.index import DiskNearIndex, build_index, group, open_index, split_of
 from mlx_pn.data.shards import build_shards, write_shards
 from mlx_pn.data.sources import (SPLITS, DataError, Document, is_split_folder, load_splits, read_source,
@@ -82,34 +83,40 @@ class StreamedCorpus:
                     "index": INDEX_LAYOUT,
                     "valid_fraction": cfg.data.valid_fraction, "test_fraction": cfg.data.test_fraction}
         work = cfg.data_dir / INDEX / f".{name}.building"  # a build in progress: its resume point outlives a kill
-        if _read_json(folder / "settings.json") != settings:
-            log(f"[data] {name}: reading {field} once to split it and find its duplicates (index in {folder})")
-            if _read_json(work / "settings.json") != settings:
-                remove_tree(work)  # another source or settings: its resume point is not this index's
-            write_json_atomic(work / "settings.json", settings)
-            t0, c0, workers = time.perf_counter(), _cpu(), _workers(spec, cfg)
-            index = build_index(self._documents(), work, desc=f"index {name}", workers=workers, resume=True,
-                                total_bytes=None if self.max_docs else text_bytes(spec, field), log=log)  # an ETA
-            if not len(index):
-                raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
-            secs, mb = time.perf_counter() - t0, index.nbytes.sum() / 1e6
-            log(f"[data] {name}: {mb:,.1f} MB of text ({len(index):,} documents) indexed in {secs:.1f} s "
-                f"({mb / max(secs, 1e-9):.2f} MB/s, {workers} process{'es' if workers > 1 else ''}, "
-                f"{_cpu() - c0:.1f} CPU s)")
-
-            def build(tmp: Path):
-                for f in INDEX_FILES:  # linked, not copied: the finished index is the build's files
-                    _link(work / f, tmp / f)
-                code, _ = split_of(open_index(tmp), cfg.data.valid_fraction, cfg.data.test_fraction,
-                                   desc=f"group {name}")
-                np.save(tmp / "code.npy", code)
-                (tmp / "settings.json").write_text(json.dumps(settings))
-
-            atomic_folder(folder, build, kind=INDEX)
-        remove_tree(work)  # done (or left by a run killed between the rename and this removal)
-        sweep_stale_temps(work.parent)  # and what a removal cut short by a kill left
+        if _read_json(folder / "settings.json") != settings or work.exists():
+            with exclusive(cfg.data_dir / INDEX / f".{name}.lock", log, f"the index of {name}"):
+                if _read_json(folder / "settings.json") != settings:  # (the lock's last holder may have built it)
+                    self._build(folder, work, settings, cfg, log)
+                remove_tree(work)  # done (or left by a run killed between the rename and this removal)
+                sweep_stale_temps(work.parent)  # and what a removal cut short by a kill left
         self.index = open_index(folder)
         self.code = np.load(folder / "code.npy")
+
+    def _build(self, folder: Path, work: Path, settings: dict, cfg, log) -> None:
+        """Index the source in `work` (resumable), then put the index and the split codes at `folder`."""
+        name, spec, field = self.name, self.spec, self.field
+        log(f"[data] {name}: reading {field} once to split it and find its duplicates (index in {folder})")
+        if _read_json(work / "settings.json") != settings:
+            remove_tree(work)  # another source or settings: its resume point is not this index's
+        write_json_atomic(work / "settings.json", settings)
+        t0, c0, workers = time.perf_counter(), _cpu(), _workers(spec, cfg)
+        index = build_index(self._documents(), work, desc=f"index {name}", workers=workers, resume=True,
+                            total_bytes=None if self.max_docs else text_bytes(spec, field), log=log)  # an ETA
+        if not len(index):
+            raise DataError(f"{field}: '{spec}' holds no non-empty documents; point it at real text")
+        secs, mb = time.perf_counter() - t0, index.nbytes.sum() / 1e6
+        log(f"[data] {name}: {mb:,.1f} MB of text ({len(index):,} documents) indexed in {secs:.1f} s "
+            f"({mb / max(secs, 1e-9):.2f} MB/s, {workers} process{'es' if workers > 1 else ''}, "
+            f"{_cpu() - c0:.1f} CPU s)")
+
+        def build(tmp: Path):
+            for f in INDEX_FILES:  # linked, not copied: the finished index is the build's files
+                _link(work / f, tmp / f)
+            code, _ = split_of(open_index(tmp), cfg.data.valid_fraction, cfg.data.test_fraction, desc=f"group {name}")
+            np.save(tmp / "code.npy", code)
+            (tmp / "settings.json").write_text(json.dumps(settings))
+
+        atomic_folder(folder, build, kind=INDEX)
 
     def _documents(self) -> Iterator[Document]:
         return islice(read_source(self.spec, self.field, self.cache), self.max_docs or None)
