@@ -112,7 +112,9 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         fresh = (m is not None and m.get("source") == spec and m.get("tokenizer_sha256") == tok.sha256
                  and m.get("split") == split_key
                  and _same_source(m.get("fingerprint"), prints[name], spec)  # or the older, path-based one
-                 and (m.get("duplicates") or {}).get("method") == dedup.VERSION)
+                 and (m.get("duplicates") or {}).get("method") == dedup.VERSION
+                 # made before valid/test held one copy per exact-duplicate group: still right when it had no copies
+                 and ("copies_left_out" in m["duplicates"] or not plan(name).held_out_copies()))
         if fresh:
             try:
                 Corpus(folder, tok, verify_hashes=True)
@@ -133,11 +135,13 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
             log(f"[data] {name}: {sizes}" + (f" (splits: {how})" if how else ""))
             over = sum((leaks.get("in_generic_train") or {}).values())
-            if leaks["grouped_documents"] or leaks["groups_across_splits"] or over:
+            left = leaks["copies_left_out"]
+            if leaks["grouped_documents"] or leaks["groups_across_splits"] or over or sum(left.values()):
                 log(f"[data] {name}: {leaks['grouped_documents']} documents in {leaks['groups']} duplicate groups "
                     f"({leaks['exact_duplicates']} exact, {leaks['near_duplicates']} near copies), "
                     f"{leaks['groups_across_splits']} groups across splits, {over} valid/test documents also in the "
-                    f"generic train split (manifest.json: duplicates)")
+                    f"generic train split; exact copies left out of the held-out shards (each group evaluated once): "
+                    f"{', '.join(f'{k} {v}' for k, v in left.items())} (manifest.json: duplicates)")
             if name != GENERIC and _all_in_generic(corpus, plan(GENERIC)):
                 log(f"[data] warning: {name}: every one of its documents is also in the generic text: this domain looks "
                     f"like a part of data.generic, so the model is pretrained on it and its perplexities say little "

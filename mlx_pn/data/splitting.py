@@ -58,12 +58,20 @@ class InMemoryCorpus:
         return dedup.leak_report(self.splits, reference)
 
     def write(self, tok, folder: Path, extra: dict) -> dict:
-        return build_shards(self.name, self.splits, tok, folder, self.spec, extra=extra, workers=self.workers,
+        """The shards; valid/test hold the first copy of each exact-duplicate group (dedup.HELD_OUT)."""
+        splits = {s: [d for d, first in zip(docs, dedup.first_copies(dedup.exact_key(d.text) for d in docs)) if first]
+                  if s in dedup.HELD_OUT else docs for s, docs in self.splits.items()}
+        return build_shards(self.name, splits, tok, folder, self.spec, extra=extra, workers=self.workers,
                             log=self.log)
 
     def exact_keys(self) -> np.ndarray:
         """Every document's normalised-text hash (mlx_pn.data.dedup.exact_key), as 12-byte strings."""
         return np.array([dedup.exact_key(d.text) for docs in self.splits.values() for d in docs], dtype="S12")
+
+    def held_out_copies(self) -> int:
+        """Exact copies the valid/test shards leave out (beyond the first of each group)."""
+        return sum(len(d) - sum(dedup.first_copies(dedup.exact_key(x.text) for x in d))
+                   for s, d in self.splits.items() if s in dedup.HELD_OUT)
 
     def reference(self):
         """The train split as the index other corpora's held-out documents are checked against."""
@@ -146,7 +154,9 @@ class StreamedCorpus:
         groups = group(self.index, order, desc=f"duplicates {self.name}")
         pairs = np.unique(np.stack([groups.root, self.code[order].astype(np.int64)]), axis=1)
         roots, counts = np.unique(pairs[0], return_counts=True)
-        out = {**groups.stats(), "groups_across_splits": int((counts > 1).sum())}
+        keep = self._kept()
+        out = {**groups.stats(), "groups_across_splits": int((counts > 1).sum()),
+               "copies_left_out": {s: int(((self.code == SPLITS.index(s)) & ~keep).sum()) for s in dedup.HELD_OUT}}
         if reference is not None:
             from tqdm import tqdm
 
@@ -160,10 +170,28 @@ class StreamedCorpus:
             out["in_generic_train"] = found
         return out
 
+    def _kept(self) -> np.ndarray:
+        """(N,) bool: the documents the shards hold: all of train; of valid and test, the first copy (source order) of
+        each exact-duplicate group, so that evaluation counts each group once (dedup.HELD_OUT)."""
+        keep = np.ones(len(self.code), dtype=bool)
+        keys = np.ascontiguousarray(self.index.exact).view(np.dtype((np.void, 12))).ravel()
+        for s in dedup.HELD_OUT:
+            pos = np.flatnonzero(self.code == SPLITS.index(s))
+            if len(pos):
+                _, first = np.unique(keys[pos], return_index=True)  # the first occurrence of each key
+                keep[pos] = False
+                keep[pos[first]] = True
+        return keep
+
+    def held_out_copies(self) -> int:
+        """Exact copies the valid/test shards leave out (beyond the first of each group)."""
+        return int((~self._kept()).sum())
+
     def write(self, tok, folder: Path, extra: dict) -> dict:
-        planned = {s: (int((self.code == c).sum()), int(self.index.nbytes[self.code == c].sum()))
+        keep = self._kept()
+        planned = {s: (int(((self.code == c) & keep).sum()), int(self.index.nbytes[(self.code == c) & keep].sum()))
                    for c, s in enumerate(SPLITS)}
-        stream = ((SPLITS[code], d) for code, d in self._coded())
+        stream = ((SPLITS[code], d) for n, (code, d) in enumerate(self._coded()) if keep[n])
         return write_shards(self.name, stream, planned, tok, folder, self.spec, extra=extra, workers=self.workers,
                             log=self.log)
 
