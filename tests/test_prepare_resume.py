@@ -175,3 +175,30 @@ def test_two_writers_of_one_shard_set_take_turns(tiny_run, tmp_path, monkeypatch
         assert (tmp_path / "both" / "legal" / f"{split}.bin").read_bytes() == \
             (tmp_path / "solo" / "legal" / f"{split}.bin").read_bytes()
     assert not (tmp_path / "both" / ".legal.parts").exists()
+
+
+@pytest.mark.slow  # spawns two worker processes
+def test_an_interrupted_index_build_resumes_to_the_same_files_with_workers(tmp_path, monkeypatch):
+    """build_index(resume=True) stopped mid-stream (here by an error in the source after 300 documents, past a few
+    resume points and with files longer than the last one) resumes with 2 worker processes to the files of one
+    uninterrupted pass."""
+    import mlx_pn.data.index as ix
+    from mlx_pn.data.sources import load_documents
+
+    docs = load_documents("bundled:generic", max_docs=600)
+    monkeypatch.setattr(ix, "CHECKPOINT_BYTES", 200_000)
+
+    def broken():
+        yield from docs[:300]
+        raise OSError("the disk went away")
+
+    with pytest.raises(OSError):
+        ix.build_index(broken(), tmp_path / "run", resume=True, log=lambda *a: None)
+    done = json.loads((tmp_path / "run" / ix.PROGRESS).read_text())["documents"]
+    assert 0 < done < 300
+    said = []
+    ix.build_index(iter(docs), tmp_path / "run", resume=True, workers=2, log=said.append)
+    assert said and f"resuming at document {done:,}" in said[0]
+    ix.build_index(iter(docs), tmp_path / "ref", workers=1)
+    for f in sorted(p.name for p in (tmp_path / "ref").iterdir()):
+        assert (tmp_path / "run" / f).read_bytes() == (tmp_path / "ref" / f).read_bytes(), f
