@@ -75,8 +75,8 @@ class DataConfig:
     max_docs: int = _f(0, "use at most this many documents per corpus (0 = all); handy for smoke runs")
     test_windows: int = _f(0, "evaluate at most this many windows of each test split (0 = all; bits/byte only "
                               "when all)")
-    workers: int = _f(0, "processes that index the text for splitting and de-duplication (0 = one per core); the "
-                         "result is the same for any number")
+    workers: int = _f(0, "processes that index the text for splitting and de-duplication, and threads that encode "
+                         "it into shards (0 = one per core); the result is the same for any number")
 
     def check(self, name: str = "data") -> None:
         """ConfigError naming `{name}.KEY`, the value and the fix, for a value this section cannot use."""

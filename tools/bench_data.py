@@ -4,6 +4,8 @@ tokenizer.json on the same cores, in the same run; optionally the same prepare f
 
     python -m tools.bench_data --mb 50 200
     python -m tools.bench_data --mb 200 --baseline-code /path/to/older/checkout   # its prepare, same corpus
+    python -m tools.bench_data --mb 100 --workers 1 2                            # 1 vs 2 workers (index, encode)
+    python -m tools.bench_data --mb 30 --workers 2 1 --rounds 3                  # interleaved, medians (shared cores)
 
 The corpus: documents of 10-40 sentences drawn (seeded) from the bundled generic text's sentences, each document
 numbered so that no two are duplicates, written as .jsonl files of ~64 MB in WORK/corpus-NMB/. Each prepare runs in
@@ -18,6 +20,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -58,11 +61,21 @@ def make_corpus(folder: Path, mb: float, seed: int = 0) -> int:
     return total
 
 
-def run_prepare(corpus: Path, out: Path, code: Path) -> dict:
-    """recipes.prepare in a child process with `code` first on the path -> seconds, peak RSS (MB), tokens."""
+PHASES = {  # the generic corpus's phases, from prepare's log (a checkout that does not log them has none)
+    "index_s": r"\[data\] generic: [\d,.]+ MB of text \([\d,]+ documents\) indexed in ([\d.]+) s",
+    "tokenizer_s": r"\[data\] tokenizer trained in ([\d.]+) s",
+    "encode_s": r"\[data\] generic: [\d,.]+ MB of text encoded in ([\d.]+) s",
+    "index_cpu_s": r"\[data\] generic: [\d,.]+ MB of text \([\d,]+ documents\) indexed in .*?, ([\d.]+) CPU s\)",
+    "encode_cpu_s": r"\[data\] generic: [\d,.]+ MB of text encoded in .*?, ([\d.]+) CPU s\)",
+}
+
+
+def run_prepare(corpus: Path, out: Path, code: Path, workers: int = 0) -> dict:
+    """recipes.prepare in a child process with `code` first on the path -> seconds, peak RSS (MB), tokens, and the
+    generic corpus's phase times where its log has them."""
     env = {**os.environ, "PYTHONPATH": str(code), "TOKENIZERS_PARALLELISM": "true"}
     cmd = [sys.executable, "-m", "recipes.prepare", "--config", "tiny", "--corpus", str(corpus), "--out", str(out),
-           "--data.max_docs", "0", "--data.vocab_size", "8192"]
+           "--data.max_docs", "0", "--data.vocab_size", "8192", "--data.workers", str(workers)]
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_name(out.name + ".log")  # beside the run: --out must be new or the library's own folder
     t0 = time.perf_counter()
@@ -73,9 +86,13 @@ def run_prepare(corpus: Path, out: Path, code: Path) -> dict:
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"prepare failed ({code}):\n{log.read_text()[-2000:]}")
     peak = usage.ru_maxrss  # KB on Linux
+    # CPU seconds of the child and of the workers it waited for: far less moved by other users' load than wall time
+    cpu = usage.ru_utime + usage.ru_stime
     m = json.loads((out / "data" / "shards" / "generic" / "manifest.json").read_text())
     tokens = sum(s["tokens"] for s in m["splits"].values())
-    return {"seconds": secs, "peak_rss_mb": peak / 1024, "generic_tokens": tokens}
+    text = log.read_text()
+    phases = {k: float(m.group(1)) for k, rx in PHASES.items() if (m := re.search(rx, text))}
+    return {"seconds": secs, "cpu_s": cpu, "peak_rss_mb": peak / 1024, "generic_tokens": tokens, **phases}
 
 
 def tokenizers_peer(corpus: Path, tokenizer_json: Path, batch: int = 1000) -> dict:
@@ -83,7 +100,7 @@ def tokenizers_peer(corpus: Path, tokenizer_json: Path, batch: int = 1000) -> di
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json))
-    t0, n_bytes, n_tokens, docs = time.perf_counter(), 0, 0, []
+    t0, c0, n_bytes, n_tokens, docs = time.perf_counter(), time.process_time(), 0, 0, []
 
     def flush():
         nonlocal n_tokens
@@ -100,15 +117,30 @@ def tokenizers_peer(corpus: Path, tokenizer_json: Path, batch: int = 1000) -> di
                     flush()
     flush()
     secs = time.perf_counter() - t0
-    return {"seconds": secs, "mb_per_s": n_bytes / 1e6 / secs, "tokens": n_tokens}
+    cpu = time.process_time() - c0  # every thread of this process (tokenizers' own threads included)
+    return {"seconds": secs, "cpu_s": cpu, "mb_per_s": n_bytes / 1e6 / secs, "tokens": n_tokens}
+
+
+def _peer(corpus: Path, tok_json: Path, mb: float, rnd: int) -> dict:
+    peer = tokenizers_peer(corpus, tok_json)
+    print(f"[{mb:g} MB, round {rnd}] tokenizers encode_batch (peer): {peer['seconds']:.1f} s "
+          f"({peer['cpu_s']:.1f} CPU s), {peer['mb_per_s']:.2f} MB/s; load {os.getloadavg()[0]:.1f}", flush=True)
+    return peer
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, nargs="+", default=[50.0], help="corpus sizes in MB of text (default 50)")
-    ap.add_argument("--work", default="/tmp/mlx-pn-bench-data", help="corpora and runs (default /tmp/mlx-pn-bench-data)")
+    ap.add_argument("--work", default="/tmp/mlx-pn-bench-data",
+                    help="corpora and runs (default /tmp/mlx-pn-bench-data)")
     ap.add_argument("--baseline-code", default=None, metavar="CHECKOUT",
                     help="also run the prepare of another checkout of this repository on the same corpus")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0],
+                    help="data.workers of this checkout's prepare, one run each (default 0: one per core); the "
+                         "baseline checkout runs with its default")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every run this many times, interleaved (peer, then each candidate), and report the "
+                         "median: on a shared machine the load moves between runs (default 1)")
     ap.add_argument("--json", default=None, help="write the measurements to this file")
     args = ap.parse_args(argv)
     work = Path(args.work)
@@ -116,36 +148,67 @@ def main(argv=None):
     for mb in args.mb:
         corpus = work / f"corpus-{mb:g}MB"
         n_bytes = make_corpus(corpus, mb)
-        load0 = os.getloadavg()[0]
-        row = {"mb": n_bytes / 1e6, "load_start": load0}
-        codes = {"mlx_pn (this checkout)": REPO}
+        runs = {f"mlx_pn (this checkout, data.workers {w})": (REPO, w) for w in args.workers}
         if args.baseline_code:
-            codes["baseline checkout"] = Path(args.baseline_code).resolve()
-        for label, code in codes.items():
-            out = work / f"run-{mb:g}MB-{'base' if code != REPO else 'this'}"
-            if out.exists():
-                subprocess.run(["rm", "-rf", str(out)], check=True)
-            r = run_prepare(corpus, out, code)
-            r["mb_per_s"] = n_bytes / 1e6 / r["seconds"]
-            row[label] = r
-            print(f"[{mb:g} MB] {label}: {r['seconds']:.1f} s, {r['mb_per_s']:.2f} MB/s, peak RSS "
-                  f"{r['peak_rss_mb']:.0f} MB, {r['generic_tokens']:,} generic tokens", flush=True)
-        peer = tokenizers_peer(corpus, work / f"run-{mb:g}MB-this" / "data" / "tokenizer" / "hf" / "tokenizer.json")
-        row["tokenizers encode_batch"] = peer
-        row["load_end"] = os.getloadavg()[0]
-        print(f"[{mb:g} MB] tokenizers encode_batch (peer): {peer['seconds']:.1f} s, {peer['mb_per_s']:.2f} MB/s; "
-              f"prepare end to end / peer: {row['mlx_pn (this checkout)']['mb_per_s'] / peer['mb_per_s']:.2f}x; "
-              f"load {load0:.1f} -> {row['load_end']:.1f} on {os.cpu_count()} cores", flush=True)
-        rows.append(row)
-    print("\n| MB of text | candidate | seconds | MB/s | peak RSS MB | vs tokenizers encode_batch |")
-    print("|---|---|---|---|---|---|")
+            runs["baseline checkout"] = (Path(args.baseline_code).resolve(), 0)
+        tok_json = None
+        for rnd in range(1, args.rounds + 1):
+            row = {"mb": n_bytes / 1e6, "round": rnd, "load_start": os.getloadavg()[0]}
+            if tok_json is not None:  # the peer first from the 2nd round on (it needs a prepared tokenizer.json)
+                row["tokenizers encode_batch"] = _peer(corpus, tok_json, mb, rnd)
+            for label, (code, workers) in runs.items():
+                out = work / f"run-{mb:g}MB-{'base' if code != REPO else f'w{workers}'}"
+                if out.exists():
+                    subprocess.run(["rm", "-rf", str(out)], check=True)
+                r = run_prepare(corpus, out, code, workers)
+                r["mb_per_s"] = n_bytes / 1e6 / r["seconds"]
+                r["load_after"] = os.getloadavg()[0]
+                row[label] = r
+                phases = ", ".join(f"{k[:-2].replace('_cpu', ' CPU')} {r[k]:.1f} s" for k in PHASES if k in r)
+                print(f"[{mb:g} MB, round {rnd}] {label}: {r['seconds']:.1f} s ({r['cpu_s']:.1f} CPU s), "
+                      f"{r['mb_per_s']:.2f} MB/s, peak RSS "
+                      f"{r['peak_rss_mb']:.0f} MB, {r['generic_tokens']:,} generic tokens"
+                      + (f" ({phases})" if phases else "") + f"; load {r['load_after']:.1f}", flush=True)
+                if tok_json is None:
+                    tok_json = work / f"tokenizer-{mb:g}MB.json"
+                    tok_json.write_bytes((out / "data" / "tokenizer" / "hf" / "tokenizer.json").read_bytes())
+            if "tokenizers encode_batch" not in row:
+                row["tokenizers encode_batch"] = _peer(corpus, tok_json, mb, rnd)
+            row["load_end"] = os.getloadavg()[0]
+            rows.append(row)
+    print(f"\n{os.cpu_count()} cores; ratios against the peer of the same round")
+    print("| MB of text | round | candidate | seconds | MB/s | peak RSS MB | vs tokenizers encode_batch "
+          "| generic encode MB/s | encode vs peer | CPU s | CPU vs peer | load after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         peer = row["tokenizers encode_batch"]["mb_per_s"]
         for label in [k for k in row if isinstance(row[k], dict)]:
             r = row[label]
             rss = f"{r['peak_rss_mb']:,.0f}" if "peak_rss_mb" in r else "-"
-            print(f"| {row['mb']:.0f} | {label} | {r['seconds']:.1f} | {r['mb_per_s']:.2f} | {rss} | "
-                  f"{r['mb_per_s'] / peer:.2f}x |")
+            enc = row["mb"] / r["encode_s"] if r.get("encode_s") else None
+            encs = (f"{enc:.2f} | {enc / peer:.2f}x") if enc else "- | -"
+            cpu = row["tokenizers encode_batch"]["cpu_s"] / r["cpu_s"]  # > 1: less CPU than the peer for the text
+            print(f"| {row['mb']:.0f} | {row['round']} | {label} | {r['seconds']:.1f} | {r['mb_per_s']:.2f} | {rss} | "
+                  f"{r['mb_per_s'] / peer:.2f}x | {encs} | {r['cpu_s']:.1f} | {cpu:.2f}x | "
+                  f"{r.get('load_after', row['load_end']):.1f} |")
+    if args.rounds > 1:
+        print("\nMedians over the rounds")
+        print("| MB of text | candidate | MB/s | vs tokenizers encode_batch | encode vs peer | CPU vs peer "
+              "| encode CPU vs peer CPU |")
+        print("|---|---|---|---|---|---|---|")
+        for mb in sorted({round(r["mb"]) for r in rows}):
+            these = [r for r in rows if round(r["mb"]) == mb]
+            for label in [k for k in these[0] if isinstance(these[0][k], dict)]:
+                peer = [r["tokenizers encode_batch"]["mb_per_s"] for r in these]
+                speed = [r[label]["mb_per_s"] for r in these]
+                enc = [r["mb"] / r[label]["encode_s"] / p for r, p in zip(these, peer) if r[label].get("encode_s")]
+                cpu = [r["tokenizers encode_batch"]["cpu_s"] / r[label]["cpu_s"] for r in these]
+                enc_cpu = [r["tokenizers encode_batch"]["cpu_s"] / r[label]["encode_cpu_s"] for r in these
+                           if r[label].get("encode_cpu_s")]
+                print(f"| {mb} | {label} | {statistics.median(speed):.2f} | "
+                      f"{statistics.median(s / p for s, p in zip(speed, peer)):.2f}x | "
+                      f"{f'{statistics.median(enc):.2f}x' if enc else '-'} | {statistics.median(cpu):.2f}x | "
+                      f"{f'{statistics.median(enc_cpu):.2f}x' if enc_cpu else '-'} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -65,14 +65,17 @@ def write_report(path: Path, manifest: dict, prepared: dict) -> None:
     if dups:
         L += ["", "Duplicates (mlx_pn.data.dedup: exact = same normalised text, near = word 5-gram Jaccard >= 0.8), "
               "grouped before the split so that a group lands in one split; `in generic train`: a domain's valid/test "
-              "documents that also sit in the generic train split.", "",
-              "| corpus | grouped docs | groups | exact | near | groups across splits | in generic train (valid/test) |",
-              "|---|---:|---:|---:|---:|---:|---|"]
+              "documents that also sit in the generic train split; `copies left out`: exact copies beyond the first "
+              "of their group, left out of the valid/test shards (each group is evaluated once).", "",
+              "| corpus | grouped docs | groups | exact | near | groups across splits | in generic train (valid/test) "
+              "| copies left out (valid/test) |",
+              "|---|---:|---:|---:|---:|---:|---|---|"]
         for n, d in dups.items():
-            g = d.get("in_generic_train")
+            g, c = d.get("in_generic_train"), d.get("copies_left_out")
             overlap = "-" if g is None else f"{g.get('valid', 0)}/{g.get('test', 0)}"
+            left = "-" if c is None else f"{c.get('valid', 0)}/{c.get('test', 0)}"
             L.append(f"| {n} | {d['grouped_documents']:,} | {d['groups']:,} | {d['exact_duplicates']:,} | "
-                     f"{d['near_duplicates']:,} | {d['groups_across_splits']:,} | {overlap} |")
+                     f"{d['near_duplicates']:,} | {d['groups_across_splits']:,} | {overlap} | {left} |")
     if prepared.get("sources"):
         L += ["", "Generic by source:", "", "| source | docs | MB | train tokens | valid tokens | test tokens |",
               "|---|---:|---:|---:|---:|---:|"]

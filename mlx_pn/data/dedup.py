@@ -46,13 +46,16 @@ class _Shingler:
 
     def shingles(self, text: str, w: list[str] | None = None) -> np.ndarray:
         """Sorted unique 64-bit hashes of the text's word 5-grams (a shorter text: one shingle, itself)."""
+        w = words(text) if w is None else w
         cache = self.cache
-        ids = []
-        for w in (words(text) if w is None else w):
-            h = cache.get(w)
-            if h is None:
-                h = cache[w] = zlib.crc32(w.encode()) + 1
-            ids.append(h)
+        ids = list(map(cache.get, w))  # lookups in C: most words were seen before (a Python loop was the cost)
+        if None in ids:
+            for i, h in enumerate(ids):
+                if h is None:
+                    h = cache.get(w[i])
+                    if h is None:
+                        h = cache[w[i]] = zlib.crc32(w[i].encode()) + 1
+                    ids[i] = h
         if len(ids) < SHINGLE:
             ids += [0] * (SHINGLE - len(ids))
         w = np.asarray(ids, dtype=np.uint64)
@@ -61,7 +64,11 @@ class _Shingler:
             s = w[:n].copy()
             for j in range(1, SHINGLE):
                 s = s * np.uint64(1_000_003) + w[j:j + n]
-        return np.unique(s)
+        s.sort()  # np.unique's result, without its hash table (twice as slow on these arrays)
+        keep = np.empty(n, dtype=bool)
+        keep[0] = True
+        np.not_equal(s[1:], s[:-1], out=keep[1:])
+        return s[keep]
 
 
 def _signature(sh: np.ndarray) -> np.ndarray:
@@ -179,11 +186,26 @@ class NearIndex:
         return False
 
 
+HELD_OUT = ("valid", "test")  # their shards hold one copy per exact-duplicate group: each is evaluated once
+
+
+def first_copies(keys) -> list[bool]:
+    """Per key (exact_key of each document, in split order): True for the first of its exact-duplicate group."""
+    seen: set = set()
+    out = []
+    for k in keys:
+        out.append(k not in seen)
+        seen.add(k)
+    return out
+
+
 def leak_report(splits: dict, reference: NearIndex | None = None) -> dict:
     """What the data manifest says about duplicates in a corpus's final splits (however they were made):
     the grouping's counts, how many groups straddle two splits (0 when the split grouped them; a source with
     its own train/valid/test files can have more), and, given a reference index (the generic train split),
-    how many valid/test documents also sit, exactly or nearly, in the reference."""
+    how many valid/test documents also sit, exactly or nearly, in the reference; copies_left_out: the exact copies
+    beyond the first of their group that the valid/test shards leave out (the held-out split's documents as split,
+    before they are)."""
     names = [s for s in ("train", "valid", "test") if s in splits]
     texts, where = [], []
     for s in names:
@@ -193,7 +215,9 @@ def leak_report(splits: dict, reference: NearIndex | None = None) -> dict:
     seen: dict[int, set] = {}
     for g, s in zip(groups.root.tolist(), where):
         seen.setdefault(g, set()).add(s)
-    out = {**groups.stats(), "groups_across_splits": sum(len(v) > 1 for v in seen.values())}
+    out = {**groups.stats(), "groups_across_splits": sum(len(v) > 1 for v in seen.values()),
+           "copies_left_out": {s: len(splits[s]) - len({exact_key(d.text) for d in splits[s]})
+                               for s in HELD_OUT if s in splits}}
     if reference is not None:
         out["in_generic_train"] = {s: sum(reference.contains(d.text) for d in splits[s])
                                    for s in ("valid", "test") if s in splits}

@@ -15,6 +15,7 @@ the process's memory), so a corpus of any size in bytes fits.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from array import array
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from mlx_pn.data import dedup
 from mlx_pn.data.sources import Document
+from mlx_pn.io import write_json_atomic
 
 _ROWS = dedup.NUM_PERM // dedup.BANDS  # signature rows per LSH band
 _SHINGLER_WORDS = 1 << 20  # the word-hash cache is cleared past this many words (it is only a speed-up)
@@ -117,35 +119,99 @@ def _entries(docs: Iterable[Document], workers: int, chunk_docs: int = 64) -> It
             yield from pending.popleft().result()
 
 
+CHECKPOINT_BYTES = 256_000_000  # text between two resume points of a resumable index build (~25 s on 2 cores)
+PROGRESS = "progress.json"  # a resumable build's last resume point: documents, bytes and every file's size then
+_RAW = ("hash.raw", "nbytes.raw", "exact.raw", "sh_off.raw")  # the per-document arrays, appended at each resume point
+
+
 def build_index(docs: Iterable[Document], folder: Path, desc: str = "index", total_bytes: int | None = None,
-                workers: int = 1) -> CorpusIndex:
+                workers: int = 1, resume: bool = False, log=print) -> CorpusIndex:
     """One streamed pass over `docs` -> its index in `folder` (signatures and shingles on disk); the same files
-    for any number of `workers`."""
+    for any number of `workers`. resume: `folder` outlives a killed run: every CHECKPOINT_BYTES of text its files are
+    flushed and their sizes recorded (progress.json, a durable write), and a rerun cuts them back there and skips
+    the documents already indexed (read, not indexed), so the files end byte for byte as one pass writes them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    hashes, lengths, exact = array("d"), array("q"), bytearray()  # 8 bytes a document, not a Python object
-    offsets = array("q", [0])
-    bands = [open(folder / f"band{b:02d}.bin", "wb") for b in range(dedup.BANDS)]
+    names = ["shingles.bin"] + [f"band{b:02d}.bin" for b in range(dedup.BANDS)] + list(_RAW)
+    state = _progress(folder, names) if resume else None
+    if state is None:
+        (folder / PROGRESS).unlink(missing_ok=True)  # from zero: an older resume point no longer describes the files
+        for name in names:
+            open(folder / name, "wb").close()
+        done, done_bytes = 0, 0
+    else:
+        done, done_bytes = state["documents"], state["bytes"]
+        log(f"[data] {desc}: resuming at document {done:,} ({done_bytes / 1e6:,.1f} MB of text already indexed, "
+            f"{folder / PROGRESS})")
+    raw = {n: (folder / n).read_bytes() for n in _RAW} if state else {}
+    hashes, lengths = array("d", raw.get("hash.raw", b"")), array("q", raw.get("nbytes.raw", b""))
+    exact = bytearray(raw.get("exact.raw", b""))  # 8-12 bytes a document, not a Python object
+    offsets = array("q", [0]) + array("q", raw.get("sh_off.raw", b""))
+    del raw
     row = _ROWS * 8  # bytes of one band of one signature
-    with open(folder / "shingles.bin", "wb") as fsh, \
-            tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, leave=False) as bar:
-        for h, n, key, sig, sh in _entries(docs, workers):
-            exact += key
-            fsh.write(sh)
-            for b, f in enumerate(bands):
-                f.write(sig[b * row:(b + 1) * row])
-            offsets.append(offsets[-1] + len(sh) // 8)
-            hashes.append(h)
-            lengths.append(n)
-            bar.update(n)
-    for f in bands:
-        f.close()
+    files = {n: open(folder / n, "ab") for n in names}
+    bands = [files[f"band{b:02d}.bin"] for b in range(dedup.BANDS)]
+    fsh, saved, since = files["shingles.bin"], done, 0
+    docs = iter(docs)
+    for _ in islice(docs, done):  # indexed before the kill: read past them
+        pass
+    try:
+        with tqdm(total=total_bytes, initial=done_bytes, desc=desc, unit="B", unit_scale=True, leave=False) as bar:
+            for h, n, key, sig, sh in _entries(docs, workers):
+                exact += key
+                fsh.write(sh)
+                for b, f in enumerate(bands):
+                    f.write(sig[b * row:(b + 1) * row])
+                offsets.append(offsets[-1] + len(sh) // 8)
+                hashes.append(h)
+                lengths.append(n)
+                bar.update(n)
+                since += n
+                if resume and since >= CHECKPOINT_BYTES:
+                    saved, since = _checkpoint(folder, files, saved, hashes, lengths, exact, offsets), 0
+            if bar.total is not None and bar.n != bar.total:
+                bar.total = bar.n  # the total was an estimate from the files' sizes
+    finally:
+        for f in files.values():
+            f.close()
     arrays = {"hash": np.frombuffer(hashes, dtype=np.float64), "nbytes": np.frombuffer(lengths, dtype=np.int64),
               "exact": np.frombuffer(bytes(exact), dtype=np.uint8).reshape(-1, 12),
               "sh_off": np.frombuffer(offsets, dtype=np.int64)}
     for name, a in arrays.items():
         np.save(folder / f"{name}.npy", a)
+    for name in _RAW if not resume else ():
+        (folder / name).unlink()
     return open_index(folder)
+
+
+def _checkpoint(folder: Path, files: dict, saved: int, hashes, lengths, exact, offsets) -> int:
+    """Append the documents indexed since the last resume point to the .raw files, flush every file to disk, then
+    record their sizes (progress.json, written last: the files hold at least what it says) -> documents saved."""
+    n = len(hashes)
+    files["hash.raw"].write(hashes[saved:n].tobytes())
+    files["nbytes.raw"].write(lengths[saved:n].tobytes())
+    files["exact.raw"].write(bytes(exact[saved * 12:n * 12]))
+    files["sh_off.raw"].write(offsets[saved + 1:n + 1].tobytes())
+    for f in files.values():
+        f.flush()
+        os.fsync(f.fileno())
+    sizes = {name: f.tell() for name, f in files.items()}
+    write_json_atomic(folder / PROGRESS, {"documents": n, "bytes": int(sum(lengths)), "sizes": sizes})
+    return n
+
+
+def _progress(folder: Path, names: list[str]) -> dict | None:
+    """The last resume point of a killed build in `folder`, its files cut back to it; None: start from zero."""
+    try:
+        state = json.loads((folder / PROGRESS).read_text())
+        sizes = state["sizes"]
+        if sorted(sizes) != sorted(names) or any((folder / n).stat().st_size < sizes[n] for n in names):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for n in names:
+        os.truncate(folder / n, sizes[n])
+    return state
 
 
 def open_index(folder: Path) -> CorpusIndex:
@@ -177,9 +243,11 @@ def _band_buckets(keys: np.ndarray, members: np.ndarray) -> Iterable[np.ndarray]
             yield members[order[s:e]]
 
 
-def group(index: CorpusIndex, order: np.ndarray | None = None, threshold: float = dedup.THRESHOLD) -> dedup.Groups:
+def group(index: CorpusIndex, order: np.ndarray | None = None, threshold: float = dedup.THRESHOLD,
+          desc: str | None = None) -> dedup.Groups:
     """mlx_pn.data.dedup.duplicate_groups of the documents index[order] (default: source order), from the index:
-    the same groups (roots are positions in `order`), the same exact/near counts."""
+    the same groups (roots are positions in `order`), the same exact/near counts. desc: a progress bar over the LSH
+    bands (equal work each: an honest ETA for a corpus whose grouping takes a while)."""
     order = np.arange(len(index)) if order is None else np.asarray(order, dtype=np.int64)
     n = len(order)
     parent = np.arange(n, dtype=np.int64)
@@ -192,7 +260,7 @@ def group(index: CorpusIndex, order: np.ndarray | None = None, threshold: float 
     exact = int((first != np.arange(n)).sum())
     reps = np.flatnonzero(first == np.arange(n))
     near, checked = 0, set()
-    for b in range(dedup.BANDS):
+    for b in tqdm(range(dedup.BANDS), desc=desc, unit="band", leave=False, disable=desc is None):
         band = index.band(b)[order[reps]]  # (reps, rows)
         for members in _band_buckets(band, reps):
             m = members.tolist()
@@ -211,11 +279,11 @@ def group(index: CorpusIndex, order: np.ndarray | None = None, threshold: float 
     return dedup.Groups(root, exact, near)
 
 
-def split_of(index: CorpusIndex, valid_fraction: float, test_fraction: float, report: dict | None = None
-             ) -> tuple[np.ndarray, dict[str, int]]:
+def split_of(index: CorpusIndex, valid_fraction: float, test_fraction: float, report: dict | None = None,
+             desc: str | None = None) -> tuple[np.ndarray, dict[str, int]]:
     """(split code per document: 0 train, 1 valid, 2 test; moved: {split name: document index} of the documents
     a tiny corpus moves into an empty held-out split, appended at that split's end), as split_documents."""
-    groups = group(index)
+    groups = group(index, desc=desc)
     h = index.hash
 
     def pick(x: np.ndarray) -> np.ndarray:

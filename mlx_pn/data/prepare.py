@@ -8,12 +8,13 @@ leaves no half-written shard (temp folder + rename).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 from mlx_pn.config import Config
 from mlx_pn.data.shards import Corpus, read_manifest
 from mlx_pn.io import write_json_atomic
-from mlx_pn.data import dedup, remembered
+from mlx_pn.data import dedup, remembered, shard_parts
 from mlx_pn.data.sources import DataError, fingerprint
 from mlx_pn.data.splitting import plan_corpus
 from mlx_pn.data.tokenizer import Tokenizer, train_tokenizer
@@ -97,8 +98,11 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
     else:
         generic = plan(GENERIC)
         log(f"[data] training a {cfg.data.vocab_size}-piece SentencePiece tokenizer on generic text")
+        t0 = time.perf_counter()
         tok = train_tokenizer(generic.texts("train"), cfg.data.vocab_size, tok_dir, cfg.data.tokenizer_sample_mb,
                               meta=tok_key)
+        log(f"[data] tokenizer trained in {time.perf_counter() - t0:.1f} s (on at most data.tokenizer_sample_mb="
+            f"{cfg.data.tokenizer_sample_mb:g} MB of the generic train split)")
 
     corpora = {}
     for name in wanted:
@@ -108,7 +112,9 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
         fresh = (m is not None and m.get("source") == spec and m.get("tokenizer_sha256") == tok.sha256
                  and m.get("split") == split_key
                  and _same_source(m.get("fingerprint"), prints[name], spec)  # or the older, path-based one
-                 and (m.get("duplicates") or {}).get("method") == dedup.VERSION)
+                 and (m.get("duplicates") or {}).get("method") == dedup.VERSION
+                 # made before valid/test held one copy per exact-duplicate group: still right when it had no copies
+                 and ("copies_left_out" in m["duplicates"] or not plan(name).held_out_copies()))
         if fresh:
             try:
                 Corpus(folder, tok, verify_hashes=True)
@@ -116,6 +122,8 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
                 log(f"[data] {e}")
                 log(f"[data] {name}: rebuilding the damaged shards from {field}")
                 fresh = False
+            else:
+                shard_parts.discard(root / "shards", name)
         if not fresh:
             corpus = plan(name)
             # the duplicates left (groups across splits: given splits only) and the generic/domain overlap
@@ -127,11 +135,13 @@ def prepare_data(cfg: Config, only: list[str] | None = None, log=print) -> Prepa
             sizes = ", ".join(f"{s} {v['tokens']:,} tok/{v['documents']} docs" for s, v in m["splits"].items())
             log(f"[data] {name}: {sizes}" + (f" (splits: {how})" if how else ""))
             over = sum((leaks.get("in_generic_train") or {}).values())
-            if leaks["grouped_documents"] or leaks["groups_across_splits"] or over:
+            left = leaks["copies_left_out"]
+            if leaks["grouped_documents"] or leaks["groups_across_splits"] or over or sum(left.values()):
                 log(f"[data] {name}: {leaks['grouped_documents']} documents in {leaks['groups']} duplicate groups "
                     f"({leaks['exact_duplicates']} exact, {leaks['near_duplicates']} near copies), "
                     f"{leaks['groups_across_splits']} groups across splits, {over} valid/test documents also in the "
-                    f"generic train split (manifest.json: duplicates)")
+                    f"generic train split; exact copies left out of the held-out shards (each group evaluated once): "
+                    f"{', '.join(f'{k} {v}' for k, v in left.items())} (manifest.json: duplicates)")
             if name != GENERIC and _all_in_generic(corpus, plan(GENERIC)):
                 log(f"[data] warning: {name}: every one of its documents is also in the generic text: this domain looks "
                     f"like a part of data.generic, so the model is pretrained on it and its perplexities say little "

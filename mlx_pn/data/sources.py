@@ -183,15 +183,32 @@ def _parquet(path: Path, batch_rows: int = 1024) -> Iterator[Document]:
         i += batch.num_rows
 
 
-def _hub(spec: str) -> Iterator[Document]:
-    """hf:DATASET[/CONFIG][:SPLIT], streamed. Needs internet; never used by tests."""
+def _hub(spec: str, cache_dir: Path | None = None) -> Iterator[Document]:
+    """hf:DATASET[/CONFIG][:SPLIT] streamed from the hub (needs internet), or hf:FOLDER, a dataset saved as files
+    (parquet, arrow, jsonl) in a local folder. What `datasets` writes while streaming (a lock file per dataset, the
+    downloads' bookkeeping) goes under `cache_dir` (the run's DATA/hf), never ~/.cache/huggingface; without one,
+    under a temporary folder removed when the stream ends."""
+    import contextlib
+    import tempfile
+
     import datasets
 
     name, _, split = spec[3:].partition(":")
-    name, _, conf = name.partition("/") if name.count("/") >= 2 else (name, "", "")
-    ds = datasets.load_dataset(name, conf or None, split=split or "train", streaming=True)
-    for i, row in enumerate(ds):
-        yield Document(f"{name}:{i}", row["text"])
+    if Path(name).expanduser().is_dir():  # a local dataset folder: its path is no DATASET/CONFIG pair, and its
+        name, conf, label = str(Path(name).expanduser()), "", Path(name).name  # ids (the split) ignore where it lies
+    else:
+        name, _, conf = name.rpartition("/") if name.count("/") >= 2 else (name, "", "")
+        label = name
+    temp = tempfile.TemporaryDirectory(prefix="mlx-pn-hf-") if cache_dir is None else contextlib.nullcontext(cache_dir)
+    with temp as cache:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        ds = datasets.load_dataset(name, conf or None, split=split or "train", streaming=True, cache_dir=str(cache),
+                                   download_config=datasets.DownloadConfig(cache_dir=str(Path(cache) / "downloads")))
+        for i, row in enumerate(ds):
+            if not isinstance(row.get("text"), str):
+                raise DataError(f"{spec}: row {i} has no string 'text' column (columns: {sorted(row)[:8]}); pick a "
+                                f"dataset (or config) whose text column is named 'text'")
+            yield Document(f"{label}:{i}", row["text"])
 
 
 SPLITS = ("train", "valid", "test")
@@ -243,8 +260,9 @@ def _parts(spec: str) -> list[str]:
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
-def read_source(spec: str, field: str = "data") -> Iterator[Document]:
-    """Documents of one spec, stripped, empty ones skipped; `field` names the config key in errors."""
+def read_source(spec: str, field: str = "data", cache_dir: Path | None = None) -> Iterator[Document]:
+    """Documents of one spec, stripped, empty ones skipped; `field` names the config key in errors; cache_dir: where
+    an hf: source's cache goes (the run's data folder)."""
     for part in _parts(spec):
         if part.startswith("bundled:"):
             name = part[len("bundled:"):]
@@ -253,7 +271,7 @@ def read_source(spec: str, field: str = "data") -> Iterator[Document]:
                 raise DataError(f"{field}: no bundled corpus '{name}'; available: {', '.join(bundled_names())}")
             docs = _jsonl(path)
         elif part.startswith("hf:"):
-            docs = _hub(part)
+            docs = _hub(part, cache_dir)
         else:
             path = Path(part).expanduser()
             if not path.exists():
@@ -285,6 +303,33 @@ def source_files(spec: str, field: str = "data") -> list[Path] | None:
     return files
 
 
+def text_bytes(spec: str, field: str = "data") -> int | None:
+    """About how many bytes of text a pass over `spec` yields, for a progress bar's total (its ETA): a file's size
+    (.txt, .jsonl: markup and escapes make it a few % more than its text), a gzip file's recorded uncompressed
+    size, a parquet file's uncompressed 'text' column; None when unknown (a hub dataset: no ETA is shown)."""
+    files = source_files(spec, field)
+    if files is None:
+        return None
+    total = 0
+    for f in files:
+        try:
+            if f.name.endswith(".gz"):
+                with open(f, "rb") as fh:  # gzip's trailer: the uncompressed size mod 2^32 (files < 4 GB exact)
+                    fh.seek(-4, 2)
+                    total += int.from_bytes(fh.read(4), "little")
+            elif f.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                meta = pq.ParquetFile(f).metadata
+                col = meta.schema.to_arrow_schema().get_field_index("text")
+                total += sum(meta.row_group(g).column(col).total_uncompressed_size for g in range(meta.num_row_groups))
+            else:
+                total += f.stat().st_size
+        except (OSError, ValueError, ImportError):
+            return None  # no estimate: the bar still counts, without an ETA; reading says what is wrong
+    return total
+
+
 def fingerprint(spec: str, legacy: bool = False, field: str = "data") -> str:
     """sha256 over the spec and the content of every file it reads: cached shards are rebuilt when the
     text changes, not only when the spec does. A bundled file counts by its name, not by where this checkout
@@ -300,9 +345,10 @@ def fingerprint(spec: str, legacy: bool = False, field: str = "data") -> str:
     return h.hexdigest()
 
 
-def load_documents(spec: str, field: str = "data", max_docs: int = 0, allow_empty: bool = False) -> list[Document]:
+def load_documents(spec: str, field: str = "data", max_docs: int = 0, allow_empty: bool = False,
+                   cache_dir: Path | None = None) -> list[Document]:
     docs = []
-    for d in read_source(spec, field):
+    for d in read_source(spec, field, cache_dir):
         docs.append(d)
         if max_docs and len(docs) >= max_docs:
             break
@@ -347,8 +393,8 @@ def split_documents(docs: list[Document], valid_fraction: float, test_fraction: 
     return splits
 
 
-def load_splits(spec: str, field: str, valid_fraction: float, test_fraction: float, max_docs: int = 0
-                ) -> tuple[dict[str, list[Document]], str]:
+def load_splits(spec: str, field: str, valid_fraction: float, test_fraction: float, max_docs: int = 0,
+                cache_dir: Path | None = None) -> tuple[dict[str, list[Document]], str]:
     """Documents of a spec in train/valid/test -> (splits, how they were made: a line for the data report).
 
     A part of the spec that is an mlx-lm folder (:func:`is_split_folder`) keeps its train/valid/test.jsonl as
@@ -379,7 +425,8 @@ def load_splits(spec: str, field: str, valid_fraction: float, test_fraction: flo
                    + "".join(f", {s} = {frac:.0%} of train.jsonl's documents (no {s}.jsonl)"
                              for s, frac in (("valid", valid_fraction), ("test", test_fraction)) if s in missing))
     if rest:
-        pooled = split_documents(load_documents(rest, field, max_docs), valid_fraction, test_fraction)
+        pooled = split_documents(load_documents(rest, field, max_docs, cache_dir=cache_dir), valid_fraction,
+                                 test_fraction)
         for s in SPLITS:
             splits[s].extend(pooled[s])
         if given:
