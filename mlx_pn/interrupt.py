@@ -34,7 +34,19 @@ def done() -> None:
 
 
 def _raise_terminated(signum, frame):
-    raise Terminated()
+    """SIGTERM: Terminated, unless the process is already stopping on an exception (a data-parallel peer lost, with
+    the launcher's SIGTERM right behind it; or a Ctrl-C being reported): then a second traceback would bury the
+    first error, so end now with its one line."""
+    handling = sys.exc_info()[1]
+    if handling is None:
+        raise Terminated()
+    dist = sys.modules.get("mlx_pn.train.distributed")
+    lost = dist.lost_peer(handling) if dist is not None and isinstance(handling, Exception) else None
+    if lost:
+        print(f"error: {lost}", file=sys.stderr)
+        raise SystemExit(2)
+    print(f"interrupted (SIGTERM) while stopping on {type(handling).__name__}: {str(handling)[:200]}", file=sys.stderr)
+    raise SystemExit(EXIT_SIGTERM)
 
 
 def install_sigterm() -> None:

@@ -233,3 +233,25 @@ def test_a_real_lost_ring_peer_gives_no_traceback(tmp_path):
     assert "Traceback" not in out, out[-3000:]
     assert ("error: rank 0 of 2 lost the data-parallel group ([ring]" in out
             or "interrupted (SIGTERM) outside training" in out), out[-3000:]
+
+
+def test_a_sigterm_while_stopping_on_an_error_ends_with_its_line_not_a_traceback(capsys):
+    """The launcher's SIGTERM can reach rank 0 while it is already stopping on the lost peer (seen in CI: a second
+    traceback, 'During handling of the above exception'); the handler then ends with the first error's line."""
+    from mlx_pn import interrupt
+    from mlx_pn.train import distributed  # noqa: F401  (a rank that joined a group has it imported)
+
+    try:
+        raise RuntimeError("[ring] connection to a peer was lost")
+    except RuntimeError:
+        with pytest.raises(SystemExit) as e:
+            interrupt._raise_terminated(15, None)
+    assert e.value.code == 2 and "lost the data-parallel group" in capsys.readouterr().err
+    try:
+        raise ValueError("something else")
+    except ValueError:
+        with pytest.raises(SystemExit) as e:
+            interrupt._raise_terminated(15, None)
+    assert e.value.code == interrupt.EXIT_SIGTERM and "while stopping on ValueError" in capsys.readouterr().err
+    with pytest.raises(interrupt.Terminated):  # nothing being handled: the usual Terminated
+        interrupt._raise_terminated(15, None)

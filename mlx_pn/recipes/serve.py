@@ -16,6 +16,9 @@ expert materialised when a request needs it and --expert-cache of them kept.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from mlx_pn.cli import build_parser as cli_parser, parse
 from mlx_pn.recipes._common import clear_errors
 
@@ -59,6 +62,11 @@ def main(argv=None):
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
         serve_forever(make_server(app, args.host, args.port))
+    # stopped: nothing is left to write; end here rather than in the interpreter's shutdown, where MLX's teardown
+    # beside the idle worker thread hung once for over a minute on a loaded machine (a Ctrl-C that did not end)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
