@@ -204,7 +204,10 @@ def test_sigterm_and_ctrl_c_stop_the_server_cleanly(served, sig):
     env = os.environ | {"PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-u", "-m", "recipes.serve", "--config", str(TINY), "--out", str(cfg.out),
            "--data.max_docs", "300", "--pretrain.steps", "40", "--finetune.steps", "20", "--k", "4", "--port", "0"]
-    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # as from a terminal: a test run started in the background (`cmd &` without job control, as CI may be) hands its
+    # children SIGINT ignored, and Python then installs no Ctrl-C handler; a user's server in a terminal has one
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         for line in p.stdout:  # bounded by the timeout below
