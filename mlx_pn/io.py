@@ -396,9 +396,13 @@ def remove_tree(path: str | Path, kind: str | None = None, legacy: Callable[[Pat
     if kind is not None:
         check_replaceable(path, kind, legacy)
     hidden = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path, "old"), dir=path.parent))
-    os.rmdir(hidden)
-    os.replace(path, hidden)
-    shutil.rmtree(hidden, ignore_errors=True)
+    try:
+        os.rmdir(hidden)
+        os.replace(path, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
+    finally:  # a Ctrl-C or SIGTERM in the middle: finish the deletion (milliseconds) rather than leave it to a sweep
+        if hidden.exists():
+            shutil.rmtree(hidden, ignore_errors=True)
 
 
 def check_disk_space(folder: str | Path, need_bytes: int, what: str, fix: str) -> None:
