@@ -313,9 +313,7 @@ class _SweepRun:
         return f"sweep-{self.row.name}-x{self.mult:g}"
 
     def run(self, cfg, data, domains, vocab, k, log) -> None:
-        c = row_config(cfg, self.row, min(budgets(cfg)), vocab, k, seed=cfg.pretrain.seed, lr_mult=self.mult,
-                       out=Path(cfg.out) / "sweep" / f"x{self.mult:g}")
-        METHODS[self.row.method].grid_pretrain(c, data, domains, log)
+        METHODS[self.row.method].grid_pretrain(sweep_config(cfg, self.row, self.mult, vocab, k), data, domains, log)
 
 
 def _task(args) -> str:
@@ -538,8 +536,7 @@ def lr_sweep(cfg: CompareConfig, rows: list[Row], vocab: int, k: int, run=None) 
             continue
         nll = []
         for m in mults:
-            c = row_config(cfg, row, b, vocab, k, seed=cfg.pretrain.seed, lr_mult=m,
-                           out=Path(cfg.out) / "sweep" / f"x{m:g}")
+            c = sweep_config(cfg, row, m, vocab, k)
             if run is not None:
                 data, domains, log = run
                 log(f"[compare lr sweep] {row.name} x{m:g} (lr {c.pretrain.lr:.3g}): pretraining {c.pretrain.steps} steps")
@@ -554,6 +551,13 @@ def lr_sweep(cfg: CompareConfig, rows: list[Row], vocab: int, k: int, run=None) 
                          "lr": [cfg.pretrain.lr * m for m in mults], "steps": c.pretrain.steps, "valid_nll": nll,
                          "winner": winner}
     return out
+
+
+def sweep_config(cfg: CompareConfig, row: Row, mult: float, vocab: int, k: int) -> Config:
+    """One sweep run's stage config: the row at the smallest budget and pretrain.seed, lr x mult, under
+    OUT/sweep/x{mult}/ (run here by lr_sweep, or in a process of its own by grid.jobs)."""
+    return row_config(cfg, row, min(budgets(cfg)), vocab, k, seed=cfg.pretrain.seed, lr_mult=mult,
+                      out=Path(cfg.out) / "sweep" / f"x{mult:g}")
 
 
 def lr_multipliers(sweep: dict, rows: list[Row]) -> dict[str, float]:
